@@ -1,0 +1,42 @@
+# The project's commands. `make up` and `make test` need nothing but Python 3.11, pip and make.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO   := .bailing/demo
+
+.PHONY: up test lint fmt bench clean demo
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/bailing init-demo $(DEMO)
+
+up: demo
+	$(VENV)/bin/bailing generate --model $(DEMO)/ling --max-tokens 24 "The quick brown fox"
+	@echo
+	@echo "Demo checkpoints are in $(DEMO)/. Try:"
+	@echo "  $(VENV)/bin/bailing generate --model $(DEMO)/ling --json 'Hello'"
+	@echo "  $(VENV)/bin/python -c \"from engine import LLM, SamplingParams; print(LLM('$(DEMO)/ling').generate(['Hi'], SamplingParams(max_tokens=8))[0].text)\""
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .bailing .pytest_cache .ruff_cache

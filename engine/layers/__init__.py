@@ -1,0 +1,1 @@
+"""Building blocks that model families compose: norms, rotary, attention, MLP, MoE, embeddings."""

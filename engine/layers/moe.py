@@ -1,0 +1,111 @@
+"""Mixture of experts: top-k routing -> dispatch (group tokens by expert) -> expert GEMMs -> combine.
+
+Legend: T = tokens, H = hidden, E = experts, K = experts per token, G = expert groups, I = expert width.
+Expert weights are stacked: `w13` [E, 2I, H] (gate rows then up rows), `w2` [E, H, I]. The checkpoint
+stores them per expert (`experts.{e}.gate_proj.weight` ...); `FusedExperts.weight_targets` maps each of
+those keys onto its slice, so the loader fills the stacks in place.
+Routing runs in float32: scores (sigmoid or softmax) + selection-only bias -> optional group limit ->
+top-k -> weights from the unbiased scores, renormalised when K > 1, times the routed scaling factor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engine.config import MoEConfig
+from engine.layers.base import param
+from engine.loader import WeightTarget
+
+
+def select_experts(logits: torch.Tensor, bias: torch.Tensor | None, cfg: MoEConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router logits [T, E] (float32) -> (weights [T, K] float32, expert ids [T, K] int64)."""
+    scores = logits.sigmoid() if cfg.score_function == "sigmoid" else logits.softmax(-1)
+    choice = scores if bias is None else scores + bias  # the bias steers selection only
+    if cfg.grouped:
+        choice = _limit_groups(choice, cfg, summed=bias is not None or cfg.score_function == "sigmoid")
+    ids = choice.topk(cfg.top_k, dim=-1).indices  # (T, K)
+    weights = scores.gather(1, ids)  # (T, K)
+    if cfg.norm_topk_prob and cfg.top_k > 1:
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+    return weights * cfg.routed_scaling_factor, ids
+
+
+def _limit_groups(choice: torch.Tensor, cfg: MoEConfig, summed: bool) -> torch.Tensor:
+    """Keep the `topk_group` best of G groups (score: sum of its top-2, or its max) and mask the rest."""
+    t, e = choice.shape
+    grouped = choice.view(t, cfg.n_group, e // cfg.n_group)  # (T, G, E/G)
+    if summed:
+        group_score = grouped.topk(min(2, e // cfg.n_group), dim=-1).values.sum(-1)  # (T, G)
+    else:
+        group_score = grouped.amax(-1)  # (T, G)
+    keep = group_score.topk(cfg.topk_group, dim=-1).indices  # (T, kg)
+    group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)  # (T, G)
+    expert_mask = group_mask[:, :, None].expand_as(grouped).reshape(t, e)  # (T, E)
+    return choice.masked_fill(~expert_mask, float("-inf"))
+
+
+class Router(nn.Module):
+    """Checkpoint names: `weight` [E, H] (float32) and, when enabled, `expert_bias` [E] (float32)."""
+
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.weight = param(cfg.num_experts, cfg.hidden_size, keep_fp32=True)
+        self.expert_bias = param(cfg.num_experts, keep_fp32=True) if cfg.expert_bias else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = F.linear(x.float(), self.weight.float())  # (T, E), always float32
+        return select_experts(logits, self.expert_bias, self.cfg)
+
+
+class FusedExperts(nn.Module):
+    """E SwiGLU experts stored as stacks; forward runs one GEMM pair per expert that got tokens."""
+
+    def __init__(self, cfg: MoEConfig) -> None:
+        super().__init__()
+        e, i, h = cfg.num_experts, cfg.intermediate_size, cfg.hidden_size
+        self.num_experts, self.intermediate_size = e, i
+        self.w13 = param(e, 2 * i, h)
+        self.w2 = param(e, h, i)
+
+    def weight_targets(self, prefix: str) -> dict[str, WeightTarget]:
+        """Checkpoint key -> destination slice for every per-expert weight (after materialize)."""
+        i = self.intermediate_size
+        slices = {"gate_proj": lambda e: self.w13[e, :i], "up_proj": lambda e: self.w13[e, i:],
+                  "down_proj": lambda e: self.w2[e]}
+        return {
+            f"{prefix}.{e}.{name}.weight": WeightTarget(view(e), tuple(view(e).shape))
+            for e in range(self.num_experts)
+            for name, view in slices.items()
+        }
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x [T, H], weights/ids [T, K] -> [T, H]: sort (token, slot) pairs by expert, GEMM per expert."""
+        t, k = ids.shape
+        flat = ids.reshape(-1)  # (T*K,)
+        order = flat.argsort(stable=True)  # (T*K,) pair indices grouped by expert
+        token = order // k  # (T*K,) source token of each sorted pair
+        counts = torch.bincount(flat, minlength=self.num_experts).tolist()
+        xs = x[token]  # (T*K, H)
+        out = torch.empty_like(xs)
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                out[start : start + n] = self._expert(e, xs[start : start + n])
+                start += n
+        out = out * weights.reshape(-1)[order, None].to(out.dtype)  # (T*K, H)
+        return torch.zeros_like(x).index_add_(0, token, out)
+
+    def forward_native(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Readable twin: loop over tokens and their K experts."""
+        out = torch.zeros_like(x)
+        for t in range(x.shape[0]):
+            for w, e in zip(weights[t].tolist(), ids[t].tolist(), strict=True):
+                out[t] += w * self._expert(e, x[t : t + 1])[0]
+        return out
+
+    def _expert(self, e: int, xs: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(xs, self.w13[e]).chunk(2, dim=-1)  # (n, I) each
+        return F.linear(F.silu(gate) * up, self.w2[e])  # (n, H)

@@ -1,0 +1,87 @@
+"""Model folder -> ready-to-run model: config.json -> registry -> build on meta -> materialise -> load.
+
+Architectures are resolved through the `bailing.model_registries` entry point group, so the engine
+names no model family. Every failure a user can cause becomes a CheckpointError naming the folder.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import CheckpointError
+from engine.layers.base import materialize
+from engine.loader import load_weights
+from engine.model_base import CausalLM
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """None/"auto": float32 on CPU (bf16 matmul is several times slower there), bfloat16 on GPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder {folder} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no config.json: not a Hugging Face model folder")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return config
+
+
+def resolve_architecture(config: dict[str, Any], folder: Path) -> type[CausalLM]:
+    archs = config.get("architectures")
+    if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+        raise CheckpointError(f"{folder}/config.json has no 'architectures' list naming the model class")
+    known: list[str] = []
+    for ep in entry_points(group="bailing.model_registries"):
+        registry = ep.load()
+        cls = registry(archs[0])
+        if cls is not None:
+            return cls
+        known += getattr(__import__(ep.module, fromlist=["_"]), "supported_architectures", lambda: [])()
+    raise CheckpointError(f"unknown architecture {archs[0]!r} in {folder}/config.json; supported: {known}")
+
+
+def load_model(folder: str | Path, device: torch.device, dtype: torch.dtype) -> CausalLM:
+    folder = Path(folder)
+    config = read_config(folder)
+    cls = resolve_architecture(config, folder)
+    try:
+        model = cls.from_config_dict(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{folder}/config.json: {exc}") from None
+    materialize(model, dtype, device)
+    load_weights(model, folder)
+    return model.eval()
+
+
+def generation_config(folder: Path) -> dict[str, Any]:
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,1 @@
+"""Model families: thin architecture definitions built from config.json."""

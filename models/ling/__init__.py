@@ -1,0 +1,1 @@
+"""Ling (BailingMoeV2) family."""
