@@ -9,5 +9,12 @@ from engine.llm import LLM
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 
-__all__ = ["LLM", "BailingError", "CheckpointError", "RequestError", "RequestOutput", "SamplingParams",
-           "TokenizerError"]
+__all__ = [
+    "LLM",
+    "BailingError",
+    "CheckpointError",
+    "RequestError",
+    "RequestOutput",
+    "SamplingParams",
+    "TokenizerError",
+]

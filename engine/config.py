@@ -22,7 +22,9 @@ class RopeConfig:
 
     def __post_init__(self) -> None:
         if self.rotary_dim <= 0 or self.rotary_dim > self.head_dim or self.rotary_dim % 2:
-            raise ValueError(f"rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}")
+            raise ValueError(
+                f"rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}"
+            )
         if self.theta <= 0:
             raise ValueError(f"rope_theta must be positive, got {self.theta}")
 
@@ -70,7 +72,9 @@ class MoEConfig:
         if self.score_function not in ("sigmoid", "softmax"):
             raise ValueError(f"score_function must be 'sigmoid' or 'softmax', got {self.score_function!r}")
         if not 1 <= self.top_k <= self.num_experts:
-            raise ValueError(f"num_experts_per_tok must be in [1, num_experts={self.num_experts}], got {self.top_k}")
+            raise ValueError(
+                f"num_experts_per_tok must be in [1, num_experts={self.num_experts}], got {self.top_k}"
+            )
         if self.grouped:
             if self.num_experts % self.n_group:
                 raise ValueError(f"n_group ({self.n_group}) must divide num_experts ({self.num_experts})")

@@ -44,16 +44,33 @@ def _stop_strings(params: SamplingParams, model: CausalLM) -> list[str]:
     return list(params.stop) + [s for s in defaults if s not in params.stop]  # type: ignore[operator]
 
 
-def new_sequence(model: CausalLM, out: RequestOutput, params: SamplingParams, tokenizer: Any,
-                 eos: set[int], dtype: torch.dtype, device: torch.device) -> Sequence:
+def new_sequence(
+    model: CausalLM,
+    out: RequestOutput,
+    params: SamplingParams,
+    tokenizer: Any,
+    eos: set[int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Sequence:
     rt: ModelRuntimeConfig = model.runtime
     capacity = min(len(out.prompt_token_ids) + params.max_tokens, rt.max_position)
     cache = SequenceKVCache(rt.num_layers, rt.num_kv_heads, rt.head_dim, capacity, dtype, device)
-    detok = None if tokenizer is None else IncrementalDetokenizer(tokenizer, out.prompt_token_ids,
-                                                                   params.skip_special_tokens)
-    return Sequence(out, params, cache, make_generator(params.seed), detok,
-                    _stop_strings(params, model) if detok else [], eos,
-                    pending=list(out.prompt_token_ids))
+    detok = (
+        None
+        if tokenizer is None
+        else IncrementalDetokenizer(tokenizer, out.prompt_token_ids, params.skip_special_tokens)
+    )
+    return Sequence(
+        out,
+        params,
+        cache,
+        make_generator(params.seed),
+        detok,
+        _stop_strings(params, model) if detok else [],
+        eos,
+        pending=list(out.prompt_token_ids),
+    )
 
 
 @torch.inference_mode()
@@ -62,7 +79,9 @@ def run(model: CausalLM, seqs: list[Sequence], device: torch.device) -> None:
     live = list(seqs)
     while live:
         ids = torch.tensor([t for s in live for t in s.pending], dtype=torch.long, device=device)  # (T,)
-        positions = torch.cat([torch.arange(s.position, s.position + len(s.pending)) for s in live]).to(device)
+        positions = torch.cat([torch.arange(s.position, s.position + len(s.pending)) for s in live]).to(
+            device
+        )
         ctx = BatchKVContext([s.cache for s in live], [len(s.pending) for s in live])
         hidden = model(ids, positions, ctx)  # (T, d)
         ctx.advance()
@@ -82,14 +101,11 @@ def _append(s: Sequence, tok: int) -> None:
     out.token_ids.append(tok)
     s.pending = [tok]
     n = len(out.token_ids)
-    if n > p.min_tokens:
-        if tok in p.stop_token_ids:
-            out.finish_reason, out.stop_reason = "stop", tok
-        elif not p.ignore_eos and tok in s.eos:
-            out.finish_reason, out.stop_reason = "stop", tok
+    if n > p.min_tokens and (tok in p.stop_token_ids or (not p.ignore_eos and tok in s.eos)):
+        out.finish_reason, out.stop_reason = "stop", tok
     if s.detok is not None and out.finish_reason is None:  # a stop/eos token adds no text
         _append_text(s, tok, check_stops=n > p.min_tokens)
-    if out.finish_reason is None and (n >= p.max_tokens or s.position + 1 > s.cache.capacity):
+    if out.finish_reason is None and (n >= p.max_tokens or s.position + 1 >= s.cache.capacity):
         out.finish_reason = "length"
     if out.finish_reason:
         out.metrics.completion_tokens = n

@@ -25,8 +25,9 @@ Prompt = str | list[int]
 
 
 class LLM:
-    def __init__(self, model: str | Path, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str | None = None) -> None:
+    def __init__(
+        self, model: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    ) -> None:
         self.path = Path(model)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -43,10 +44,13 @@ class LLM:
             ids.add(self.tokenizer.eos_token_id)
         return {int(i) for i in ids}
 
-    def generate(self, prompts: Prompt | Seq[Prompt],
-                 params: SamplingParams | Seq[SamplingParams] | None = None) -> list[RequestOutput]:
+    def generate(
+        self, prompts: Prompt | Seq[Prompt], params: SamplingParams | Seq[SamplingParams] | None = None
+    ) -> list[RequestOutput]:
         """Complete each prompt; returns one RequestOutput per prompt, in order."""
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        if isinstance(prompts, str) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
             prompts = [prompts]  # type: ignore[list-item]
         plist = list(params) if isinstance(params, Seq) else [params or SamplingParams()] * len(prompts)
         if len(plist) != len(prompts):
@@ -55,14 +59,23 @@ class LLM:
         generation.run(self.model, seqs, self.device)
         return [s.out for s in seqs]
 
-    def chat(self, messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
-             params: SamplingParams | Seq[SamplingParams] | None = None, *, add_generation_prompt: bool = True,
-             chat_template_kwargs: dict[str, Any] | None = None) -> list[RequestOutput]:
+    def chat(
+        self,
+        messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        params: SamplingParams | Seq[SamplingParams] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[RequestOutput]:
         """Render each conversation with the checkpoint's chat template, then generate."""
         tok = require(self.tokenizer, self.path, "chat")
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
-        rendered = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                            **(chat_template_kwargs or {})) for c in convs]
+        rendered = [
+            tok.apply_chat_template(
+                c, tokenize=False, add_generation_prompt=add_generation_prompt, **(chat_template_kwargs or {})
+            )
+            for c in convs
+        ]
         outs = self.generate([self._encode(r) for r in rendered], params)
         for out, text in zip(outs, rendered, strict=True):
             out.prompt = text
@@ -95,5 +108,6 @@ class LLM:
         ids = self._check_ids(self._encode(prompt) if isinstance(prompt, str) else list(prompt))
         out = RequestOutput(request_id=str(next(self._ids)), prompt=text, prompt_token_ids=ids)
         out.metrics.prompt_tokens = len(ids)
-        return generation.new_sequence(self.model, out, params, self.tokenizer, self.eos_token_ids,
-                                       self.dtype, self.device)
+        return generation.new_sequence(
+            self.model, out, params, self.tokenizer, self.eos_token_ids, self.dtype, self.device
+        )

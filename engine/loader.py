@@ -73,7 +73,9 @@ def iter_checkpoint(folder: str | Path) -> Iterator[tuple[str, SafetensorsFile]]
             if expected is not None:
                 absent = sorted(set(expected) - set(f.tensors))
                 if absent:
-                    raise CheckpointError(f"index assigns {absent[:5]} to {path.name}, which does not contain them")
+                    raise CheckpointError(
+                        f"index assigns {absent[:5]} to {path.name}, which does not contain them"
+                    )
             for name in f.tensors:
                 yield name, f
 
@@ -87,22 +89,26 @@ def load_weights(model: LoadableModel, folder: str | Path) -> set[str]:
     """Load every tensor of the checkpoint into `model`; returns the set of loaded keys."""
     targets = model.weight_targets()
     loaded: set[str] = set()
+    scratch = _Scratch()
     for name, f in iter_checkpoint(folder):
         if model.ignore_checkpoint_key(name):
             continue
         target = targets.get(name)
         if target is None:
-            raise CheckpointError(f"unexpected tensor {name!r} in {f.path.name}: the model has no such weight")
+            raise CheckpointError(
+                f"unexpected tensor {name!r} in {f.path.name}: the model has no such weight"
+            )
         if name in loaded:
             raise CheckpointError(f"tensor {name!r} appears twice in the checkpoint (again in {f.path.name})")
         info = f.tensors[name]
         if info.shape != target.shape:
             raise CheckpointError(
-                f"tensor {name!r} in {f.path.name} has shape {list(info.shape)}, expected {list(target.shape)}"
+                f"tensor {name!r} in {f.path.name} has shape {list(info.shape)}, "
+                f"expected {list(target.shape)}"
             )
         if info.dtype not in _FLOAT_DTYPES:
             raise CheckpointError(f"tensor {name!r} has dtype {info.dtype}; expected a float dtype")
-        _copy_into(f, name, target.dest)
+        _copy_into(f, name, target.dest, scratch)
         loaded.add(name)
     missing = sorted(set(targets) - loaded)
     if missing:
@@ -111,11 +117,23 @@ def load_weights(model: LoadableModel, folder: str | Path) -> set[str]:
     return loaded
 
 
-def _copy_into(f: SafetensorsFile, name: str, dest: torch.Tensor) -> None:
-    """Read straight into `dest` when possible, else through a buffer of this one tensor."""
+class _Scratch:
+    """One reusable read buffer (grown to the largest tensor that needs a dtype or device change)."""
+
+    def __init__(self) -> None:
+        self.buf = torch.empty(0, dtype=torch.uint8)
+
+    def view(self, nbytes: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.buf.numel() < nbytes:
+            self.buf = torch.empty(nbytes, dtype=torch.uint8)
+        return self.buf[:nbytes].view(dtype).view(shape)
+
+
+def _copy_into(f: SafetensorsFile, name: str, dest: torch.Tensor, scratch: _Scratch) -> None:
+    """Read straight into `dest` when possible, else through the scratch buffer and convert."""
     info = f.tensors[name]
     if dest.device.type == "cpu" and dest.dtype == info.dtype and dest.is_contiguous():
         f.read(name, out=dest)
         return
     with torch.no_grad():
-        dest.copy_(f.read(name).view(dest.shape))
+        dest.copy_(f.read(name, out=scratch.view(info.nbytes, info.dtype, info.shape)).view(dest.shape))

@@ -57,8 +57,15 @@ class NoCacheContext:
 class SequenceKVCache:
     """Contiguous K/V of one sequence for all layers: k, v [L, Hkv, S_max, D]; `length` tokens filled."""
 
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, capacity: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
         shape = (num_layers, capacity, num_kv_heads, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)  # (L, S_max, Hkv, D)
         self.v = torch.empty(shape, dtype=dtype, device=device)  # (L, S_max, Hkv, D)
@@ -77,8 +84,9 @@ class BatchKVContext:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         outs = []
-        for cache, qs, ks, vs in zip(self.caches, q.split(self.q_lens), k.split(self.q_lens),
-                                     v.split(self.q_lens), strict=True):
+        for cache, qs, ks, vs in zip(
+            self.caches, q.split(self.q_lens), k.split(self.q_lens), v.split(self.q_lens), strict=True
+        ):
             past, end = cache.length, cache.length + qs.shape[0]
             cache.k[layer, past:end] = ks
             cache.v[layer, past:end] = vs

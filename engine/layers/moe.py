@@ -19,7 +19,9 @@ from engine.layers.base import param
 from engine.loader import WeightTarget
 
 
-def select_experts(logits: torch.Tensor, bias: torch.Tensor | None, cfg: MoEConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def select_experts(
+    logits: torch.Tensor, bias: torch.Tensor | None, cfg: MoEConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Router logits [T, E] (float32) -> (weights [T, K] float32, expert ids [T, K] int64)."""
     scores = logits.sigmoid() if cfg.score_function == "sigmoid" else logits.softmax(-1)
     choice = scores if bias is None else scores + bias  # the bias steers selection only
@@ -73,8 +75,11 @@ class FusedExperts(nn.Module):
     def weight_targets(self, prefix: str) -> dict[str, WeightTarget]:
         """Checkpoint key -> destination slice for every per-expert weight (after materialize)."""
         i = self.intermediate_size
-        slices = {"gate_proj": lambda e: self.w13[e, :i], "up_proj": lambda e: self.w13[e, i:],
-                  "down_proj": lambda e: self.w2[e]}
+        slices = {
+            "gate_proj": lambda e: self.w13[e, :i],
+            "up_proj": lambda e: self.w13[e, i:],
+            "down_proj": lambda e: self.w2[e],
+        }
         return {
             f"{prefix}.{e}.{name}.weight": WeightTarget(view(e), tuple(view(e).shape))
             for e in range(self.num_experts)
@@ -95,8 +100,10 @@ class FusedExperts(nn.Module):
             if n:
                 out[start : start + n] = self._expert(e, xs[start : start + n])
                 start += n
-        out = out * weights.reshape(-1)[order, None].to(out.dtype)  # (T*K, H)
-        return torch.zeros_like(x).index_add_(0, token, out)
+        unsorted = torch.empty_like(out)
+        unsorted[order] = out  # (T*K, H) back in (token, slot) order
+        weighted = unsorted.view(t, k, -1) * weights[:, :, None].to(out.dtype)  # (T, K, H)
+        return weighted.sum(1)  # (T, H)
 
     def forward_native(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Readable twin: loop over tokens and their K experts."""

@@ -76,60 +76,100 @@ class BailingMoeV2Config:
         shared_unit = int(d.get("moe_shared_expert_intermediate_size") or d["moe_intermediate_size"])
         n_group = int(d.get("n_group") or 0)
         cfg = cls(
-            vocab_size=int(d["vocab_size"]), hidden_size=hidden, intermediate_size=int(d["intermediate_size"]),
-            num_hidden_layers=int(d["num_hidden_layers"]), num_attention_heads=heads,
-            num_key_value_heads=int(d.get("num_key_value_heads") or heads), head_dim=head_dim,
-            rotary_dim=_rotary_dim(d, head_dim), rope_theta=float(d.get("rope_theta", 600000.0)),
-            rope_scaling=d.get("rope_scaling"), max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)), use_qkv_bias=bool(d.get("use_qkv_bias", False)),
-            use_bias=bool(d.get("use_bias", False)), use_qk_norm=bool(d.get("use_qk_norm", True)),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)), num_experts=int(d["num_experts"]),
-            num_experts_per_tok=int(d["num_experts_per_tok"]), moe_intermediate_size=int(d["moe_intermediate_size"]),
+            vocab_size=int(d["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(d["intermediate_size"]),
+            num_hidden_layers=int(d["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(d.get("num_key_value_heads") or heads),
+            head_dim=head_dim,
+            rotary_dim=_rotary_dim(d, head_dim),
+            rope_theta=float(d.get("rope_theta", 600000.0)),
+            rope_scaling=d.get("rope_scaling"),
+            max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            use_qkv_bias=bool(d.get("use_qkv_bias", False)),
+            use_bias=bool(d.get("use_bias", False)),
+            use_qk_norm=bool(d.get("use_qk_norm", True)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            num_experts=int(d["num_experts"]),
+            num_experts_per_tok=int(d["num_experts_per_tok"]),
+            moe_intermediate_size=int(d["moe_intermediate_size"]),
             shared_expert_intermediate_size=None if num_shared is None else shared_unit * int(num_shared),
-            n_group=n_group if n_group > 1 else 1, topk_group=int(d.get("topk_group") or 1) if n_group > 1 else 1,
+            n_group=n_group if n_group > 1 else 1,
+            topk_group=int(d.get("topk_group") or 1) if n_group > 1 else 1,
             first_k_dense_replace=int(d.get("first_k_dense_replace", 1)),
             score_function=str(d.get("score_function") or "sigmoid"),
             norm_topk_prob=bool(d.get("norm_topk_prob", True)),
             routed_scaling_factor=float(d.get("routed_scaling_factor") or 1.0),
             expert_bias=d.get("moe_router_enable_expert_bias", True) is not False,
             num_nextn_predict_layers=int(d.get("num_nextn_predict_layers") or 0),
-            eos_token_ids=_ids(d.get("eos_token_id")), bos_token_id=_opt_int(d, "bos_token_id"),
+            eos_token_ids=_ids(d.get("eos_token_id")),
+            bos_token_id=_opt_int(d, "bos_token_id"),
             pad_token_id=_opt_int(d, "pad_token_id"),
         )
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        positive = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
-                    "moe_intermediate_size", "max_position_embeddings")
+        positive = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_experts",
+            "moe_intermediate_size",
+            "max_position_embeddings",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"config.json field {name!r} must be positive, got {getattr(self, name)}")
         if not 0 <= self.first_k_dense_replace <= self.num_hidden_layers:
-            raise ValueError(f"config.json field 'first_k_dense_replace' must be in [0, num_hidden_layers], "
-                             f"got {self.first_k_dense_replace}")
+            raise ValueError(
+                f"config.json field 'first_k_dense_replace' must be in [0, num_hidden_layers], "
+                f"got {self.first_k_dense_replace}"
+            )
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
-            raise ValueError(f"config.json field 'rope_scaling' must be an object or null, got {self.rope_scaling!r}")
+            raise ValueError(
+                f"config.json field 'rope_scaling' must be an object or null, got {self.rope_scaling!r}"
+            )
         self.attention_config()  # validates heads, rotary dims
         self.moe_config()  # validates routing fields
 
     def rope_config(self) -> RopeConfig:
-        return RopeConfig(head_dim=self.head_dim, rotary_dim=self.rotary_dim, theta=self.rope_theta,
-                          max_position=self.max_position_embeddings, scaling=self.rope_scaling)
+        return RopeConfig(
+            head_dim=self.head_dim,
+            rotary_dim=self.rotary_dim,
+            theta=self.rope_theta,
+            max_position=self.max_position_embeddings,
+            scaling=self.rope_scaling,
+        )
 
     def attention_config(self) -> AttentionConfig:
         return AttentionConfig(
-            hidden_size=self.hidden_size, num_heads=self.num_attention_heads,
-            num_kv_heads=self.num_key_value_heads, head_dim=self.head_dim, rope=self.rope_config(),
-            qkv_bias=self.use_qkv_bias, out_bias=self.use_bias, qk_norm=self.use_qk_norm, norm_eps=self.rms_norm_eps,
+            hidden_size=self.hidden_size,
+            num_heads=self.num_attention_heads,
+            num_kv_heads=self.num_key_value_heads,
+            head_dim=self.head_dim,
+            rope=self.rope_config(),
+            qkv_bias=self.use_qkv_bias,
+            out_bias=self.use_bias,
+            qk_norm=self.use_qk_norm,
+            norm_eps=self.rms_norm_eps,
         )
 
     def moe_config(self) -> MoEConfig:
         return MoEConfig(
-            hidden_size=self.hidden_size, num_experts=self.num_experts, top_k=self.num_experts_per_tok,
-            intermediate_size=self.moe_intermediate_size, score_function=self.score_function,
-            expert_bias=self.expert_bias, n_group=self.n_group, topk_group=self.topk_group,
-            norm_topk_prob=self.norm_topk_prob, routed_scaling_factor=self.routed_scaling_factor,
+            hidden_size=self.hidden_size,
+            num_experts=self.num_experts,
+            top_k=self.num_experts_per_tok,
+            intermediate_size=self.moe_intermediate_size,
+            score_function=self.score_function,
+            expert_bias=self.expert_bias,
+            n_group=self.n_group,
+            topk_group=self.topk_group,
+            norm_topk_prob=self.norm_topk_prob,
+            routed_scaling_factor=self.routed_scaling_factor,
             shared_intermediate_size=self.shared_expert_intermediate_size,
         )
 

@@ -33,16 +33,26 @@ class BailingAttention(nn.Module):
     def __init__(self, cfg: BailingMoeV2Config, layer_idx: int) -> None:
         super().__init__()
         a = cfg.attention_config()
-        self.layer_idx, self.num_heads, self.num_kv_heads, self.head_dim = layer_idx, a.num_heads, a.num_kv_heads, a.head_dim
-        self.query_key_value = Linear(a.hidden_size, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, bias=a.qkv_bias)
+        self.layer_idx, self.num_heads, self.num_kv_heads, self.head_dim = (
+            layer_idx,
+            a.num_heads,
+            a.num_kv_heads,
+            a.head_dim,
+        )
+        self.query_key_value = Linear(
+            a.hidden_size, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, bias=a.qkv_bias
+        )
         self.query_layernorm = RMSNorm(a.head_dim, a.norm_eps) if a.qk_norm else None
         self.key_layernorm = RMSNorm(a.head_dim, a.norm_eps) if a.qk_norm else None
         self.dense = Linear(a.num_heads * a.head_dim, a.hidden_size, bias=a.out_bias)
 
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, cos_sin: tuple[torch.Tensor, torch.Tensor],
-                ctx: Any) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: RotaryEmbedding, cos_sin: tuple[torch.Tensor, torch.Tensor], ctx: Any
+    ) -> torch.Tensor:
         t = x.shape[0]
-        qkv = self.query_key_value(x).view(t, self.num_heads + 2 * self.num_kv_heads, self.head_dim)  # (T, H+2Hkv, D)
+        qkv = self.query_key_value(x).view(
+            t, self.num_heads + 2 * self.num_kv_heads, self.head_dim
+        )  # (T, H+2Hkv, D)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=1)
         if self.query_layernorm is not None:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
@@ -76,10 +86,13 @@ class BailingDecoderLayer(nn.Module):
         self.attention = BailingAttention(cfg, layer_idx)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         dense = layer_idx < cfg.first_k_dense_replace
-        self.mlp = SwiGLUMLP(cfg.hidden_size, cfg.intermediate_size) if dense else BailingMoE(cfg.moe_config())
+        self.mlp = (
+            SwiGLUMLP(cfg.hidden_size, cfg.intermediate_size) if dense else BailingMoE(cfg.moe_config())
+        )
 
-    def forward(self, h: torch.Tensor, rope: RotaryEmbedding, cos_sin: tuple[torch.Tensor, torch.Tensor],
-                ctx: Any) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, rope: RotaryEmbedding, cos_sin: tuple[torch.Tensor, torch.Tensor], ctx: Any
+    ) -> torch.Tensor:
         h = h + self.attention(self.input_layernorm(h), rope, cos_sin, ctx)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -109,9 +122,14 @@ class BailingMoeV2ForCausalLM(CausalLM):
         self.model = BailingMoeV2Model(cfg)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size)
         self.runtime = ModelRuntimeConfig(
-            vocab_size=cfg.vocab_size, num_layers=cfg.num_hidden_layers, num_kv_heads=cfg.num_key_value_heads,
-            head_dim=cfg.head_dim, max_position=cfg.max_position_embeddings, eos_token_ids=cfg.eos_token_ids,
-            bos_token_id=cfg.bos_token_id, pad_token_id=cfg.pad_token_id,
+            vocab_size=cfg.vocab_size,
+            num_layers=cfg.num_hidden_layers,
+            num_kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim,
+            max_position=cfg.max_position_embeddings,
+            eos_token_ids=cfg.eos_token_ids,
+            bos_token_id=cfg.bos_token_id,
+            pad_token_id=cfg.pad_token_id,
         )
 
     @classmethod
