@@ -1,0 +1,1 @@
+"""Bailing Serve: the command line, settings and demo tooling around the engine and models."""

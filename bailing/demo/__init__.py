@@ -1,0 +1,1 @@
+"""Demo checkpoints: a tiny tokenizer, the Ling chat template, random weights in upstream layout."""

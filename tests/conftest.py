@@ -1,0 +1,47 @@
+"""Shared fixtures: where the shared golden data lives, and tiny checkpoints copied from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GOLDEN_LING = SHARED / "golden" / "ling-tiny"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not GOLDEN_LING.is_dir():
+        pytest.skip(f"shared golden data not found at {GOLDEN_LING}")
+    return GOLDEN_LING
+
+
+@pytest.fixture()
+def golden_copy(golden_dir: Path, tmp_path: Path) -> Path:
+    """A writable copy of the golden tiny checkpoint (config.json, generation_config.json, weights)."""
+    dst = tmp_path / "tiny-bailing"
+    shutil.copytree(golden_dir / "tiny-bailing", dst)
+    for p in dst.iterdir():
+        p.chmod(0o644)
+    dst.chmod(0o755)
+    return dst
+
+
+def edit_config(folder: Path, **changes: object) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    (folder / "config.json").write_text(json.dumps(cfg))

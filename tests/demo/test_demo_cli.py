@@ -1,0 +1,89 @@
+"""Tests of the `bailing` command line through `bailing.cli.main` (in process, real demo checkpoint)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from bailing.cli import main
+
+needs_engine = pytest.mark.skipif(importlib.util.find_spec("engine") is None, reason="engine not present")
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    assert main(["init-demo", str(root)]) == 0
+    return root
+
+
+def test_init_demo_prints_paths(demo_root, capsys):
+    assert main(["init-demo", str(demo_root)]) == 0  # second run: already complete, kept
+    assert capsys.readouterr().out.strip() == f"ling: {demo_root / 'ling'}"
+    for name in ("config.json", "tokenizer.json", "model.safetensors.index.json", "bailing_demo.json"):
+        assert (demo_root / "ling" / name).is_file()
+
+
+def test_init_demo_user_error(tmp_path, capsys):
+    (tmp_path / "ling").mkdir()
+    (tmp_path / "ling" / "keep.txt").write_text("x")
+    assert main(["init-demo", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_help_exits_cleanly(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "init-demo" in capsys.readouterr().out
+
+
+@needs_engine
+def test_generate_json(demo_root, capsys):
+    argv = ["generate", "--model", str(demo_root / "ling"), "--max-tokens", "5", "--json", "Hello there"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert set(record) == {"text", "token_ids", "finish_reason", "usage", "tokens_per_s"}
+    assert record["usage"]["completion_tokens"] == len(record["token_ids"]) <= 5
+    assert record["usage"]["prompt_tokens"] > 0 and record["finish_reason"] in {"stop", "length"}
+    assert "tok/s]" in captured.err
+    assert main(argv) == 0  # greedy by default: the same tokens again
+    assert json.loads(capsys.readouterr().out)["token_ids"] == record["token_ids"]
+
+
+@needs_engine
+def test_generate_text_with_sampling(demo_root, capsys):
+    argv = [
+        "generate",
+        "--model",
+        str(demo_root / "ling"),
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0.7",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "20",
+        "--seed",
+        "7",
+        "--dtype",
+        "float32",
+        "Hi",
+    ]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("[") and " tokens in " in captured.err
+
+
+@needs_engine
+@pytest.mark.parametrize("extra", [["--model", "/nonexistent/model"], ["--temperature", "-1"]])
+def test_generate_user_errors(demo_root, capsys, extra):
+    argv = ["generate", "--model", str(demo_root / "ling"), *extra, "x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
