@@ -45,3 +45,11 @@ def edit_config(folder: Path, **changes: object) -> None:
     cfg = json.loads((folder / "config.json").read_text())
     cfg.update(changes)
     (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.fixture(scope="session")
+def demo_ling(tmp_path_factory) -> Path:
+    """The demo Ling checkpoint (tokenizer + chat template + sharded bf16 weights), written once."""
+    from bailing.demo.writer import write_ling_checkpoint
+
+    return write_ling_checkpoint(tmp_path_factory.mktemp("demo") / "ling", seed=0)
