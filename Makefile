@@ -40,3 +40,6 @@ fmt: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .bailing .pytest_cache .ruff_cache
+
+bench: $(STAMP)
+	$(PY) -m bench.load

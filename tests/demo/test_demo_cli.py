@@ -87,3 +87,18 @@ def test_generate_user_errors(demo_root, capsys, extra):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+@needs_engine
+def test_generate_weights_only_folder_text_prompt_is_a_clean_error(golden_copy, capsys):
+    assert main(["generate", "--model", str(golden_copy), "hello"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no tokenizer.json" in err and "Traceback" not in err
+
+
+@needs_engine
+def test_generate_broken_checkpoint_is_a_clean_error(golden_copy, capsys):
+    (golden_copy / "model.safetensors").write_bytes(b"\x00" * 4)
+    assert main(["generate", "--model", str(golden_copy), "hello"]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt safetensors file" in err and "Traceback" not in err
