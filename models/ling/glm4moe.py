@@ -27,37 +27,7 @@ import torch
 from transformers import Glm4MoeConfig, Glm4MoeForCausalLM
 from transformers.models.glm4_moe.modeling_glm4_moe import Glm4MoeRotaryEmbedding
 
-# Defaults of the official BailingMoeV2Config, used when config.json omits a field.
-_BAILING_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 157184,
-    "hidden_size": 2048,
-    "intermediate_size": 5120,
-    "num_hidden_layers": 20,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 4,
-    "head_dim": 128,
-    "hidden_act": "silu",
-    "use_qkv_bias": False,
-    "use_bias": False,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "max_position_embeddings": 32768,
-    "rope_theta": 600000.0,
-    "rope_scaling": None,
-    "num_experts": 256,
-    "num_shared_experts": 1,
-    "num_experts_per_tok": 8,
-    "n_group": 8,
-    "topk_group": 4,
-    "moe_intermediate_size": 512,
-    "first_k_dense_replace": 1,
-    "use_qk_norm": True,
-    "routed_scaling_factor": 1.0,
-    "norm_topk_prob": True,
-    "score_function": "sigmoid",
-    "pad_token_id": 156892,
-    "eos_token_id": 156892,
-}
+from models.ling.config import BailingMoeV2Config
 
 _SUPPORTED_ROPE_TYPES = ("default", "yarn")
 _ROUTER_PARAMS = ("mlp.gate.weight", "mlp.gate.e_score_correction_bias")  # kept in fp32, as upstream
@@ -87,42 +57,6 @@ _TOP_RENAMES = {
 }
 
 
-def _get(config: Mapping[str, Any], field: str) -> Any:
-    """config[field], or the official BailingMoeV2Config default when the key is absent."""
-    return config[field] if field in config else _BAILING_DEFAULTS[field]
-
-
-def _positive_int(config: Mapping[str, Any], field: str) -> int:
-    value = _get(config, field)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{field} must be a positive integer, got {value!r}")
-    return value
-
-
-def _head_dim(config: Mapping[str, Any]) -> int:
-    """D: `head_dim`, or hidden_size // num_attention_heads when it is 0 or None."""
-    head_dim = _get(config, "head_dim")
-    if not head_dim:
-        return _positive_int(config, "hidden_size") // _positive_int(config, "num_attention_heads")
-    return _positive_int(config, "head_dim")
-
-
-def _rotary_dim(config: Mapping[str, Any], head_dim: int) -> int:
-    """R: int(D * partial_rotary_factor) if set, else `rotary_dim` if set, else D (full RoPE)."""
-    factor = config.get("partial_rotary_factor")
-    if factor is not None:
-        rotary_dim, field = int(head_dim * float(factor)), "partial_rotary_factor"
-    elif config.get("rotary_dim") is not None:
-        rotary_dim, field = int(config["rotary_dim"]), "rotary_dim"
-    else:
-        rotary_dim, field = head_dim, "head_dim"
-    if rotary_dim <= 0 or rotary_dim > head_dim or rotary_dim % 2:
-        raise ValueError(
-            f"{field} gives rotary dim {rotary_dim}; it must be even and in (0, head_dim={head_dim}]"
-        )
-    return rotary_dim
-
-
 def _partial_factor(rotary_dim: int, head_dim: int) -> float:
     """A factor f with int(D * f) == R exactly (R / D can round down by one ulp)."""
     factor = rotary_dim / head_dim
@@ -131,123 +65,88 @@ def _partial_factor(rotary_dim: int, head_dim: int) -> float:
     return factor
 
 
-def _rope_parameters(config: Mapping[str, Any], head_dim: int) -> dict[str, Any]:
+def _rope_parameters(cfg: BailingMoeV2Config) -> dict[str, Any]:
     """Glm4Moe `rope_parameters`: rope type (+ its scaling fields), theta and the partial factor."""
-    theta = float(_get(config, "rope_theta"))
-    if theta <= 0:
-        raise ValueError(f"rope_theta must be positive, got {theta}")
     params: dict[str, Any] = {"rope_type": "default"}
-    scaling = _get(config, "rope_scaling")
-    if scaling:
-        if not isinstance(scaling, Mapping):
-            raise ValueError(f"rope_scaling must be a dict or null, got {scaling!r}")
-        kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    if cfg.rope_scaling:
+        kind = cfg.rope_scaling.get("rope_type") or cfg.rope_scaling.get("type") or "default"
         if kind not in _SUPPORTED_ROPE_TYPES:
             raise ValueError(
                 f"rope_scaling type {kind!r} is not supported (supported: {_SUPPORTED_ROPE_TYPES})"
             )
-        if kind == "yarn" and scaling.get("factor") is None:
-            raise ValueError("rope_scaling.factor is required for yarn")
-        params.update({k: v for k, v in scaling.items() if k not in ("type", "rope_type")})
+        params.update({k: v for k, v in cfg.rope_scaling.items() if k not in ("type", "rope_type")})
         params["rope_type"] = kind
-    params["rope_theta"] = theta
-    params["partial_rotary_factor"] = _partial_factor(_rotary_dim(config, head_dim), head_dim)
+    params["rope_theta"] = cfg.rope_theta
+    params["partial_rotary_factor"] = _partial_factor(cfg.rotary_dim, cfg.head_dim)
     return params
 
 
-def _grouping(config: Mapping[str, Any], num_experts: int, top_k: int) -> tuple[int, int]:
-    """(n_group, topk_group); 0, 1 or None groups mean no grouping -> (1, 1)."""
-    n_group = _get(config, "n_group")
-    if n_group in (None, 0, 1):
-        n_group, topk_group = 1, 1
-    else:
-        n_group = _positive_int(config, "n_group")
-        topk_group = _get(config, "topk_group")
-        if not isinstance(topk_group, int) or not 1 <= topk_group <= n_group:
-            raise ValueError(f"topk_group must be in [1, n_group={n_group}], got {topk_group!r}")
-        if num_experts % n_group:
-            raise ValueError(f"n_group ({n_group}) must divide num_experts ({num_experts})")
-        if topk_group * (num_experts // n_group) < top_k:
-            raise ValueError(f"num_experts_per_tok ({top_k}) exceeds the experts in topk_group groups")
-    if num_experts // n_group < 2:
-        raise ValueError(f"num_experts ({num_experts}) must give >= 2 experts per group (top-2 group score)")
-    return n_group, topk_group
-
-
-def _shared_expert_count(config: Mapping[str, Any], moe_inter: int) -> int:
-    """Glm4Moe n_shared_experts so that moe_inter * n == BailingMoeV2's shared-expert width."""
-    count = _get(config, "num_shared_experts")
-    if count is None:  # no shared expert: Glm4Moe builds a zero-width one (adds zeros)
-        return 0
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        raise ValueError(f"num_shared_experts must be a non-negative integer or null, got {count!r}")
-    unit = config.get("moe_shared_expert_intermediate_size") or moe_inter
-    width = unit * count
-    if width % moe_inter:
+def _shared_expert_count(cfg: BailingMoeV2Config) -> int:
+    """Glm4Moe n_shared_experts so that moe_intermediate_size * n == BailingMoeV2's shared-expert width."""
+    width = cfg.shared_expert_intermediate_size or 0  # None: Glm4Moe builds a zero-width one (adds zeros)
+    if width % cfg.moe_intermediate_size:
         raise ValueError(
-            f"moe_shared_expert_intermediate_size ({unit}) x num_shared_experts ({count}) = {width} is not "
-            f"a multiple of moe_intermediate_size ({moe_inter}); Glm4Moe cannot express it"
+            f"moe_shared_expert_intermediate_size x num_shared_experts = {width} is not a multiple of "
+            f"moe_intermediate_size ({cfg.moe_intermediate_size}); Glm4Moe cannot express it"
         )
-    return width // moe_inter
+    return width // cfg.moe_intermediate_size
 
 
-def _check_expressible(config: Mapping[str, Any]) -> None:
+def _check_expressible(cfg: BailingMoeV2Config) -> None:
     """Raise ValueError naming the field for BailingMoeV2 features Glm4Moe has no slot for."""
-    if _get(config, "use_bias"):
+    if cfg.use_bias:
         raise ValueError("use_bias=true (bias on attention.dense) is not expressible in Glm4Moe")
-    score = config.get("score_function") or "sigmoid"
-    if score != "sigmoid":
-        raise ValueError(f"score_function {score!r} is not expressible in Glm4Moe (sigmoid only)")
+    if cfg.score_function != "sigmoid":
+        raise ValueError(
+            f"score_function {cfg.score_function!r} is not expressible in Glm4Moe (sigmoid only)"
+        )
+    if cfg.num_experts // cfg.n_group < 2:
+        raise ValueError(
+            f"num_experts ({cfg.num_experts}) must give >= 2 experts per group (top-2 group score)"
+        )
 
 
 def glm4moe_config_from_bailing(config: dict) -> Glm4MoeConfig:
     """Build the Glm4MoeConfig (no MTP, eager attention and experts) computing this BailingMoeV2 config."""
-    _check_expressible(config)
-    hidden, heads = _positive_int(config, "hidden_size"), _positive_int(config, "num_attention_heads")
-    kv_heads, head_dim = _positive_int(config, "num_key_value_heads"), _head_dim(config)
-    num_experts, top_k = _positive_int(config, "num_experts"), _positive_int(config, "num_experts_per_tok")
-    if top_k > num_experts:
-        raise ValueError(f"num_experts_per_tok ({top_k}) must be <= num_experts ({num_experts})")
-    moe_inter = _positive_int(config, "moe_intermediate_size")
-    n_group, topk_group = _grouping(config, num_experts, top_k)
+    cfg = BailingMoeV2Config.from_dict(config)
+    _check_expressible(cfg)
     return Glm4MoeConfig(
-        vocab_size=_positive_int(config, "vocab_size"),
-        hidden_size=hidden,
-        intermediate_size=_positive_int(config, "intermediate_size"),
-        num_hidden_layers=_positive_int(config, "num_hidden_layers"),
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
         num_mtp_layers=0,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        hidden_act=_get(config, "hidden_act"),
-        rms_norm_eps=float(_get(config, "rms_norm_eps")),
-        max_position_embeddings=_positive_int(config, "max_position_embeddings"),
-        tie_word_embeddings=bool(_get(config, "tie_word_embeddings")),
-        attention_bias=bool(_get(config, "use_qkv_bias")),
-        use_qk_norm=bool(_get(config, "use_qk_norm")),
-        rope_parameters=_rope_parameters(config, head_dim),
-        moe_intermediate_size=moe_inter,
-        num_experts_per_tok=top_k,
-        n_routed_experts=num_experts,
-        n_shared_experts=_shared_expert_count(config, moe_inter),
-        routed_scaling_factor=float(_get(config, "routed_scaling_factor")),
-        n_group=n_group,
-        topk_group=topk_group,
-        norm_topk_prob=bool(_get(config, "norm_topk_prob")) and top_k > 1,
-        first_k_dense_replace=int(_get(config, "first_k_dense_replace") or 0),
-        pad_token_id=config.get("pad_token_id"),
-        eos_token_id=config.get("eos_token_id"),
-        bos_token_id=config.get("bos_token_id"),
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        rms_norm_eps=cfg.rms_norm_eps,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        attention_bias=cfg.use_qkv_bias,
+        use_qk_norm=cfg.use_qk_norm,
+        rope_parameters=_rope_parameters(cfg),
+        moe_intermediate_size=cfg.moe_intermediate_size,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        n_routed_experts=cfg.num_experts,
+        n_shared_experts=_shared_expert_count(cfg),
+        routed_scaling_factor=cfg.routed_scaling_factor,
+        n_group=cfg.n_group,
+        topk_group=cfg.topk_group,
+        norm_topk_prob=cfg.norm_topk_prob and cfg.num_experts_per_tok > 1,
+        first_k_dense_replace=cfg.first_k_dense_replace,
+        pad_token_id=cfg.pad_token_id,
+        eos_token_id=list(cfg.eos_token_ids) or None,
+        bos_token_id=cfg.bos_token_id,
         attn_implementation="eager",
         experts_implementation="eager",
     )
 
 
-def _split_qkv(key: str, tensor: torch.Tensor, config: Mapping[str, Any]) -> list[torch.Tensor]:
+def _split_qkv(key: str, tensor: torch.Tensor, cfg: BailingMoeV2Config) -> list[torch.Tensor]:
     """Fused QKV rows [Q (H*D) | K (Hkv*D) | V (Hkv*D)] -> [q, k, v] (weight [rows, d] or bias [rows])."""
-    head_dim = _head_dim(config)
-    q_rows = _positive_int(config, "num_attention_heads") * head_dim
-    kv_rows = _positive_int(config, "num_key_value_heads") * head_dim
+    q_rows = cfg.num_attention_heads * cfg.head_dim
+    kv_rows = cfg.num_key_value_heads * cfg.head_dim
     if tensor.shape[0] != q_rows + 2 * kv_rows:
         raise ValueError(
             f"{key}: expected {q_rows + 2 * kv_rows} rows ((H+2Hkv)*D), got {tuple(tensor.shape)}"
@@ -256,7 +155,7 @@ def _split_qkv(key: str, tensor: torch.Tensor, config: Mapping[str, Any]) -> lis
 
 
 def _convert_layer_key(
-    layer: int, sub: str, tensor: torch.Tensor, config: Mapping[str, Any], out: dict[str, torch.Tensor]
+    layer: int, sub: str, tensor: torch.Tensor, cfg: BailingMoeV2Config, out: dict[str, torch.Tensor]
 ) -> bool:
     """Write the Glm4Moe tensor(s) for one non-expert layer key into `out`; False if the key is unknown."""
     prefix = f"model.layers.{layer}."
@@ -265,7 +164,7 @@ def _convert_layer_key(
         return True
     if sub in ("attention.query_key_value.weight", "attention.query_key_value.bias"):
         kind = sub.rsplit(".", 1)[1]
-        for name, part in zip(("q", "k", "v"), _split_qkv(prefix + sub, tensor, config), strict=True):
+        for name, part in zip(("q", "k", "v"), _split_qkv(prefix + sub, tensor, cfg), strict=True):
             out[f"{prefix}self_attn.{name}_proj.{kind}"] = part
         return True
     return False
@@ -293,12 +192,11 @@ def _stack_experts(
     }  # (E, ., .)
 
 
-def _fill_defaults(out: dict[str, torch.Tensor], config: Mapping[str, Any]) -> None:
+def _fill_defaults(out: dict[str, torch.Tensor], cfg: BailingMoeV2Config) -> None:
     """Add tensors BailingMoeV2 may omit: zero expert bias, zero-width shared expert, tied lm_head."""
-    hidden, num_experts = _positive_int(config, "hidden_size"), _positive_int(config, "num_experts")
-    first_dense = int(_get(config, "first_k_dense_replace") or 0)
-    no_shared = not _get(config, "num_shared_experts")
-    for layer in range(first_dense, _positive_int(config, "num_hidden_layers")):
+    hidden, num_experts = cfg.hidden_size, cfg.num_experts
+    no_shared = cfg.shared_expert_intermediate_size is None
+    for layer in range(cfg.first_k_dense_replace, cfg.num_hidden_layers):
         prefix = f"model.layers.{layer}.mlp."
         out.setdefault(prefix + "gate.e_score_correction_bias", torch.zeros(num_experts))
         if no_shared:
@@ -308,7 +206,7 @@ def _fill_defaults(out: dict[str, torch.Tensor], config: Mapping[str, Any]) -> N
                 ("down_proj", (hidden, 0)),
             ):
                 out.setdefault(f"{prefix}shared_experts.{proj}.weight", torch.zeros(shape))
-    if _get(config, "tie_word_embeddings") and "model.embed_tokens.weight" in out:
+    if cfg.tie_word_embeddings and "model.embed_tokens.weight" in out:
         out.setdefault("lm_head.weight", out["model.embed_tokens.weight"])
 
 
@@ -316,7 +214,8 @@ def glm4moe_state_dict_from_bailing(
     state: Mapping[str, torch.Tensor], config: dict
 ) -> dict[str, torch.Tensor]:
     """Rename/split/stack BailingMoeV2 checkpoint tensors into Glm4Moe's layout; MTP layers are dropped."""
-    num_layers, num_experts = _positive_int(config, "num_hidden_layers"), _positive_int(config, "num_experts")
+    cfg = BailingMoeV2Config.from_dict(config)
+    num_layers, num_experts = cfg.num_hidden_layers, cfg.num_experts
     out: dict[str, torch.Tensor] = {}
     experts: dict[int, dict[int, dict[str, torch.Tensor]]] = {}  # layer -> expert -> proj -> weight
     for key, tensor in state.items():
@@ -332,11 +231,11 @@ def glm4moe_state_dict_from_bailing(
         expert = _EXPERT_KEY.fullmatch(sub)
         if expert is not None:
             experts.setdefault(layer, {}).setdefault(int(expert.group(1)), {})[expert.group(2)] = tensor
-        elif not _convert_layer_key(layer, sub, tensor, config, out):
+        elif not _convert_layer_key(layer, sub, tensor, cfg, out):
             raise ValueError(f"unexpected checkpoint key {key}")
     for layer, per_expert in experts.items():
         out.update(_stack_experts(layer, per_expert, num_experts))
-    _fill_defaults(out, config)
+    _fill_defaults(out, cfg)
     return out
 
 

@@ -97,11 +97,13 @@ def test_invalid_config_value_names_the_field(golden_copy):
         LLM(golden_copy)
 
 
-def test_config_missing_required_field(golden_copy):
+def test_config_missing_key_takes_the_official_default_and_the_mismatch_is_named(golden_copy):
     cfg = json.loads((golden_copy / "config.json").read_text())
-    del cfg["num_experts"]
+    del cfg["num_experts"]  # official default: 256, but the checkpoint has 16
     (golden_copy / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="num_experts"):
+    with pytest.raises(
+        CheckpointError, match=r"'model\.layers\.1\.mlp\.gate\.\w+'.* has shape \[16(, 64)?\], expected \[256"
+    ):
         LLM(golden_copy)
 
 

@@ -29,6 +29,20 @@ def test_rotary_dim_rules(base):
     assert cfg(base, partial_rotary_factor=0.25, rotary_dim=4).rotary_dim == 4
 
 
+def test_missing_keys_take_the_official_defaults(base):
+    c = cfg(
+        base, num_key_value_heads=REMOVE, head_dim=REMOVE, rope_theta=REMOVE, max_position_embeddings=REMOVE
+    )
+    assert (c.num_key_value_heads, c.head_dim, c.rope_theta, c.max_position_embeddings) == (
+        4,
+        128,
+        600000.0,
+        32768,
+    )
+    c = cfg(base, n_group=REMOVE, topk_group=REMOVE)
+    assert (c.n_group, c.topk_group) == (8, 4)
+
+
 def test_head_dim_defaults_to_hidden_over_heads(base):
     assert cfg(base, head_dim=0).head_dim == 16
     assert cfg(base, head_dim=None).head_dim == 16
@@ -74,7 +88,8 @@ def test_shared_expert_width(base):
         ({"rope_scaling": "yarn"}, "rope_scaling"),
         ({"num_experts_per_tok": 17}, "num_experts_per_tok"),
         ({"score_function": "relu"}, "score_function"),
-        ({"vocab_size": REMOVE}, "vocab_size"),
+        ({"vocab_size": "many"}, "vocab_size"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
     ],
 )
 def test_bad_values_name_the_field(base, change, field):
