@@ -6,7 +6,7 @@ config.json itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -100,4 +100,3 @@ class ModelRuntimeConfig:
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
     pad_token_id: int | None = None
-    default_stop_strings: tuple[str, ...] = field(default_factory=tuple)

@@ -1,7 +1,8 @@
 """Offline Python API, the way vLLM users call it: LLM(path).generate / .chat / .logits.
 
-Flow: prompts (strings, or lists of token ids) -> token ids -> generation loop -> RequestOutput per
-prompt, in input order. `.logits` scores a whole sequence without a cache (for evaluation).
+It owns an LLMEngine and drives it synchronously: all prompts are added, then `step()` runs until
+every request is done (continuous batching does the rest). Outputs come back in input order.
+`.logits` scores a whole sequence without a cache (for evaluation).
 """
 
 from __future__ import annotations
@@ -13,36 +14,34 @@ from typing import Any
 
 import torch
 
-from engine import generation
+from engine.engine import EngineConfig, LLMEngine, Prompt
 from engine.errors import RequestError
 from engine.layers.attention import NoCacheContext
-from engine.model_loader import generation_config, load_model, resolve_dtype
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
-from engine.tokenizer import load_tokenizer, require
-
-Prompt = str | list[int]
+from engine.tokenizer import require
 
 
 class LLM:
     def __init__(
-        self, model: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+        self,
+        model: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        **engine_config: Any,
     ) -> None:
-        self.path = Path(model)
-        self.device = torch.device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.model = load_model(self.path, self.device, self.dtype)
-        self.tokenizer = load_tokenizer(self.path)
-        self.eos_token_ids = self._eos_ids()
-        self._ids = itertools.count()
+        self.engine = LLMEngine(model, device, dtype, EngineConfig(**engine_config))
+        self.path, self.device, self.dtype = self.engine.path, self.engine.device, self.engine.dtype
+        self.model, self.tokenizer = self.engine.model, self.engine.tokenizer
+        self._batches = itertools.count()
 
-    def _eos_ids(self) -> set[int]:
-        gen = generation_config(self.path).get("eos_token_id")
-        ids = set(self.model.runtime.eos_token_ids)
-        ids.update(gen if isinstance(gen, list) else [] if gen is None else [gen])
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return {int(i) for i in ids}
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self.engine.eos_token_ids
+
+    @eos_token_ids.setter
+    def eos_token_ids(self, ids: set[int]) -> None:
+        self.engine.eos_token_ids = frozenset(ids)
 
     def generate(
         self, prompts: Prompt | Seq[Prompt], params: SamplingParams | Seq[SamplingParams] | None = None
@@ -55,9 +54,21 @@ class LLM:
         plist = list(params) if isinstance(params, Seq) else [params or SamplingParams()] * len(prompts)
         if len(plist) != len(prompts):
             raise RequestError(f"got {len(prompts)} prompts but {len(plist)} SamplingParams")
-        seqs = [self._sequence(p, sp) for p, sp in zip(prompts, plist, strict=True)]
-        generation.run(self.model, seqs, self.device)
-        return [s.out for s in seqs]
+        batch = next(self._batches)
+        ids = [f"llm-{batch}-{i}" for i in range(len(prompts))]
+        final: dict[str, RequestOutput] = {}
+        try:
+            for rid, prompt, p in zip(ids, prompts, plist, strict=True):
+                self.engine.add_request(prompt, p, request_id=rid)
+            while len(final) < len(ids):
+                for out in self.engine.step():
+                    if out.finished:
+                        final[out.request_id] = out
+        finally:
+            for rid in ids:
+                if rid not in final:
+                    self.engine.abort(rid)
+        return [final[rid] for rid in ids]
 
     def chat(
         self,
@@ -76,7 +87,7 @@ class LLM:
             )
             for c in convs
         ]
-        outs = self.generate([self._encode(r) for r in rendered], params)
+        outs = self.generate([self.engine.encode(r) for r in rendered], params)
         for out, text in zip(outs, rendered, strict=True):
             out.prompt = text
         return outs
@@ -84,30 +95,7 @@ class LLM:
     @torch.inference_mode()
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """Full-sequence logits without a cache: [len, vocab] float32."""
-        ids = self._check_ids(token_ids)
+        ids = self.engine._check_ids(list(token_ids))
         positions = torch.arange(len(ids), device=self.device)
         hidden = self.model(torch.tensor(ids, device=self.device), positions, NoCacheContext())
         return self.model.compute_logits(hidden)
-
-    def _encode(self, text: str) -> list[int]:
-        return require(self.tokenizer, self.path, "a text prompt").encode(text, add_special_tokens=False)
-
-    def _check_ids(self, ids: list[int]) -> list[int]:
-        rt = self.model.runtime
-        if not ids:
-            raise RequestError("the prompt is empty")
-        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < rt.vocab_size]
-        if bad:
-            raise RequestError(f"token ids out of range [0, {rt.vocab_size}): {bad[:5]}")
-        if len(ids) >= rt.max_position:
-            raise RequestError(f"prompt has {len(ids)} tokens; the model's context is {rt.max_position}")
-        return list(ids)
-
-    def _sequence(self, prompt: Prompt, params: SamplingParams) -> generation.Sequence:
-        text = prompt if isinstance(prompt, str) else None
-        ids = self._check_ids(self._encode(prompt) if isinstance(prompt, str) else list(prompt))
-        out = RequestOutput(request_id=str(next(self._ids)), prompt=text, prompt_token_ids=ids)
-        out.metrics.prompt_tokens = len(ids)
-        return generation.new_sequence(
-            self.model, out, params, self.tokenizer, self.eos_token_ids, self.dtype, self.device
-        )

@@ -1,4 +1,8 @@
-"""What a finished request returns (vLLM-shaped, flattened for the single-sample case)."""
+"""What a request returns (vLLM-shaped, flattened for the single-sample case).
+
+Outputs are cumulative (`token_ids`, `text`) and also carry what is new since the previous output of
+the same request (`new_token_ids`, `new_text`), which is what a streaming consumer forwards.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from dataclasses import dataclass, field
 class RequestMetrics:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     time_to_first_token_s: float = 0.0
     total_time_s: float = 0.0
+    inter_token_latencies_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -20,8 +26,11 @@ class RequestOutput:
     prompt_token_ids: list[int]
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    finish_reason: str | None = None  # "stop" (eos / stop token / stop string) or "length"
+    finish_reason: str | None = None  # "stop" (eos / stop token / stop string), "length" or "abort"
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    logprobs: list[dict[int, float]] | None = None  # per generated token: {sampled id: lp, top-n ids: lp}
+    new_token_ids: list[int] = field(default_factory=list)
+    new_text: str = ""
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
 
     @property

@@ -75,8 +75,9 @@ def test_eos_ids_come_from_the_checkpoint(llm):
 
 
 def test_role_end_spelled_out_is_a_default_stop_string_unless_ignore_eos(llm):
-    from engine.generation import _stop_strings
+    from engine.engine import stop_strings
 
-    assert "<|role_end|>" in _stop_strings(SamplingParams(), llm.model)
-    assert "<|role_end|>" not in _stop_strings(SamplingParams(ignore_eos=True), llm.model)
-    assert _stop_strings(SamplingParams(stop=["x"]), llm.model) == ["x", "<|role_end|>"]
+    family = llm.model.default_stop_strings
+    assert "<|role_end|>" in stop_strings(SamplingParams(), family)
+    assert "<|role_end|>" not in stop_strings(SamplingParams(ignore_eos=True), family)
+    assert stop_strings(SamplingParams(stop=["x"]), family) == ["x", "<|role_end|>"]

@@ -1,0 +1,301 @@
+"""LLMEngine: continuous batching over a paged KV cache, driven by `step()` or by its own loop thread.
+
+Data flow of one step (`EngineCore`-style, three lines): scheduler.schedule() -> runner.execute()
+-> sample + per-token bookkeeping (stops, detokenize) -> outputs. Requests enter with `add_request`
+and leave when finished or on `abort` (their KV blocks are freed at once). Thread safety: every
+public method takes the engine lock; a step holds it from schedule to outputs, so `abort` returns
+after the blocks are free. `start()` runs steps on a background thread; `stream()` yields a
+request's outputs as they are produced and aborts it if the consumer stops early.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.block_manager import BlockManager
+from engine.detokenizer import IncrementalDetokenizer
+from engine.errors import RequestError
+from engine.kv_cache import PagedKVCache
+from engine.metrics import EngineMetrics
+from engine.model_loader import generation_config, load_model, resolve_dtype
+from engine.model_runner import ModelRunner
+from engine.output_processor import process_token, snapshot
+from engine.outputs import RequestOutput
+from engine.sampler import SamplingState, make_generator, sample
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerConfig
+from engine.sequence import Sequence, TrackedRequest
+from engine.tokenizer import load_tokenizer, require
+
+Prompt = str | list[int]
+_DEFAULT_CPU_KV_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    kv_cache_bytes: int | None = None  # None: 1 GiB on CPU, 85% of free memory on GPU
+    num_kv_blocks: int | None = None  # overrides kv_cache_bytes
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+
+
+def stop_strings(params: SamplingParams, family_defaults: tuple[str, ...]) -> list[str]:
+    """The request's stop strings, plus the family's (e.g. a spelled-out end-of-turn) unless ignore_eos."""
+    defaults = [] if params.ignore_eos else [s for s in family_defaults if s not in params.stop]
+    return [*params.stop, *defaults]
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
+        self.path, self.config = Path(model), config or EngineConfig()
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = load_model(self.path, self.device, self.dtype)
+        self.tokenizer = load_tokenizer(self.path)
+        self.eos_token_ids = self._eos_ids()
+        rt = self.model.runtime
+        self.max_model_len = min(self.config.max_model_len or rt.max_position, rt.max_position)
+        num_blocks = self._num_kv_blocks()
+        self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        cache = PagedKVCache(
+            rt.num_layers,
+            num_blocks,
+            self.config.block_size,
+            rt.num_kv_heads,
+            rt.head_dim,
+            self.dtype,
+            self.device,
+        )
+        self.runner = ModelRunner(self.model, cache, self.blocks, self.device)
+        self.scheduler = Scheduler(
+            SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens), self.blocks
+        )
+        self.metrics = EngineMetrics()
+        self._requests: dict[str, TrackedRequest] = {}
+        self._ids = itertools.count()
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _eos_ids(self) -> frozenset[int]:
+        gen = generation_config(self.path).get("eos_token_id")
+        ids = set(self.model.runtime.eos_token_ids)
+        ids.update(gen if isinstance(gen, list) else [] if gen is None else [gen])
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return frozenset(int(i) for i in ids)
+
+    def _num_kv_blocks(self) -> int:
+        rt, cfg = self.model.runtime, self.config
+        if cfg.num_kv_blocks is not None:
+            return cfg.num_kv_blocks
+        per_block = PagedKVCache.bytes_per_block(
+            rt.num_layers, cfg.block_size, rt.num_kv_heads, rt.head_dim, self.dtype
+        )
+        budget = cfg.kv_cache_bytes
+        if budget is None:
+            budget = _DEFAULT_CPU_KV_BYTES
+            if self.device.type == "cuda":
+                budget = int(torch.cuda.mem_get_info(self.device)[0] * 0.85)
+        return max(1, budget // per_block)
+
+    # ---- requests ----------------------------------------------------------------------------
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return require(self.tokenizer, self.path, "a text prompt").encode(
+                prompt, add_special_tokens=False
+            )
+        return list(prompt)
+
+    def add_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        *,
+        stream: bool = False,
+    ) -> str:
+        """Queue a request; returns its id. Raises RequestError for an invalid prompt or a duplicate id."""
+        return self._add(prompt, params, request_id, priority, stream).seq.request_id
+
+    def _add(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None,
+        request_id: str | None,
+        priority: int,
+        stream: bool,
+    ) -> TrackedRequest:
+        params = params or SamplingParams()
+        ids = self._check_ids(self.encode(prompt))
+        self._check_fits(ids, params)
+        with self._lock:
+            rid = str(next(self._ids)) if request_id is None else request_id
+            if rid in self._requests:
+                raise RequestError(f"request id {rid!r} is already in use")
+            req = self._requests[rid] = self._track(rid, prompt, ids, params, priority, stream)
+            self.scheduler.add(req.seq)
+            self._wake.notify_all()
+        return req
+
+    def _track(
+        self, rid: str, prompt: Prompt, ids: list[int], params: SamplingParams, priority: int, stream: bool
+    ) -> TrackedRequest:
+        seq = Sequence(rid, ids, params, priority)
+        out = RequestOutput(rid, prompt if isinstance(prompt, str) else None, list(ids))
+        out.metrics.prompt_tokens = len(ids)
+        eos = frozenset() if params.ignore_eos else self.eos_token_ids
+        state = SamplingState(
+            params,
+            make_generator(params.seed),
+            seq.prompt_token_ids,
+            seq.output_token_ids,
+            self.eos_token_ids,
+        )
+        req = TrackedRequest(seq, out, state, eos, queue=queue.SimpleQueue() if stream else None)
+        if self.tokenizer is not None:
+            req.detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
+            req.stops = stop_strings(params, self.model.default_stop_strings)
+        return req
+
+    def _check_ids(self, ids: list[int]) -> list[int]:
+        rt = self.model.runtime
+        if not ids:
+            raise RequestError("the prompt is empty")
+        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < rt.vocab_size]
+        if bad:
+            raise RequestError(f"token ids out of range [0, {rt.vocab_size}): {bad[:5]}")
+        if len(ids) >= self.max_model_len:
+            raise RequestError(f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len}")
+        return ids
+
+    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
+        """A request that could never fit in the whole KV cache alone would be preempted forever."""
+        capacity = self.blocks.num_blocks * self.blocks.block_size
+        need = min(len(ids) + params.max_tokens, self.max_model_len)
+        if need > capacity:
+            raise RequestError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) needs {need} KV slots, "
+                f"but the cache holds {capacity}: lower max_tokens or give the engine a larger KV cache"
+            )
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks; False if it is unknown or already finished."""
+        with self._lock:
+            req = self._requests.pop(request_id, None)
+            if req is None:
+                return False
+            self.scheduler.finish(req.seq)
+            req.output.finish_reason = req.output.finish_reason or "abort"
+            if req.queue is not None:
+                req.queue.put(snapshot(req))
+            return True
+
+    def has_unfinished(self) -> bool:
+        with self._lock:
+            return self.scheduler.has_work()
+
+    # ---- the step ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, execute and sample once; returns the outputs of requests that progressed."""
+        with self._lock:
+            t0 = time.monotonic()
+            sched = self.scheduler.schedule()
+            if not sched.scheduled:
+                return []
+            seqs, logits = self.runner.execute(sched.scheduled)
+            for seq, n in sched.scheduled:
+                seq.num_computed += n
+                self.blocks.commit(seq.request_id, seq.token_ids, seq.num_computed)
+            outputs = self._sample(seqs, logits) if seqs else []
+            self.metrics.record_step(sched, len(seqs), time.monotonic() - t0, self.scheduler, self.blocks)
+            return outputs
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
+        reqs = [self._requests[s.request_id] for s in seqs]
+        result = sample(logits, [r.sampling for r in reqs])
+        outputs = []
+        for req, token, lps in zip(reqs, result.token_ids, result.logprobs, strict=True):
+            req.seq.append(token)
+            process_token(req, token, lps, self.max_model_len)
+            if req.output.finished:
+                self._finish(req)
+            snap = snapshot(req)
+            if req.queue is not None:
+                req.queue.put(snap)
+            outputs.append(snap)
+        return outputs
+
+    def _finish(self, req: TrackedRequest) -> None:
+        self.scheduler.finish(req.seq)
+        del self._requests[req.seq.request_id]
+        self.metrics.record_finished(req.output)
+
+    # ---- background loop and streaming -------------------------------------------------------
+    def start(self) -> None:
+        """Run steps on a daemon thread until `shutdown()`."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="bailing-engine", daemon=True)
+            self._thread.start()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._wake.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stop and not self.scheduler.has_work():
+                    self._wake.wait()
+                if self._stop:
+                    return
+            self.step()
+
+    def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+    ) -> Iterator[RequestOutput]:
+        """Yield the request's outputs as they come (needs `start()`); closing the iterator aborts it."""
+        if self._thread is None:
+            raise RuntimeError("stream() needs the engine loop: call start() first")
+        req = self._add(prompt, params, request_id, priority, stream=True)
+        rid, q = req.seq.request_id, req.queue
+        finished = False
+        try:
+            while not finished:
+                out = q.get()
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:
+                self.abort(rid)

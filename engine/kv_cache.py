@@ -1,0 +1,120 @@
+"""Paged KV cache storage and the attention context that reads and writes it.
+
+Legend: L = layers, N = blocks, B = block_size, Hkv = KV heads, D = head_dim, T = new tokens in the
+step, S = context length of one sequence, R = sequences in the step.
+Storage: k, v [L, N, B, Hkv, D]. A sequence's position p lives in slot block_table[p // B] * B + p % B.
+Per step the model runner builds a `PagedContext` (slot of each new token, each sequence's block
+table and lengths). `attend` scatters the new k/v into their slots, then:
+- decode rows (one new token each) attend in one batched call over their gathered, padded blocks;
+- prefill rows (chunks of any length) attend one sequence at a time (causal within the chunk).
+Both paths equal the contiguous-cache attention (`engine.layers.attention`); tests check it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from engine.layers.attention import attention
+
+
+class PagedKVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        num_blocks: int,
+        block_size: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, N, B, Hkv, D)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, N, B, Hkv, D)
+        self.num_blocks, self.block_size = num_blocks, block_size
+
+    @staticmethod
+    def bytes_per_block(
+        num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> int:
+        return 2 * num_layers * block_size * num_kv_heads * head_dim * dtype.itemsize
+
+
+@dataclass
+class PagedContext:
+    """One step's view of the paged cache: which slots the new tokens go to, what each row attends to."""
+
+    cache: PagedKVCache
+    slots: torch.Tensor  # (T,) flat slot index of each new token
+    q_lens: list[int]  # new tokens per sequence (sum = T)
+    ctx_lens: list[int]  # tokens each sequence attends to after this step (cached + new)
+    block_tables: list[list[int]]
+
+    def __post_init__(self) -> None:
+        self.starts = [0]
+        for n in self.q_lens:
+            self.starts.append(self.starts[-1] + n)
+        self.decode_rows = [i for i, n in enumerate(self.q_lens) if n == 1]
+        self.prefill_rows = [i for i, n in enumerate(self.q_lens) if n > 1]
+        self._decode: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q [T, H, D], k/v [T, Hkv, D] -> [T, H, D]."""
+        kc, vc = self.cache.k[layer], self.cache.v[layer]  # (N, B, Hkv, D)
+        kc.view(-1, *kc.shape[2:]).index_copy_(0, self.slots, k)  # write new k/v into their slots
+        vc.view(-1, *vc.shape[2:]).index_copy_(0, self.slots, v)
+        if not self.prefill_rows:
+            return self._attend_decode(q, kc, vc)
+        out = torch.empty_like(q)
+        if self.decode_rows:
+            tokens = self._decode_inputs(q.device)[0]
+            out[tokens] = self._attend_decode(q[tokens], kc, vc)
+        for i in self.prefill_rows:
+            a, b, s = self.starts[i], self.starts[i + 1], self.ctx_lens[i]
+            keys, values = (
+                self._gather(kc, self.block_tables[i], s),
+                self._gather(vc, self.block_tables[i], s),
+            )
+            out[a:b] = attention(q[a:b], keys, values, past=s - (b - a))  # keys/values (S, Hkv, D)
+        return out
+
+    def _gather(self, cache: torch.Tensor, table: list[int], length: int) -> torch.Tensor:
+        blocks = -(-length // self.cache.block_size)
+        idx = torch.tensor(table[:blocks], device=cache.device)
+        return cache[idx].flatten(0, 1)[:length]  # (S, Hkv, D)
+
+    def _attend_decode(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
+        """Rows with one new token each: one batched attention over their padded block tables."""
+        _, h, d = q.shape
+        _, tables, mask = self._decode_inputs(q.device)  # (R, M), (R, 1, 1, M*B)
+        keys = kc[tables].flatten(1, 2).transpose(1, 2)  # (R, Hkv, M*B, D)
+        values = vc[tables].flatten(1, 2).transpose(1, 2)  # (R, Hkv, M*B, D)
+        out = F.scaled_dot_product_attention(
+            q[:, :, None, :],
+            keys,
+            values,
+            attn_mask=mask,
+            scale=1.0 / math.sqrt(d),
+            enable_gqa=h != keys.shape[1],
+        )  # (R, H, 1, D)
+        return out[:, :, 0, :]
+
+    def _decode_inputs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(token index, padded block tables, length mask) of the decode rows; built once per step."""
+        if self._decode is None:
+            bs, rows = self.cache.block_size, self.decode_rows
+            lens = [self.ctx_lens[i] for i in rows]
+            width = max(-(-s // bs) for s in lens)
+            padded = [self.block_tables[i][: -(-s // bs)] for i, s in zip(rows, lens, strict=True)]
+            padded = [t + [0] * (width - len(t)) for t in padded]
+            tables = torch.tensor(padded, device=device)  # (R, M)
+            valid = (
+                torch.arange(width * bs, device=device)[None, :] < torch.tensor(lens, device=device)[:, None]
+            )
+            tokens = torch.tensor([self.starts[i] for i in rows], device=device)
+            self._decode = (tokens, tables, valid[:, None, None, :])  # mask (R, 1, 1, M*B)
+        return self._decode

@@ -1,0 +1,82 @@
+"""Engine metrics: per-step gauges (running, waiting, KV usage, batch size) and latency statistics.
+
+Updated by the engine under its lock; `snapshot()` returns a plain dict for logs, Prometheus
+exporters and tests.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.block_manager import BlockManager
+from engine.outputs import RequestOutput
+from engine.scheduler import Scheduler, SchedulerOutput
+
+_WINDOW = 1024
+
+
+def _mean(values: deque[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+@dataclass
+class EngineMetrics:
+    steps: int = 0
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_usage: float = 0.0
+    last_batch_tokens: int = 0
+    last_batch_seqs: int = 0
+    prompt_tokens: int = 0  # prompt tokens computed (prefix-cache hits excluded)
+    generation_tokens: int = 0
+    finished_requests: int = 0
+    num_preemptions: int = 0
+    prefix_cache_hit_tokens: int = 0
+    prefix_cache_query_tokens: int = 0
+    shared_kv_blocks: int = 0
+    ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    itl_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    step_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+
+    def record_step(
+        self, sched: SchedulerOutput, sampled: int, seconds: float, scheduler: Scheduler, blocks: BlockManager
+    ) -> None:
+        self.steps += 1
+        self.last_batch_tokens, self.last_batch_seqs = sched.num_tokens, len(sched.scheduled)
+        self.prompt_tokens += sched.num_tokens - sampled if sched.num_tokens > sampled else 0
+        self.generation_tokens += sampled
+        self.num_running, self.num_waiting = len(scheduler.running), scheduler.num_waiting
+        self.num_preemptions = scheduler.num_preemptions
+        stats = blocks.stats()
+        self.kv_usage = blocks.usage()
+        self.prefix_cache_hit_tokens, self.prefix_cache_query_tokens = stats.prefix_hits, stats.prefix_queries
+        self.shared_kv_blocks = stats.shared
+        self.step_s.append(seconds)
+
+    def record_finished(self, out: RequestOutput) -> None:
+        self.finished_requests += 1
+        if out.token_ids:
+            self.ttft_s.append(out.metrics.time_to_first_token_s)
+        self.itl_s.extend(out.metrics.inter_token_latencies_s)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "num_running": self.num_running,
+            "num_waiting": self.num_waiting,
+            "kv_usage": self.kv_usage,
+            "batch_tokens": self.last_batch_tokens,
+            "batch_seqs": self.last_batch_seqs,
+            "prompt_tokens": self.prompt_tokens,
+            "generation_tokens": self.generation_tokens,
+            "finished_requests": self.finished_requests,
+            "num_preemptions": self.num_preemptions,
+            "prefix_cache_hit_tokens": self.prefix_cache_hit_tokens,
+            "prefix_cache_query_tokens": self.prefix_cache_query_tokens,
+            "shared_kv_blocks": self.shared_kv_blocks,
+            "mean_ttft_s": _mean(self.ttft_s),
+            "mean_itl_s": _mean(self.itl_s),
+            "mean_step_s": _mean(self.step_s),
+        }

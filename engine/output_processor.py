@@ -1,0 +1,70 @@
+"""Per-token bookkeeping after sampling: append, detokenize, check stops, and emit RequestOutputs.
+
+A sampled token first ends the request if it is a stop token id or (unless ignore_eos) an eos id
+(stop/eos tokens add no text); otherwise its text is detokenized incrementally and stop strings are
+searched across token boundaries (the text is cut before the stop string); then max_tokens and the
+context length end it with "length". Emitted outputs are snapshots: consumers on other threads never
+see a list that is still growing.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+from engine.detokenizer import find_stop
+from engine.outputs import RequestOutput
+from engine.sequence import TrackedRequest
+
+
+def process_token(req: TrackedRequest, token: int, logprobs: dict[int, float] | None, max_len: int) -> None:
+    """Apply one sampled token to `req` (its sequence already holds the token)."""
+    seq, out, p = req.seq, req.output, req.seq.params
+    now = time.monotonic()
+    if req.last_token_time is None:
+        out.metrics.time_to_first_token_s = now - seq.arrival_time
+    else:
+        out.metrics.inter_token_latencies_s.append(now - req.last_token_time)
+    req.last_token_time = now
+    out.token_ids.append(token)
+    out.new_token_ids.append(token)
+    if logprobs is not None:
+        out.logprobs = [*(out.logprobs or []), logprobs]
+    n = len(out.token_ids)
+    if n > p.min_tokens and (token in p.stop_token_ids or (not p.ignore_eos and token in req.eos)):
+        out.finish_reason, out.stop_reason = "stop", token
+    elif req.detok is not None:
+        _append_text(req, token, check_stops=n > p.min_tokens)
+    if out.finish_reason is None and (n >= p.max_tokens or seq.num_tokens >= max_len):
+        out.finish_reason = "length"
+    if out.finish_reason is not None:
+        out.metrics.completion_tokens = n
+        out.metrics.total_time_s = now - seq.arrival_time
+
+
+def _append_text(req: TrackedRequest, token: int, check_stops: bool) -> None:
+    delta = req.detok.push(token)
+    if not delta:
+        return
+    out = req.output
+    out.text += delta
+    out.new_text += delta
+    if check_stops and req.stops:
+        hit = find_stop(out.text, len(delta), req.stops)
+        if hit is not None:
+            cut = len(out.text) - hit[0]
+            out.text = out.text[: hit[0]]
+            out.new_text = out.new_text[: max(0, len(out.new_text) - cut)]
+            out.finish_reason, out.stop_reason = "stop", hit[1]
+
+
+def snapshot(req: TrackedRequest) -> RequestOutput:
+    """A copy of the request's output to hand out; resets the per-emission deltas."""
+    out = req.output
+    snap = copy.copy(out)
+    snap.token_ids, snap.new_token_ids = list(out.token_ids), list(out.new_token_ids)
+    snap.logprobs = None if out.logprobs is None else list(out.logprobs)
+    snap.metrics = copy.copy(out.metrics)
+    snap.metrics.inter_token_latencies_s = list(out.metrics.inter_token_latencies_s)
+    out.new_token_ids, out.new_text = [], ""
+    return snap

@@ -1,0 +1,115 @@
+"""Continuous-batching scheduler: which sequences run this step, and how many of their tokens.
+
+Each step has a token budget (`max_num_batched_tokens`). Running sequences go first, in priority /
+arrival order: a decoding sequence takes one token, a sequence still in prefill takes the next chunk
+of its prompt (chunked prefill), so prefill and decode share a step. When the KV pool cannot give a
+running sequence its next slots, the lowest-order running sequence is preempted by recompute (blocks
+freed, back to waiting with num_computed 0). If no one was preempted, waiting sequences are admitted
+(best priority, then FCFS) while `max_num_seqs` and the budget allow; admission reuses cached prefix
+blocks. Pure CPU logic over `Sequence` and `BlockManager`; unit-tested without a model.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from engine.block_manager import BlockManager
+from engine.sequence import Sequence, Status
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, new tokens)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.scheduled)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager) -> None:
+        self.config, self.blocks = config, blocks
+        self.waiting: list[tuple[tuple[int, int], Sequence]] = []  # heap by (priority, arrival)
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        heapq.heappush(self.waiting, (seq.order, seq))
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a sequence (finished or aborted) wherever it is and free its blocks at once."""
+        if seq.status is Status.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is Status.WAITING:
+            self.waiting = [(o, s) for o, s in self.waiting if s is not seq]
+            heapq.heapify(self.waiting)
+        seq.status = Status.FINISHED
+        self.blocks.free(seq.request_id)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        if not out.preempted:
+            self._admit_waiting(out, budget)
+        return out
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        self.running.sort(key=lambda s: s.order)
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed, budget)
+            while not self.blocks.ensure_slots(seq.request_id, seq.num_computed + n):
+                victim = self.running.pop()  # lowest order: the latest, least important
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    return budget
+            out.scheduled.append((seq, n))
+            budget -= n
+            i += 1
+        return budget
+
+    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0][1]
+            seq.num_computed = self.blocks.allocate(seq.request_id, seq.token_ids)
+            n = min(seq.num_uncomputed, budget)
+            if not self.blocks.ensure_slots(seq.request_id, seq.num_computed + n):
+                self.blocks.free(seq.request_id)
+                seq.num_computed = 0
+                return
+            heapq.heappop(self.waiting)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            out.scheduled.append((seq, n))
+            budget -= n
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.free(seq.request_id)
+        seq.num_computed = 0
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.add(seq)

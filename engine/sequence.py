@@ -1,0 +1,77 @@
+"""Sequence: the engine's state for one request, from admission to finish.
+
+Token accounting: `token_ids` = prompt + generated so far; `num_computed` of them have their KV in the
+cache. A step schedules `n` of the uncomputed tokens; after it, when num_computed == len(token_ids),
+the sequence samples its next token. Preemption (recompute) sets num_computed back to 0.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+_arrivals = itertools.count()
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    priority: int = 0  # lower runs first (vLLM convention); FCFS within a priority
+    arrival: int = field(default_factory=lambda: next(_arrivals))
+    arrival_time: float = field(default_factory=time.monotonic)
+    status: Status = Status.WAITING
+    num_computed: int = 0
+    num_preemptions: int = 0
+    token_ids: list[int] = field(init=False)
+    output_token_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_uncomputed(self) -> int:
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Scheduling order: priority, then arrival."""
+        return (self.priority, self.arrival)
+
+    def append(self, token: int) -> None:
+        self.token_ids.append(token)
+        self.output_token_ids.append(token)
+
+    def max_total_tokens(self, max_model_len: int) -> int:
+        return min(len(self.prompt_token_ids) + self.params.max_tokens, max_model_len)
+
+
+@dataclass(eq=False)
+class TrackedRequest:
+    """What the engine keeps per request besides scheduling state: output, detokenizer, sampler state."""
+
+    seq: Sequence
+    output: RequestOutput
+    sampling: Any  # engine.sampler.SamplingState
+    eos: frozenset[int]
+    detok: Any = None  # engine.detokenizer.IncrementalDetokenizer, None without a tokenizer
+    stops: list[str] = field(default_factory=list)
+    last_token_time: float | None = None
+    queue: Any = None  # queue.SimpleQueue of RequestOutput snapshots when streamed
