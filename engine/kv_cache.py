@@ -85,14 +85,16 @@ class PagedContext:
     def _gather(self, cache: torch.Tensor, table: list[int], length: int) -> torch.Tensor:
         blocks = -(-length // self.cache.block_size)
         idx = torch.tensor(table[:blocks], device=cache.device)
-        return cache[idx].flatten(0, 1)[:length]  # (S, Hkv, D)
+        return cache.index_select(0, idx).flatten(0, 1)[:length]  # (S, Hkv, D)
 
     def _attend_decode(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
         """Rows with one new token each: one batched attention over their padded block tables."""
         _, h, d = q.shape
         _, tables, mask = self._decode_inputs(q.device)  # (R, M), (R, 1, 1, M*B)
-        keys = kc[tables].flatten(1, 2).transpose(1, 2)  # (R, Hkv, M*B, D)
-        values = vc[tables].flatten(1, 2).transpose(1, 2)  # (R, Hkv, M*B, D)
+        r = tables.shape[0]
+        flat = tables.view(-1)
+        keys = kc.index_select(0, flat).view(r, -1, *kc.shape[2:]).transpose(1, 2)  # (R, Hkv, M*B, D)
+        values = vc.index_select(0, flat).view(r, -1, *vc.shape[2:]).transpose(1, 2)  # (R, Hkv, M*B, D)
         out = F.scaled_dot_product_attention(
             q[:, :, None, :],
             keys,

@@ -60,17 +60,22 @@ def _moe(**kw) -> MoEConfig:
 
 
 @pytest.mark.parametrize(
+    "tokens", [1, 3, 11, 64]
+)  # many tokens take the padded-bmm path, few per-expert GEMMs
+@pytest.mark.parametrize(
     "cfg", [_moe(), _moe(top_k=1), _moe(num_experts=16, top_k=4, n_group=4, topk_group=2)]
 )
-def test_fused_experts_match_native(cfg):
+def test_fused_experts_match_native(cfg, tokens):
     torch.manual_seed(1)
     with torch.device("meta"):
         experts = FusedExperts(cfg)
     materialize(experts, torch.float32, "cpu")
     torch.nn.init.normal_(experts.w13)
     torch.nn.init.normal_(experts.w2)
-    x = torch.randn(11, cfg.hidden_size)
-    weights, ids = select_experts(torch.randn(11, cfg.num_experts), torch.randn(cfg.num_experts) * 0.1, cfg)
+    x = torch.randn(tokens, cfg.hidden_size)
+    weights, ids = select_experts(
+        torch.randn(tokens, cfg.num_experts), torch.randn(cfg.num_experts) * 0.1, cfg
+    )
     torch.testing.assert_close(
         experts(x, weights, ids), experts.forward_native(x, weights, ids), atol=1e-4, rtol=1e-4
     )
@@ -164,3 +169,29 @@ def test_unknown_rope_type_is_rejected():
         rope_parameters(
             RopeConfig(head_dim=8, rotary_dim=8, theta=1e4, max_position=8, scaling={"type": "su"})
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 7, 300])
+def test_grouped_gemm_matches_native_on_cuda(tokens):
+    cfg = _moe(hidden_size=128, num_experts=16, top_k=4, intermediate_size=64, n_group=4, topk_group=2)
+    with torch.device("meta"):
+        experts = FusedExperts(cfg)
+    materialize(experts, torch.bfloat16, "cuda")
+    torch.nn.init.normal_(experts.w13, std=0.05)
+    torch.nn.init.normal_(experts.w2, std=0.05)
+    x = torch.randn(tokens, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
+    logits = torch.randn(tokens, cfg.num_experts, device="cuda")
+    weights, ids = select_experts(logits, None, cfg)
+    got, want = experts(x, weights, ids).float(), experts.forward_native(x, weights, ids).float()
+    torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_fused_matches_native(dtype):
+    from engine.layers.norm import RMSNorm
+
+    norm = materialize(RMSNorm(32, eps=1e-6), dtype, "cpu")
+    torch.nn.init.normal_(norm.weight, mean=1.0, std=0.1)
+    x = torch.randn(5, 3, 32).to(dtype)
+    torch.testing.assert_close(norm(x), norm.forward_native(x), atol=1e-6, rtol=1e-5)
