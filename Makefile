@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
-.PHONY: up test lint fmt bench clean demo
+.PHONY: up test lint fmt bench clean demo bench-engine
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -43,3 +43,6 @@ clean:
 
 bench: $(STAMP)
 	$(PY) -m bench.load
+
+bench-engine: $(STAMP)
+	$(PY) -m bench.engine

@@ -60,9 +60,10 @@ class LLM:
         try:
             for rid, prompt, p in zip(ids, prompts, plist, strict=True):
                 self.engine.add_request(prompt, p, request_id=rid)
+            wanted = set(ids)
             while len(final) < len(ids):
-                for out in self.engine.step():
-                    if out.finished:
+                for out in self.engine.step():  # other callers' requests may finish here too
+                    if out.finished and out.request_id in wanted:
                         final[out.request_id] = out
         finally:
             for rid in ids:

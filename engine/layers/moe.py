@@ -19,6 +19,10 @@ from engine.layers.base import param
 from engine.loader import WeightTarget
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
+# Padded bmm pays for the busiest expert's padding; past ~64 pairs per expert (prefill) the per-expert
+# GEMMs are large enough that their loop costs nothing and padding would be pure waste.
+_BMM_MAX_PAIRS_PER_EXPERT = 64
+_BMM_MAX_PADDING = 1.5  # padded rows / real rows above which per-expert GEMMs are cheaper
 
 
 def select_experts(
@@ -66,8 +70,9 @@ class Router(nn.Module):
 
 class FusedExperts(nn.Module):
     """E SwiGLU experts stored as stacks. Dispatch picks the cheapest grouped form for the step:
-    CUDA bf16 -> torch's grouped GEMM; many tokens on CPU -> two padded batched GEMMs; few tokens ->
-    one GEMM pair per active expert. No per-token Python loops; `forward_native` is the readable twin."""
+    CUDA bf16 -> torch's grouped GEMM; on CPU a decode-sized batch (2..64 pairs per expert) whose
+    routing is balanced enough (padding <= 1.5x) -> two padded batched GEMMs; otherwise one GEMM pair
+    per active expert. No per-token Python loops; `forward_native` is the readable twin."""
 
     def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
@@ -99,14 +104,23 @@ class FusedExperts(nn.Module):
         counts = torch.bincount(flat, minlength=self.num_experts)  # (E,)
         if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM:
             out = self._grouped_gemm(xs, counts)
-        elif t * k >= 2 * self.num_experts:
-            out = self._padded_bmm(xs, flat[order], counts)
         else:
-            out = self._per_expert(xs, counts.tolist())
+            per_expert = counts.tolist()
+            if self._padding_pays(per_expert, t * k):
+                out = self._padded_bmm(xs, flat[order], counts, max(per_expert))
+            else:
+                out = self._per_expert(xs, per_expert)
         unsorted = torch.empty_like(out)
         unsorted[order] = out  # (T*K, H) back in (token, slot) order
         weighted = unsorted.view(t, k, -1) * weights[:, :, None].to(out.dtype)  # (T, K, H)
         return weighted.sum(1)  # (T, H)
+
+    def _padding_pays(self, counts: list[int], pairs: int) -> bool:
+        """Padded bmm when most experts are busy with few tokens each and padding wastes little."""
+        e = self.num_experts
+        if not 2 * e <= pairs < _BMM_MAX_PAIRS_PER_EXPERT * e:
+            return False
+        return e * max(counts) <= _BMM_MAX_PADDING * pairs
 
     def _per_expert(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """One GEMM pair per expert that got tokens, over its contiguous slice (few tokens per step)."""
@@ -118,9 +132,11 @@ class FusedExperts(nn.Module):
                 start += n
         return out
 
-    def _padded_bmm(self, xs: torch.Tensor, expert: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """Many tokens (CPU): scatter pairs into [E, C, H] (C = busiest expert's count), two batched GEMMs."""
-        e, cap = self.num_experts, int(counts.max())
+    def _padded_bmm(
+        self, xs: torch.Tensor, expert: torch.Tensor, counts: torch.Tensor, cap: int
+    ) -> torch.Tensor:
+        """Scatter the pairs into [E, C, H] (C = busiest expert's count), then two batched GEMMs."""
+        e = self.num_experts
         starts = counts.cumsum(0) - counts  # (E,) first sorted pair of each expert
         slot = torch.arange(xs.shape[0], device=xs.device) - starts[expert]  # (T*K,) row within its expert
         padded = xs.new_zeros(e, cap, xs.shape[1])  # (E, C, H)

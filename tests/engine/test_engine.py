@@ -168,3 +168,10 @@ def test_logprobs_through_the_engine(golden_copy):
     for i, (tok, lp) in enumerate(zip(out.token_ids, out.logprobs, strict=True)):
         assert tok in lp and len(lp) >= 2
         assert lp[tok] == pytest.approx(full[2 + i, tok].item(), abs=1e-4)
+
+
+def test_llm_generate_ignores_other_requests_finishing(golden_copy):
+    llm = LLM(golden_copy)
+    other = llm.engine.add_request([9, 9, 9], SamplingParams(max_tokens=1, ignore_eos=True))
+    outs = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, ignore_eos=True))
+    assert len(outs) == 1 and len(outs[0].token_ids) == 4 and outs[0].request_id != other

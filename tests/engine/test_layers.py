@@ -59,13 +59,11 @@ def _moe(**kw) -> MoEConfig:
     return MoEConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize(
-    "tokens", [1, 3, 11, 64]
-)  # many tokens take the padded-bmm path, few per-expert GEMMs
+@pytest.mark.parametrize("tokens", [1, 3, 11, 64, 300])
 @pytest.mark.parametrize(
     "cfg", [_moe(), _moe(top_k=1), _moe(num_experts=16, top_k=4, n_group=4, topk_group=2)]
 )
-def test_fused_experts_match_native(cfg, tokens):
+def test_fused_experts_match_native(cfg, tokens, monkeypatch):
     torch.manual_seed(1)
     with torch.device("meta"):
         experts = FusedExperts(cfg)
@@ -76,9 +74,17 @@ def test_fused_experts_match_native(cfg, tokens):
     weights, ids = select_experts(
         torch.randn(tokens, cfg.num_experts), torch.randn(cfg.num_experts) * 0.1, cfg
     )
+    if tokens == 64:  # perfectly balanced routing: the padded-bmm path must be taken
+        ids = torch.tensor(
+            [[(t * cfg.top_k + j) % cfg.num_experts for j in range(cfg.top_k)] for t in range(tokens)]
+        )
+    calls = []
+    real = experts._padded_bmm
+    monkeypatch.setattr(experts, "_padded_bmm", lambda *a: calls.append(1) or real(*a))
     torch.testing.assert_close(
         experts(x, weights, ids), experts.forward_native(x, weights, ids), atol=1e-4, rtol=1e-4
     )
+    assert bool(calls) == (tokens == 64)
 
 
 def test_group_limited_selection_uses_top2_group_sums_and_bias_for_choice_only():
