@@ -59,9 +59,6 @@ class Sequence:
         self.token_ids.append(token)
         self.output_token_ids.append(token)
 
-    def max_total_tokens(self, max_model_len: int) -> int:
-        return min(len(self.prompt_token_ids) + self.params.max_tokens, max_model_len)
-
 
 @dataclass(eq=False)
 class TrackedRequest:
