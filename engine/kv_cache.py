@@ -61,6 +61,7 @@ class PagedContext:
         self.decode_rows = [i for i, n in enumerate(self.q_lens) if n == 1]
         self.prefill_rows = [i for i, n in enumerate(self.q_lens) if n > 1]
         self._decode: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._prefill_idx: dict[int, torch.Tensor] = {}
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, H, D], k/v [T, Hkv, D] -> [T, H, D]."""
@@ -75,17 +76,18 @@ class PagedContext:
             out[tokens] = self._attend_decode(q[tokens], kc, vc)
         for i in self.prefill_rows:
             a, b, s = self.starts[i], self.starts[i + 1], self.ctx_lens[i]
-            keys, values = (
-                self._gather(kc, self.block_tables[i], s),
-                self._gather(vc, self.block_tables[i], s),
-            )
+            idx = self._prefill_blocks(i, q.device)
+            keys, values = _gather(kc, idx, s), _gather(vc, idx, s)
             out[a:b] = attention(q[a:b], keys, values, past=s - (b - a))  # keys/values (S, Hkv, D)
         return out
 
-    def _gather(self, cache: torch.Tensor, table: list[int], length: int) -> torch.Tensor:
-        blocks = -(-length // self.cache.block_size)
-        idx = torch.tensor(table[:blocks], device=cache.device)
-        return cache.index_select(0, idx).flatten(0, 1)[:length]  # (S, Hkv, D)
+    def _prefill_blocks(self, row: int, device: torch.device) -> torch.Tensor:
+        """Block ids holding prefill row `row`'s context; built once per step, shared by all layers."""
+        idx = self._prefill_idx.get(row)
+        if idx is None:
+            blocks = -(-self.ctx_lens[row] // self.cache.block_size)
+            idx = self._prefill_idx[row] = torch.tensor(self.block_tables[row][:blocks], device=device)
+        return idx
 
     def _attend_decode(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor) -> torch.Tensor:
         """Rows with one new token each: one batched attention over their padded block tables."""
@@ -120,3 +122,8 @@ class PagedContext:
             tokens = torch.tensor([self.starts[i] for i in rows], device=device)
             self._decode = (tokens, tables, valid[:, None, None, :])  # mask (R, 1, 1, M*B)
         return self._decode
+
+
+def _gather(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
+    """One sequence's first `length` cached positions from its blocks: (S, Hkv, D)."""
+    return cache.index_select(0, blocks).flatten(0, 1)[:length]
