@@ -29,7 +29,7 @@ class EngineMetrics:
     kv_usage: float = 0.0
     last_batch_tokens: int = 0
     last_batch_seqs: int = 0
-    prompt_tokens: int = 0  # prompt tokens computed (prefix-cache hits excluded)
+    prompt_tokens: int = 0  # prompt tokens run through the model (cache hits not; recompute again)
     generation_tokens: int = 0
     finished_requests: int = 0
     num_preemptions: int = 0
@@ -45,7 +45,9 @@ class EngineMetrics:
     ) -> None:
         self.steps += 1
         self.last_batch_tokens, self.last_batch_seqs = sched.num_tokens, len(sched.scheduled)
-        self.prompt_tokens += sched.num_tokens - sampled if sched.num_tokens > sampled else 0
+        for seq, n in sched.scheduled:  # called after the step: seq.num_computed already includes n
+            prompt_len = len(seq.prompt_token_ids)
+            self.prompt_tokens += max(0, min(seq.num_computed, prompt_len) - (seq.num_computed - n))
         self.generation_tokens += sampled
         self.num_running, self.num_waiting = len(scheduler.running), scheduler.num_waiting
         self.num_preemptions = scheduler.num_preemptions

@@ -78,6 +78,7 @@ def test_prefix_sharing_shows_in_metrics(golden_copy):
     engine.step()
     m = engine.metrics.snapshot()
     assert m["prefix_cache_hit_tokens"] >= 40 and m["shared_kv_blocks"] >= 10
+    assert m["prompt_tokens"] == 42 + 2  # b computed only what the cache did not hold
     table_a, table_b = engine.blocks.block_table(a), engine.blocks.block_table(b)
     assert table_a[:10] == table_b[:10]
     while engine.has_unfinished():
