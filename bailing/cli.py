@@ -7,13 +7,16 @@ message on stderr). Heavy imports (torch, engine) happen inside the commands so 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
 from collections.abc import Sequence
 
+from bailing.commands import MODULES
+
 EXIT_OK = 0
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = 2  # bad arguments or input; other codes: see bailing/commands/*
 
 
 def _cmd_init_demo(args: argparse.Namespace) -> int:
@@ -89,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object instead of plain text")
     gen.add_argument("prompt", metavar="PROMPT", help="the text to complete")
     gen.set_defaults(func=_cmd_generate)
+
+    for name in MODULES:
+        importlib.import_module(name).add_parsers(sub)
     return parser
 
 

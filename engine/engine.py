@@ -11,12 +11,14 @@ request's outputs as they are produced and aborts it if the consumer stops early
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -36,6 +38,13 @@ from engine.sequence import Sequence, TrackedRequest
 from engine.tokenizer import load_tokenizer, require
 
 Prompt = str | list[int]
+log = logging.getLogger(__name__)
+
+
+class OutputQueue(Protocol):
+    def put(self, item: RequestOutput) -> None: ...
+
+
 _DEFAULT_CPU_KV_BYTES = 1 << 30
 
 
@@ -134,9 +143,16 @@ class LLMEngine:
         priority: int = 0,
         *,
         stream: bool = False,
+        output_queue: OutputQueue | None = None,
     ) -> str:
-        """Queue a request; returns its id. Raises RequestError for an invalid prompt or a duplicate id."""
-        return self._add(prompt, params, request_id, priority, stream).seq.request_id
+        """Queue a request; returns its id. Raises RequestError for an invalid prompt or a duplicate id.
+
+        With `output_queue`, every output of the request (the final one included, also after an
+        abort or a failed step) is `put` there from the engine thread; several requests may share
+        one queue, which is how a server drains all of them with one consumer.
+        """
+        queue_ = output_queue if output_queue is not None else (queue.SimpleQueue() if stream else None)
+        return self._add(prompt, params, request_id, priority, queue_).seq.request_id
 
     def _add(
         self,
@@ -144,7 +160,7 @@ class LLMEngine:
         params: SamplingParams | None,
         request_id: str | None,
         priority: int,
-        stream: bool,
+        output_queue: OutputQueue | None,
     ) -> TrackedRequest:
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
@@ -153,13 +169,19 @@ class LLMEngine:
             rid = str(next(self._ids)) if request_id is None else request_id
             if rid in self._requests:
                 raise RequestError(f"request id {rid!r} is already in use")
-            req = self._requests[rid] = self._track(rid, prompt, ids, params, priority, stream)
+            req = self._requests[rid] = self._track(rid, prompt, ids, params, priority, output_queue)
             self.scheduler.add(req.seq)
             self._wake.notify_all()
         return req
 
     def _track(
-        self, rid: str, prompt: Prompt, ids: list[int], params: SamplingParams, priority: int, stream: bool
+        self,
+        rid: str,
+        prompt: Prompt,
+        ids: list[int],
+        params: SamplingParams,
+        priority: int,
+        output_queue: OutputQueue | None,
     ) -> TrackedRequest:
         seq = Sequence(rid, ids, params, priority)
         out = RequestOutput(rid, prompt if isinstance(prompt, str) else None, list(ids))
@@ -172,7 +194,7 @@ class LLMEngine:
             seq.output_token_ids,
             self.eos_token_ids,
         )
-        req = TrackedRequest(seq, out, state, eos, queue=queue.SimpleQueue() if stream else None)
+        req = TrackedRequest(seq, out, state, eos, queue=output_queue)
         if self.tokenizer is not None:
             req.detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
             req.stops = stop_strings(params, self.model.default_stop_strings)
@@ -276,7 +298,21 @@ class LLMEngine:
                     self._wake.wait()
                 if self._stop:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # a failed step must not strand every request waiting on it
+                log.exception("engine step failed; failing the %d requests in flight", len(self._requests))
+                self.fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
+
+    def fail_all(self, message: str) -> None:
+        """End every request in flight with finish_reason "error" (streams get their final output)."""
+        with self._lock:
+            for rid in list(self._requests):
+                req = self._requests.pop(rid)
+                self.scheduler.finish(req.seq)
+                req.output.finish_reason, req.output.stop_reason = "error", message
+                if req.queue is not None:
+                    req.queue.put(snapshot(req))
 
     def stream(
         self,
@@ -288,7 +324,7 @@ class LLMEngine:
         """Yield the request's outputs as they come (needs `start()`); closing the iterator aborts it."""
         if self._thread is None:
             raise RuntimeError("stream() needs the engine loop: call start() first")
-        req = self._add(prompt, params, request_id, priority, stream=True)
+        req = self._add(prompt, params, request_id, priority, queue.SimpleQueue())
         rid, q = req.seq.request_id, req.queue
         finished = False
         try:

