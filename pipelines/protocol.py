@@ -177,6 +177,7 @@ class Event:
     message: str = ""
     worker_id: str = ""
     time: float = 0.0  # unix time the worker emitted it
+    info: dict[str, Any] | None = None  # extra structured facts, e.g. engine steps around a cancel
 
     @property
     def terminal(self) -> bool:
