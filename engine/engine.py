@@ -10,6 +10,7 @@ request's outputs as they are produced and aborts it if the consumer stops early
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -101,6 +102,8 @@ class LLMEngine:
         self._ids = itertools.count()
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
+        self._gate = threading.Condition(threading.Lock())  # counts callers queued for _lock
+        self._queued = 0
         self._thread: threading.Thread | None = None
         self._stop = False
 
@@ -165,7 +168,7 @@ class LLMEngine:
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
         self._check_fits(ids, params)
-        with self._lock:
+        with self._locked():
             rid = str(next(self._ids)) if request_id is None else request_id
             if rid in self._requests:
                 raise RequestError(f"request id {rid!r} is already in use")
@@ -223,7 +226,7 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; False if it is unknown or already finished."""
-        with self._lock:
+        with self._locked():
             req = self._requests.pop(request_id, None)
             if req is None:
                 return False
@@ -234,7 +237,7 @@ class LLMEngine:
             return True
 
     def has_unfinished(self) -> bool:
-        with self._lock:
+        with self._locked():
             return self.scheduler.has_work()
 
     # ---- the step ----------------------------------------------------------------------------
@@ -274,6 +277,31 @@ class LLMEngine:
         self.metrics.record_finished(req.output)
 
     # ---- background loop and streaming -------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The engine lock for a caller that is not the loop: the loop lets queued callers in first.
+
+        Without this the loop thread, which releases the lock after a step and takes it straight
+        back, can keep an `abort` or `add_request` waiting for several steps.
+        """
+        with self._gate:
+            self._queued += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._gate:
+                self._queued -= 1
+                if not self._queued:
+                    self._gate.notify_all()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _let_callers_in(self, timeout: float = 0.1) -> None:
+        with self._gate:
+            self._gate.wait_for(lambda: not self._queued, timeout)
+
     def start(self) -> None:
         """Run steps on a daemon thread until `shutdown()`."""
         with self._lock:
@@ -293,6 +321,7 @@ class LLMEngine:
 
     def _loop(self) -> None:
         while True:
+            self._let_callers_in()
             with self._lock:
                 while not self._stop and not self.scheduler.has_work():
                     self._wake.wait()
@@ -306,7 +335,7 @@ class LLMEngine:
 
     def fail_all(self, message: str) -> None:
         """End every request in flight with finish_reason "error" (streams get their final output)."""
-        with self._lock:
+        with self._locked():
             for rid in list(self._requests):
                 req = self._requests.pop(rid)
                 self.scheduler.finish(req.seq)

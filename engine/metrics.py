@@ -29,6 +29,7 @@ class EngineMetrics:
     kv_usage: float = 0.0
     last_batch_tokens: int = 0
     last_batch_seqs: int = 0
+    max_batch_seqs: int = 0  # the largest batch (sequences in one step) seen so far
     prompt_tokens: int = 0  # prompt tokens run through the model (cache hits not; recompute again)
     generation_tokens: int = 0
     finished_requests: int = 0
@@ -45,6 +46,7 @@ class EngineMetrics:
     ) -> None:
         self.steps += 1
         self.last_batch_tokens, self.last_batch_seqs = sched.num_tokens, len(sched.scheduled)
+        self.max_batch_seqs = max(self.max_batch_seqs, self.last_batch_seqs)
         for seq, n in sched.scheduled:  # called after the step: seq.num_computed already includes n
             prompt_len = len(seq.prompt_token_ids)
             self.prompt_tokens += max(0, min(seq.num_computed, prompt_len) - (seq.num_computed - n))
@@ -71,6 +73,7 @@ class EngineMetrics:
             "kv_usage": self.kv_usage,
             "batch_tokens": self.last_batch_tokens,
             "batch_seqs": self.last_batch_seqs,
+            "max_batch_seqs": self.max_batch_seqs,
             "prompt_tokens": self.prompt_tokens,
             "generation_tokens": self.generation_tokens,
             "finished_requests": self.finished_requests,

@@ -3,8 +3,9 @@
 A sampled token first ends the request if it is a stop token id or (unless ignore_eos) an eos id
 (stop/eos tokens add no text); otherwise its text is detokenized incrementally and stop strings are
 searched across token boundaries (the text is cut before the stop string); then max_tokens and the
-context length end it with "length". Emitted outputs are snapshots: consumers on other threads never
-see a list that is still growing.
+context length end it with "length". Streamed text (`new_text`) holds back a tail that could still
+grow into a stop string, so the concatenated deltas always equal the final text. Emitted outputs are
+snapshots: consumers on other threads never see a list that is still growing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def process_token(req: TrackedRequest, token: int, logprobs: dict[int, float] | 
     now = time.monotonic()
     if req.last_token_time is None:
         out.metrics.time_to_first_token_s = now - seq.arrival_time
+        out.metrics.cached_prompt_tokens = min(seq.num_cached, len(seq.prompt_token_ids))
     else:
         out.metrics.inter_token_latencies_s.append(now - req.last_token_time)
     req.last_token_time = now
@@ -48,19 +50,38 @@ def _append_text(req: TrackedRequest, token: int, check_stops: bool) -> None:
         return
     out = req.output
     out.text += delta
-    out.new_text += delta
     if check_stops and req.stops:
         hit = find_stop(out.text, len(delta), req.stops)
         if hit is not None:
-            cut = len(out.text) - hit[0]
             out.text = out.text[: hit[0]]
-            out.new_text = out.new_text[: max(0, len(out.new_text) - cut)]
             out.finish_reason, out.stop_reason = "stop", hit[1]
+    held = _stop_prefix_len(out.text, req.emitted_chars, req.stops)
+    _release(req, len(out.text) - held)
+
+
+def _stop_prefix_len(text: str, start: int, stops: list[str]) -> int:
+    """Length of the longest tail of text[start:] that is a proper prefix of a stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text) - start), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
+def _release(req: TrackedRequest, upto: int) -> None:
+    """Move output.text[emitted:upto] into new_text."""
+    if upto > req.emitted_chars:
+        req.output.new_text += req.output.text[req.emitted_chars : upto]
+        req.emitted_chars = upto
 
 
 def snapshot(req: TrackedRequest) -> RequestOutput:
     """A copy of the request's output to hand out; resets the per-emission deltas."""
     out = req.output
+    if out.finished:  # nothing can grow into a stop string any more
+        _release(req, len(out.text))
     snap = copy.copy(out)
     snap.token_ids, snap.new_token_ids = list(out.token_ids), list(out.new_token_ids)
     snap.logprobs = None if out.logprobs is None else list(out.logprobs)

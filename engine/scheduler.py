@@ -95,7 +95,7 @@ class Scheduler:
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0][1]
-            seq.num_computed = self.blocks.allocate(seq.request_id, seq.token_ids)
+            seq.num_computed = seq.num_cached = self.blocks.allocate(seq.request_id, seq.token_ids)
             n = min(seq.num_uncomputed, budget)
             if not self.blocks.ensure_slots(seq.request_id, seq.num_computed + n):
                 self.blocks.free(seq.request_id)

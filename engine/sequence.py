@@ -35,6 +35,7 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     status: Status = Status.WAITING
     num_computed: int = 0
+    num_cached: int = 0  # prompt tokens whose KV the prefix cache supplied at the latest admission
     num_preemptions: int = 0
     token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list)
@@ -71,4 +72,5 @@ class TrackedRequest:
     detok: Any = None  # engine.detokenizer.IncrementalDetokenizer, None without a tokenizer
     stops: list[str] = field(default_factory=list)
     last_token_time: float | None = None
+    emitted_chars: int = 0  # of output.text, the prefix already handed out as new_text
     queue: Any = None  # queue.SimpleQueue of RequestOutput snapshots when streamed

@@ -176,3 +176,43 @@ def test_llm_generate_ignores_other_requests_finishing(golden_copy):
     other = llm.engine.add_request([9, 9, 9], SamplingParams(max_tokens=1, ignore_eos=True))
     outs = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, ignore_eos=True))
     assert len(outs) == 1 and len(outs[0].token_ids) == 4 and outs[0].request_id != other
+
+
+def test_abort_from_another_thread_lands_within_one_step(golden_copy):
+    """The loop lets a queued caller take the lock before its next step (no starving abort)."""
+    engine = LLMEngine(golden_copy)
+    engine.start()
+    try:
+        params = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+        streams = [engine.stream(list(range(3 + i, 40)), params) for i in range(8)]
+        for stream in streams:
+            next(stream)
+        lags = []
+        for _ in range(20):
+            before = engine.metrics.steps
+            other = engine.add_request(list(range(5, 30)), params)
+            assert engine.abort(other)
+            lags.append(engine.metrics.steps - before)
+        assert max(lags) <= 1, lags
+        for stream in streams:
+            stream.close()
+    finally:
+        engine.shutdown()
+
+
+def test_cached_prompt_tokens_reported_per_request(golden_copy):
+    engine = LLMEngine(golden_copy, config=EngineConfig(block_size=4))
+    prompt, params = list(range(3, 40)), SamplingParams(max_tokens=2, temperature=0.0)
+    engine.add_request(prompt, params, request_id="first")
+    first = _run_to_end(engine)["first"]
+    engine.add_request(prompt, params, request_id="again")
+    again = _run_to_end(engine)["again"]
+    assert first.metrics.cached_prompt_tokens == 0
+    assert again.metrics.cached_prompt_tokens == 36  # the full blocks of the 37-token prompt
+
+
+def _run_to_end(engine: LLMEngine) -> dict:
+    final = {}
+    while engine.has_unfinished():
+        final.update({o.request_id: o for o in engine.step() if o.finished})
+    return final

@@ -81,3 +81,27 @@ def test_role_end_spelled_out_is_a_default_stop_string_unless_ignore_eos(llm):
     assert "<|role_end|>" in stop_strings(SamplingParams(), family)
     assert "<|role_end|>" not in stop_strings(SamplingParams(ignore_eos=True), family)
     assert stop_strings(SamplingParams(stop=["x"]), family) == ["x", "<|role_end|>"]
+
+
+def test_streamed_deltas_add_up_to_the_final_text_with_stop_strings(demo_ling):
+    """A tail that may still become a stop string is held back, so deltas never overshoot the cut."""
+    from engine.engine import LLMEngine
+
+    engine = LLMEngine(demo_ling)
+    engine.start()
+    try:
+        prompt = "Once upon a time"
+        full = "".join(o.new_text for o in engine.stream(prompt, GREEDY))
+        assert len(full) > 12
+        cases = [
+            [full[len(full) // 2 : len(full) // 2 + 3]],  # completes mid-text: cut there
+            [full[5] + "\u2603\u2603"],  # starts, never completes: released later
+            [full[-2:] + "\u2603"],  # pending at the end: released on finish
+        ]
+        for stops in cases:
+            params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, stop=stops)
+            outs = list(engine.stream(prompt, params))
+            assert "".join(o.new_text for o in outs) == outs[-1].text, stops
+            assert outs[-1].text == full[: full.find(stops[0])] if stops[0] in full else full
+    finally:
+        engine.shutdown()
