@@ -1,7 +1,73 @@
-"""Placeholder: filled in by the service work."""
+"""`bailing worker`: serve one model family from its Redis queue (Celery, threads pool, one engine).
+
+Flow: flags + BAILING_REDIS_URL -> `WorkerConfig` -> `workers.app.run_worker`, which loads the
+engine first (a bad checkpoint exits 2 with a one-line error) and then consumes jobs until SIGTERM
+(warm shutdown: jobs in flight get --shutdown-grace seconds to finish, then the worker leaves the
+registry).
+"""
+
+from __future__ import annotations
 
 import argparse
+import logging
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser("worker", help="serve one model family from its Redis queue")
+    p.add_argument("--family", required=True, help="model family (ling)")
+    p.add_argument("--model", required=True, metavar="DIR", help="Hugging Face checkpoint folder")
+    p.add_argument("--name", default=None, help="served model name (default: the family)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="requests running at once (default 64)")
+    p.add_argument("--max-model-len", type=int, default=None, help="context length cap (default: model's)")
+    p.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size (default: engine's)")
+    p.add_argument(
+        "--default-max-tokens", type=int, default=256, help="max_tokens when a request sets none (256)"
+    )
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port; 0 = off (default)")
+    p.add_argument(
+        "--redis-url", default=None, help=f"broker (default: $BAILING_REDIS_URL or {DEFAULT_REDIS_URL})"
+    )
+    p.add_argument(
+        "--visibility-timeout", type=int, default=3600, help="seconds before an unacked job is redelivered"
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=240.0,
+        help="on SIGTERM, running requests get this long to finish, then end UNAVAILABLE (240)",
+    )
+    p.add_argument("--worker-id", default=None, help="worker id (default: NAME@HOST:PID)")
+    p.add_argument(
+        "--loglevel", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    p.set_defaults(func=_cmd_worker)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from bailing.settings import read_environment
+    from workers.app import run_worker
+    from workers.config import WorkerConfig
+
+    config = WorkerConfig(
+        redis_url=args.redis_url or read_environment().redis_url or DEFAULT_REDIS_URL,
+        family=args.family,
+        model_dir=args.model,
+        name=args.name or "",
+        device=args.device,
+        dtype=args.dtype,
+        max_num_seqs=args.max_num_seqs,
+        kv_cache_bytes=args.kv_cache_bytes,
+        max_model_len=args.max_model_len,
+        default_max_tokens=args.default_max_tokens,
+        metrics_port=args.metrics_port,
+        visibility_timeout_s=args.visibility_timeout,
+        shutdown_grace_s=args.shutdown_grace,
+        worker_id=args.worker_id or "",
+    )
+    logging.basicConfig(level=args.loglevel, format=_LOG_FORMAT)
+    return run_worker(config, args.loglevel)

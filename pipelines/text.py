@@ -1,0 +1,125 @@
+"""Text pipeline (torch side): a `GenerateJob` -> prompt token ids + `SamplingParams` for the engine.
+
+Prompts are encoded as they are; chat messages are rendered with the checkpoint's chat template
+(generation prompt added). Sampling options the client left unset come from the checkpoint's
+generation_config.json, then the engine's defaults. Every problem a client can cause raises
+`RequestError` with a message that names the offending field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from engine.engine import LLMEngine
+from engine.errors import RequestError
+from engine.sampling_params import SamplingParams
+from pipelines.protocol import GenerateJob, Sampling
+
+# generation_config.json keys that act as defaults for unset sampling fields (as vLLM reads them)
+_CHECKPOINT_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_MEDIA_NAMES = {"image": "an image", "audio": "an audio clip", "video": "a video"}
+
+
+# ---- prompt --------------------------------------------------------------------------------------
+def prompt_ids(job: GenerateJob, engine: LLMEngine) -> list[int]:
+    """The job's prompt as token ids: `prompt` encoded, or `messages` rendered by the chat template."""
+    has_prompt, has_messages = job.prompt is not None, job.messages is not None
+    if has_prompt == has_messages:
+        raise RequestError("set exactly one of prompt and messages")
+    if has_prompt:
+        if not isinstance(job.prompt, str):
+            raise RequestError(f"prompt must be a string, got {type(job.prompt).__name__}")
+        return engine.encode(job.prompt)
+    return engine.encode(render_chat(job, engine))
+
+
+def render_chat(job: GenerateJob, engine: LLMEngine) -> str:
+    """The conversation rendered with the checkpoint's chat template, ending in the assistant's turn."""
+    if not job.messages:
+        raise RequestError("messages must hold at least one message")
+    conversation = [_message_dict(job, i) for i in range(len(job.messages))]
+    tokenizer = engine.tokenizer
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise RequestError(f"model '{job.model}' has no chat template: send a prompt instead of messages")
+    kwargs: dict[str, Any] = {}
+    if job.enable_thinking is not None:
+        kwargs["enable_thinking"] = bool(job.enable_thinking)
+    try:
+        return tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True, **kwargs
+        )
+    except Exception as exc:  # jinja2 TemplateError from raise_exception(), bad content shapes
+        raise RequestError(f"cannot render the chat template: {exc}") from None
+
+
+def _message_dict(job: GenerateJob, i: int) -> dict[str, str]:
+    """messages[i] as the template expects it ({"role", "content"}); text parts joined by newlines."""
+    message = job.messages[i]
+    if message.role not in _ROLES:
+        raise RequestError(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {message.role!r}")
+    texts = []
+    for j, part in enumerate(message.parts):
+        if part.type != "text":
+            kind = _MEDIA_NAMES.get(part.type, f"a part of unknown type {part.type!r}")
+            raise RequestError(f"model '{job.model}' accepts only text; messages[{i}].content[{j}] is {kind}")
+        if not isinstance(part.text, str):
+            raise RequestError(f"messages[{i}].content[{j}].text must be a string")
+        texts.append(part.text)
+    return {"role": message.role, "content": "\n".join(texts)}
+
+
+# ---- sampling ------------------------------------------------------------------------------------
+def sampling_params(
+    sampling: Sampling,
+    defaults: Mapping[str, Any],
+    max_model_len: int,
+    prompt_len: int,
+    default_max_tokens: int = 256,
+) -> SamplingParams:
+    """Engine SamplingParams: the client's values, else the checkpoint's `defaults`, else the engine's.
+
+    max_tokens unset -> the checkpoint's max_new_tokens or `default_max_tokens`, capped at what is
+    left of the context; set but too large for the context -> RequestError.
+    """
+    if sampling.n != 1:
+        raise RequestError(
+            f"n must be 1 for now, got {sampling.n!r}: several samples per request are not supported yet"
+        )
+    room = max_model_len - prompt_len
+    if room <= 0:
+        raise RequestError(f"prompt has {prompt_len} tokens; the model's context is {max_model_len}")
+    max_tokens = _max_tokens(sampling.max_tokens, defaults, max_model_len, prompt_len, default_max_tokens)
+    kwargs: dict[str, Any] = {"max_tokens": max_tokens}
+    for name in _CHECKPOINT_DEFAULTS:
+        value = getattr(sampling, name)
+        if value is None:
+            value = defaults.get(name)
+        if value is not None:
+            kwargs[name] = value
+    for f in fields(Sampling):
+        if f.name in kwargs or f.name in _CHECKPOINT_DEFAULTS or f.name in ("n", "max_tokens"):
+            continue
+        value = getattr(sampling, f.name)
+        if value is not None:
+            kwargs[f.name] = list(value) if isinstance(value, tuple) else value
+    return SamplingParams(**kwargs)
+
+
+def _max_tokens(
+    requested: Any, defaults: Mapping[str, Any], max_model_len: int, prompt_len: int, default_max_tokens: int
+) -> int:
+    room = max_model_len - prompt_len
+    if requested is None:
+        fallback = defaults.get("max_new_tokens")
+        if isinstance(fallback, bool) or not isinstance(fallback, int) or fallback < 1:
+            fallback = default_max_tokens
+        return min(fallback, room)
+    if isinstance(requested, int) and not isinstance(requested, bool) and requested > room:
+        raise RequestError(
+            f"max_tokens is {requested}, but the prompt ({prompt_len} tokens) leaves room for only {room} "
+            f"new tokens in the model's context of {max_model_len}"
+        )
+    return requested  # other invalid values are reported by SamplingParams

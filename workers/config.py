@@ -1,0 +1,64 @@
+"""WorkerConfig: everything one worker process needs, built once by `bailing worker` and passed down.
+
+Frozen and validated on creation: an invalid value raises ValueError naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+KNOWN_FAMILIES = frozenset({"ling"})  # families this worker can serve (Ring, Ming, LLaDA2 come later)
+
+
+def _positive_int(name: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"WorkerConfig.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    redis_url: str
+    family: str
+    model_dir: Path
+    name: str = ""  # the served model name (queue, registry); "" = the family
+    device: str = "cpu"
+    dtype: str | None = None  # None: the engine's choice for the device
+    max_num_seqs: int = 64  # requests running at once (also the Celery thread count)
+    kv_cache_bytes: int | None = None  # None: the engine's default
+    max_model_len: int | None = None  # None: the model's context length
+    default_max_tokens: int = 256  # when a client leaves max_tokens unset (capped at the context)
+    metrics_port: int = 0  # Prometheus HTTP port; 0 = no metrics server
+    visibility_timeout_s: int = 3600  # unacked jobs are redelivered after this long
+    shutdown_grace_s: float = 240.0  # on SIGTERM, requests still running after this long end UNAVAILABLE
+    worker_id: str = ""  # "" = f"{name}@{hostname}:{pid}"
+
+    def __post_init__(self) -> None:
+        if self.family not in KNOWN_FAMILIES:
+            raise ValueError(
+                f"WorkerConfig.family must be one of {sorted(KNOWN_FAMILIES)}, got {self.family!r}"
+            )
+        if not isinstance(self.redis_url, str) or "://" not in self.redis_url:
+            raise ValueError(f"WorkerConfig.redis_url must be a redis:// URL, got {self.redis_url!r}")
+        object.__setattr__(self, "model_dir", Path(self.model_dir))
+        name = self.name or self.family
+        if any(c.isspace() for c in name) or "@" in name:
+            raise ValueError(f"WorkerConfig.name must not contain spaces or '@', got {name!r}")
+        object.__setattr__(self, "name", name)
+        if not self.worker_id:
+            object.__setattr__(self, "worker_id", f"{name}@{socket.gethostname()}:{os.getpid()}")
+        _positive_int("max_num_seqs", self.max_num_seqs)
+        _positive_int("kv_cache_bytes", self.kv_cache_bytes, allow_none=True)
+        _positive_int("max_model_len", self.max_model_len, allow_none=True, minimum=2)
+        _positive_int("default_max_tokens", self.default_max_tokens)
+        _positive_int("metrics_port", self.metrics_port, minimum=0)
+        if self.metrics_port > 65535:
+            raise ValueError(f"WorkerConfig.metrics_port must be <= 65535, got {self.metrics_port}")
+        _positive_int("visibility_timeout_s", self.visibility_timeout_s)
+        grace = self.shutdown_grace_s
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
+            raise ValueError(f"WorkerConfig.shutdown_grace_s must be a number >= 0, got {grace!r}")

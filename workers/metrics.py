@@ -1,0 +1,113 @@
+"""Prometheus metrics of one worker (own CollectorRegistry; HTTP server only when a port is given).
+
+Flow: the emitter counts requests and tokens and observes latencies per finished request; the engine
+thread observes every step's batch size through `StepObservingMetrics`; the heartbeat thread copies
+the engine's gauges (running, waiting, KV usage, largest batch) from `engine.metrics.snapshot()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from engine.metrics import EngineMetrics
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class StepObservingMetrics(EngineMetrics):
+    """EngineMetrics that also reports each step's batch size (called by the engine under its lock)."""
+
+    def __init__(self, on_step: Callable[[int], None]) -> None:
+        super().__init__()
+        self._on_step = on_step
+
+    def record_step(self, *args: Any, **kwargs: Any) -> None:
+        super().record_step(*args, **kwargs)
+        self._on_step(self.last_batch_seqs)
+
+
+class WorkerMetrics:
+    def __init__(self, model: str) -> None:
+        self.registry = reg = CollectorRegistry()
+        self._model = model
+        labels = {"model": model}
+        self.requests = Counter(
+            "bailing_worker_requests",
+            "Requests finished, by outcome (done, error, cancelled)",
+            ["model", "outcome"],
+            registry=reg,
+        )
+        self.prompt_tokens = Counter(
+            "bailing_worker_prompt_tokens", "Prompt tokens of admitted requests", ["model"], registry=reg
+        ).labels(**labels)
+        self.generated_tokens = Counter(
+            "bailing_worker_generated_tokens", "Tokens generated", ["model"], registry=reg
+        ).labels(**labels)
+        self.stream_events = Counter(
+            "bailing_worker_stream_events", "Events appended to request streams", ["model"], registry=reg
+        ).labels(**labels)
+        self.stream_writes = Counter(
+            "bailing_worker_stream_writes",
+            "Pipelined Redis round trips that appended them",
+            ["model"],
+            registry=reg,
+        ).labels(**labels)
+        self.running = self._gauge("bailing_worker_running_requests", "Requests running in the engine")
+        self.waiting = self._gauge("bailing_worker_waiting_requests", "Requests waiting in the engine")
+        self.kv_usage = self._gauge("bailing_worker_kv_cache_usage", "Fraction of KV cache blocks in use")
+        self.batch_max = self._gauge("bailing_worker_batch_size_max", "Largest batch (sequences) seen")
+        self.batch = Histogram(
+            "bailing_worker_batch_size",
+            "Sequences per engine step",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=reg,
+        ).labels(**labels)
+        self.steps = Counter(
+            "bailing_worker_engine_steps", "Engine steps run", ["model"], registry=reg
+        ).labels(**labels)
+        self.ttft = Histogram(
+            "bailing_worker_time_to_first_token_seconds",
+            "From engine admission to the first generated token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        ).labels(**labels)
+        self.itl = Histogram(
+            "bailing_worker_inter_token_latency_seconds",
+            "Time between consecutive generated tokens",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        ).labels(**labels)
+
+    def _gauge(self, name: str, doc: str) -> Any:
+        return Gauge(name, doc, ["model"], registry=self.registry).labels(model=self._model)
+
+    # ---- updates -----------------------------------------------------------------------------------
+    def on_step(self, batch_seqs: int) -> None:
+        self.steps.inc()
+        self.batch.observe(batch_seqs)
+
+    def finished(self, outcome: str) -> None:
+        self.requests.labels(model=self._model, outcome=outcome).inc()
+
+    def latencies(self, ttft_s: float, itl_s: list[float]) -> None:
+        self.ttft.observe(ttft_s)
+        for x in itl_s:
+            self.itl.observe(x)
+
+    def update_from_engine(self, snap: dict[str, Any]) -> None:
+        self.running.set(snap["num_running"])
+        self.waiting.set(snap["num_waiting"])
+        self.kv_usage.set(snap["kv_usage"])
+        self.batch_max.set(snap.get("max_batch_seqs", 0))
+
+    def serve(self, port: int) -> Any:
+        """Start the /metrics HTTP server on `port` (all interfaces); returns the server."""
+        server, _thread = start_http_server(port, registry=self.registry)
+        return server

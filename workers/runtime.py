@@ -1,0 +1,269 @@
+"""WorkerRuntime: the one engine of this process and the threads around it (the only process state).
+
+Flow of a job: `run(job)` drops it if a redelivery makes it moot (terminal already written, deadline
+passed, cancel flag set, still running elsewhere), registers a `Flight`, queues STARTED, builds the
+engine inputs with `pipelines.text`, adds the request with the emitter's queue as its output queue
+and waits until the emitter has written the request's terminal event. Cancels (pub/sub listener),
+deadlines (the waiting task thread) and shutdown end a request through `stop_request` (see
+`workers.aborts`): its KV blocks are freed within one engine step and the terminal event says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from engine.engine import EngineConfig, LLMEngine
+from engine.errors import BailingError, RequestError
+from engine.model_loader import generation_config
+from pipelines import text
+from pipelines.protocol import (
+    ErrorCode,
+    Event,
+    EventType,
+    GenerateJob,
+    cancel_key,
+)
+from workers import redelivery
+from workers.aborts import Aborter
+from workers.background import CancelListener, Heartbeat
+from workers.config import WorkerConfig
+from workers.emitter import Control, Emitter, Flight, Flights
+from workers.metrics import StepObservingMetrics, WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+
+class WorkerRuntime:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.metrics = WorkerMetrics(config.name)
+        self.engine = self._load_engine(config)  # slow, and fails loudly for a bad checkpoint
+        self.defaults = generation_config(config.model_dir)
+        self.redis = redis.Redis.from_url(
+            config.redis_url,
+            health_check_interval=30,
+            socket_keepalive=True,
+            client_name=f"bailing-worker:{config.worker_id}",  # visible in CLIENT LIST
+        )
+        self.flights = Flights()
+        self.emitter = Emitter(self.redis, self.flights, self.metrics, config.name)
+        self.aborter = Aborter(self.engine, self.emitter)
+        self.engine.metrics = StepObservingMetrics(self._after_step)  # before the first step
+        self.cancels = CancelListener(self)
+        self.heartbeat = Heartbeat(self)
+        self._metrics_server: Any = None
+        self._closed = False
+
+    def _load_engine(self, config: WorkerConfig) -> LLMEngine:
+        engine_config = EngineConfig(
+            max_num_seqs=config.max_num_seqs,
+            kv_cache_bytes=config.kv_cache_bytes,
+            max_model_len=config.max_model_len,
+        )
+        return LLMEngine(config.model_dir, config.device, config.dtype, engine_config)
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the engine loop, emitter, cancel listener, metrics server and heartbeat."""
+        self.engine.start()
+        self.emitter.start()
+        self.cancels.start()
+        if self.config.metrics_port:
+            self._metrics_server = self.metrics.serve(self.config.metrics_port)
+        self.heartbeat.start()  # only now: the registry lists workers that can serve
+        log.info(
+            "worker %s ready: model=%s family=%s device=%s max_model_len=%d",
+            self.config.worker_id,
+            self.config.name,
+            self.config.family,
+            self.engine.device,
+            self.engine.max_model_len,
+        )
+
+    def close(self) -> None:
+        """Stop everything; requests still in flight end with ERROR UNAVAILABLE. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        log.info("worker %s stopping (%d requests in flight)", self.config.worker_id, len(self.flights))
+        self.end_in_flight()
+        self.cancels.stop()
+        self.heartbeat.stop()  # leaves the registry
+        self.engine.shutdown()
+        self.emitter.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        self.redis.close()
+        log.info("worker %s stopped", self.config.worker_id)
+
+    def end_in_flight(self) -> int:
+        """End every request in flight with ERROR UNAVAILABLE (the client may retry elsewhere)."""
+        flights = self.flights.all()
+        for flight in flights:
+            self.stop_request(flight, EventType.ERROR, ErrorCode.UNAVAILABLE, "the worker is shutting down")
+        return len(flights)
+
+    # ---- one job -----------------------------------------------------------------------------------
+    def run_payload(self, payload: Any, task_id: str | None) -> None:
+        """Decode a Celery payload and run it; a malformed one gets ERROR INVALID_ARGUMENT."""
+        try:
+            if not isinstance(payload, dict):
+                raise ValueError("the task takes exactly one argument, the job object")
+            job = GenerateJob.from_dict(payload)
+            if not isinstance(job.request_id, str) or not job.request_id:
+                raise ValueError("request_id must be a non-empty string")
+        except Exception as exc:
+            rid = payload.get("request_id") if isinstance(payload, dict) else None
+            rid = rid if isinstance(rid, str) and rid else task_id
+            log.warning("request %s: malformed job payload: %s", rid, exc)
+            if rid:
+                error = Event(
+                    0,
+                    EventType.ERROR,
+                    error_code=ErrorCode.INVALID_ARGUMENT,
+                    message=f"malformed job payload: {exc}",
+                )
+                redelivery.write_event(self.redis, rid, error)
+                self.metrics.finished(error.type.value)
+            return
+        self.run(job)
+
+    def run(self, job: GenerateJob) -> None:
+        """Serve one job; returns once its terminal event is in the stream. Never raises."""
+        rid = job.request_id
+        try:
+            run_it, written = redelivery.check(self.redis, job, self.config.name)
+            if written is not None:
+                self.metrics.finished(written.type.value)
+            if not run_it:  # moot, or running elsewhere
+                return
+            flight = Flight(rid, queued_s=_queued_s(job))
+            if not self.flights.add(flight):
+                log.info("request %s is already running in this worker; dropping the duplicate", rid)
+                return
+        except Exception:
+            log.exception("request %s: cannot start it", rid)
+            return
+        try:
+            self._serve(job, flight)
+        finally:
+            self.flights.pop(rid)
+
+    def _serve(self, job: GenerateJob, flight: Flight) -> None:
+        rid = job.request_id
+        self.emitter.put(Control(rid, EventType.STARTED, {"worker_id": self.config.worker_id}))
+        try:
+            if self.redis.exists(cancel_key(rid)):  # after registering: a later cancel finds the flight
+                self.stop_request(flight, EventType.CANCELLED, ErrorCode.CANCELLED, "cancelled by the client")
+            else:
+                self._submit(job, flight)
+        except (BailingError, ValueError, TypeError) as exc:
+            self._fail(flight, ErrorCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:
+            log.exception("request %s: unexpected error", rid)
+            self._fail(
+                flight, ErrorCode.INTERNAL, f"internal error ({type(exc).__name__}); see the worker log"
+            )
+        self._wait(job, flight)
+
+    def _submit(self, job: GenerateJob, flight: Flight) -> None:
+        if job.model != self.config.name:
+            raise RequestError(f"model {job.model!r} sent to the queue of {self.config.name!r}")
+        ids = text.prompt_ids(job, self.engine)
+        params = text.sampling_params(
+            job.sampling, self.defaults, self.engine.max_model_len, len(ids), self.config.default_max_tokens
+        )
+        if isinstance(job.priority, bool) or not isinstance(job.priority, int):
+            raise ValueError(f"priority must be an integer, got {job.priority!r}")
+        with flight.lock:
+            if flight.stopping:  # cancelled (or past its deadline) while its inputs were built
+                return
+            self.engine.add_request(
+                ids, params, request_id=job.request_id, priority=job.priority, output_queue=self.emitter.queue
+            )
+            flight.added = True
+        self.metrics.prompt_tokens.inc(len(ids))
+
+    def _wait(self, job: GenerateJob, flight: Flight) -> None:
+        """Block until the terminal event is written; end the request when its deadline passes."""
+        deadline = redelivery.job_deadline(job)
+        while not flight.done.wait(None if deadline is None else max(0.0, deadline - time.time())):
+            if deadline is not None and time.time() >= deadline:
+                self.stop_request(
+                    flight, EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed"
+                )
+                deadline = None
+
+    def _fail(self, flight: Flight, code: ErrorCode, message: str) -> None:
+        log.info("request %s rejected: %s: %s", flight.request_id, code, message)
+        with flight.lock:
+            flight.stopping = True
+        self.emitter.put(
+            Control(flight.request_id, EventType.ERROR, {"error_code": code, "message": message})
+        )
+
+    # ---- ending a request early --------------------------------------------------------------------
+    def stop_request(
+        self,
+        flight: Flight,
+        type_: EventType,
+        code: ErrorCode,
+        message: str,
+        info: dict[str, Any] | None = None,
+    ) -> bool:
+        """Abort `flight` (KV freed within one engine step) and queue its terminal event."""
+        return self.aborter.stop(flight, type_, code, message, info)
+
+    def _after_step(self, batch_seqs: int) -> None:
+        """The engine thread's hook at the end of every step (engine lock held); never raises."""
+        try:
+            self.metrics.on_step(batch_seqs)
+            self.aborter.after_step()
+        except Exception:  # an exception here would fail the engine step and every request in it
+            log.exception("step hook failed")
+
+    def cancel(self, request_id: str, seen_step: int) -> None:
+        """A client cancel for `request_id` (from the listener); no-op unless it is in flight here."""
+        flight = self.flights.get(request_id)
+        if flight is not None:
+            info = {"cancel_seen_step": seen_step}
+            self.stop_request(
+                flight, EventType.CANCELLED, ErrorCode.CANCELLED, "cancelled by the client", info
+            )
+
+
+def _queued_s(job: GenerateJob) -> float:
+    t = job.submitted_at
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
+        return 0.0
+    return max(0.0, time.time() - t)
+
+
+# ---- the process's runtime (cached lazily, as Celery's guide does with per-process resources) ---------
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(config: WorkerConfig) -> WorkerRuntime:
+    """This process's runtime, loaded and started on first use."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            runtime = WorkerRuntime(config)
+            runtime.start()
+            _runtime = runtime
+        return _runtime
+
+
+def close_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        runtime, _runtime = _runtime, None
+    if runtime is not None:
+        runtime.close()
