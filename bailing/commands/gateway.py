@@ -1,7 +1,61 @@
-"""Placeholder: filled in by the service work."""
+"""`bailing gateway`: run the gRPC front door (flags + BAILING_* environment -> GatewayConfig -> serve).
+
+Prints "gateway listening on HOST:PORT" once it accepts calls; SIGTERM/SIGINT drain it and exit 0.
+"""
+
+from __future__ import annotations
 
 import argparse
 
+from bailing.settings import DEFAULT_GRPC_PORT, read_environment
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    return None
+    p = sub.add_parser("gateway", help="run the gRPC gateway in front of the workers")
+    p.add_argument(
+        "--models", required=True, metavar="NAMES", help="served model names, comma-separated (ling,ring)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_GRPC_PORT, help="0 = a free port (default %(default)s)"
+    )
+    p.add_argument("--redis-url", default=None, help="Redis URL (default: BAILING_REDIS_URL)")
+    p.add_argument("--max-inflight", type=int, default=256, help="concurrent requests at most (default 256)")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off (default)")
+    p.add_argument(
+        "--drain-grace",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get on shutdown (default 30)",
+    )
+    p.set_defaults(func=_cmd_gateway)
+
+
+def _config(args: argparse.Namespace):
+    from gateway.config import GatewayConfig
+
+    env = read_environment()
+    redis_url = args.redis_url or env.redis_url
+    if not redis_url:
+        raise ValueError("no Redis: pass --redis-url or set BAILING_REDIS_URL")
+    return GatewayConfig(
+        redis_url=redis_url,
+        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
+        host=args.host,
+        port=args.port,
+        api_token=env.api_token,
+        max_inflight=args.max_inflight,
+        metrics_port=args.metrics_port,
+        drain_grace_s=args.drain_grace,
+    )
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from gateway.server import serve
+
+    cfg = _config(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(cfg, announce=lambda line: print(line, flush=True)))

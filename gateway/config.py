@@ -1,0 +1,51 @@
+"""The gateway's settings as one frozen dataclass, built by `bailing gateway` (nothing here reads env)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipelines.protocol import MEDIA_TTL_S, WORKER_DEAD_AFTER_S
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    redis_url: str
+    models: tuple[str, ...]  # served model names; requests for any other model get NOT_FOUND
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = pick a free port (the server reports the one it bound)
+    api_token: str | None = None  # clients must send "authorization: Bearer <token>" when set
+    max_inflight: int = 256  # admission limit: more concurrent requests get RESOURCE_EXHAUSTED
+    max_message_bytes: int = 32 * MIB  # gRPC max receive and send message size
+    max_media_bytes: int = 20 * MIB  # per image/audio/video part
+    max_tokens_limit: int = 8192
+    max_stop_strings: int = 16
+    drain_grace_s: float = 30.0  # on SIGTERM/SIGINT, in-flight requests get this long to finish
+    metrics_port: int = 0  # Prometheus HTTP port; 0 = no metrics server
+    media_ttl_s: int = MEDIA_TTL_S
+    worker_dead_after_s: float = WORKER_DEAD_AFTER_S
+    health_interval_s: float = 0.5  # how often health and queue depth are refreshed from Redis
+
+    def __post_init__(self) -> None:
+        if not self.redis_url:
+            raise ValueError("redis_url is empty: the gateway needs Redis (BAILING_REDIS_URL or --redis-url)")
+        models = tuple(self.models)
+        if not models or not all(models):
+            raise ValueError(f"models must name at least one model, got {self.models!r}")
+        if len(set(models)) != len(models):
+            raise ValueError(f"models must not repeat a name, got {self.models!r}")
+        object.__setattr__(self, "models", models)
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
+        for name in ("max_inflight", "max_message_bytes", "max_media_bytes", "max_tokens_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_stop_strings", "drain_grace_s", "media_ttl_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("worker_dead_after_s", "health_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

@@ -1,0 +1,306 @@
+"""The protobuf boundary: GenerateRequest -> validated GenerateJob, and Events -> chunks / responses.
+
+Every user error becomes a `Rejection` (INVALID_ARGUMENT, unknown model NOT_FOUND) whose message
+names the field, e.g. "sampling.top_p must be in (0, 1], got 0". Ranges mirror
+engine/sampling_params.py without importing it (the gateway never loads torch). Nothing outside
+this module sees a protobuf type.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+
+import grpc
+
+from gateway.api import pb
+from gateway.config import GatewayConfig
+from gateway.errors import Rejection, invalid, status_from_name
+from gateway.media import MEDIA_KINDS, MediaBlob, MediaError, check_media
+from gateway.state import ModelState, RequestTrace
+from pipelines.protocol import ChatMessage, Event, EventType, GenerateJob, MediaRef, Part, Sampling
+
+ROLES = ("system", "user", "assistant", "tool")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+PENALTY_LIMIT = 2.0
+MAX_ERROR_CHARS = 500
+
+
+def check_model(name: str, served: tuple[str, ...]) -> None:
+    if not name:
+        raise invalid(f"model is empty: name one of {', '.join(served)}")
+    if name not in served:
+        raise Rejection(
+            grpc.StatusCode.NOT_FOUND, f"model {name!r} is not served here (served: {', '.join(served)})"
+        )
+
+
+def request_to_job(
+    req: pb.GenerateRequest,
+    cfg: GatewayConfig,
+    state: ModelState | None,
+    *,
+    submitted_at: float,
+    deadline: float | None = None,
+) -> tuple[GenerateJob, list[MediaBlob]]:
+    """Validate `req` into a job plus the media bytes it references; `state` None skips live checks."""
+    check_model(req.model, cfg.models)
+    request_id = _request_id(req.request_id)
+    blobs: list[MediaBlob] = []
+    if req.messages and req.prompt:
+        raise invalid("messages and prompt are both set: send exactly one")
+    if not req.messages and not req.prompt:
+        raise invalid("messages and prompt are both empty: send one")
+    messages = tuple(_message(i, m, cfg, state, blobs) for i, m in enumerate(req.messages)) or None
+    enable_thinking, thinking_budget = _reasoning(req)
+    job = GenerateJob(
+        request_id=request_id,
+        model=req.model,
+        prompt=req.prompt or None,
+        messages=messages,
+        sampling=_sampling(req.sampling, cfg, state),
+        enable_thinking=enable_thinking,
+        thinking_budget=thinking_budget,
+        priority=req.priority,
+        deadline=deadline,
+        submitted_at=submitted_at,
+    )
+    return job, blobs
+
+
+def _request_id(value: str) -> str:
+    if not value:
+        return uuid.uuid4().hex
+    if not REQUEST_ID.fullmatch(value):
+        raise invalid(f"request_id must match {REQUEST_ID.pattern}, got {value[:140]!r}")
+    return value
+
+
+def _message(
+    i: int, msg: pb.Message, cfg: GatewayConfig, state: ModelState | None, blobs: list[MediaBlob]
+) -> ChatMessage:
+    if msg.role not in ROLES:
+        raise invalid(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {msg.role!r}")
+    if not msg.content:
+        raise invalid(f"messages[{i}].content is empty: every message needs at least one part")
+    parts = tuple(
+        _part(f"messages[{i}].content[{j}]", p, cfg, state, blobs) for j, p in enumerate(msg.content)
+    )
+    return ChatMessage(role=msg.role, parts=parts)
+
+
+def _part(path: str, part: pb.ContentPart, cfg: GatewayConfig, state: ModelState | None, blobs) -> Part:
+    kind = part.WhichOneof("part")
+    if kind is None:
+        raise invalid(f"{path} has no part set (one of text, image, audio, video)")
+    if kind == "text":
+        return Part(type="text", text=part.text)
+    assert kind in MEDIA_KINDS, kind  # the proto's oneof: text + MEDIA_KINDS
+    if state is not None and kind not in state.modalities:
+        accepts = ", ".join(state.modalities)
+        raise invalid(
+            f"{path}.{kind}: model {state.name!r} does not accept {kind} input (it accepts {accepts})"
+        )
+    media = getattr(part, kind)
+    try:
+        mime = check_media(kind, media.data, media.mime_type, cfg.max_media_bytes)
+    except MediaError as exc:
+        raise invalid(f"{path}.{kind}: {exc}") from None
+    blob = MediaBlob.of(media.data)
+    blobs.append(blob)
+    return Part(type=kind, media=MediaRef(kind=kind, key=blob.key, mime_type=mime, size=len(media.data)))
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def _real(name: str, x: float, ok: bool, allowed: str) -> float:
+    if not (math.isfinite(x) and ok):
+        raise invalid(f"sampling.{name} must be {allowed}, got {_g(x)}")
+    return x
+
+
+def _opt(s: pb.SamplingParams, name: str):
+    return getattr(s, name) if s.HasField(name) else None
+
+
+def _sampling(s: pb.SamplingParams, cfg: GatewayConfig, state: ModelState | None) -> Sampling:
+    v = {name: _opt(s, name) for name in _OPTIONAL_SAMPLING}
+    checks = {
+        "temperature": (lambda x: x >= 0, ">= 0"),
+        "top_p": (lambda x: 0 < x <= 1, "in (0, 1]"),
+        "min_p": (lambda x: 0 <= x <= 1, "in [0, 1]"),
+        "repetition_penalty": (lambda x: x > 0, "> 0"),
+        "presence_penalty": (lambda x: -PENALTY_LIMIT <= x <= PENALTY_LIMIT, "in [-2, 2]"),
+        "frequency_penalty": (lambda x: -PENALTY_LIMIT <= x <= PENALTY_LIMIT, "in [-2, 2]"),
+    }
+    for name, (ok, allowed) in checks.items():
+        if v[name] is not None:
+            _real(name, v[name], ok(v[name]), allowed)
+    if v["top_k"] is not None and v["top_k"] < -1:
+        raise invalid(f"sampling.top_k must be >= -1 (0 or -1 = off), got {v['top_k']}")
+    max_tokens = _max_tokens(v["max_tokens"], cfg, state)
+    _min_tokens(v["min_tokens"], max_tokens if max_tokens is not None else cfg.max_tokens_limit)
+    n = 1 if v["n"] is None else v["n"]
+    if n != 1:
+        raise invalid(f"sampling.n must be 1 for now (n > 1 arrives with the Ring issue), got {n}")
+    stop = _stop(list(s.stop), cfg.max_stop_strings)
+    for i, t in enumerate(s.stop_token_ids):
+        if t < 0:
+            raise invalid(f"sampling.stop_token_ids[{i}] must be >= 0, got {t}")
+    v.pop("n")
+    return Sampling(**v, n=n, stop=stop, stop_token_ids=tuple(s.stop_token_ids))
+
+
+_OPTIONAL_SAMPLING = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "min_tokens",
+    "ignore_eos",
+)
+
+
+def _max_tokens(value: int | None, cfg: GatewayConfig, state: ModelState | None) -> int | None:
+    if value is None:
+        return None
+    if not 1 <= value <= cfg.max_tokens_limit:
+        raise invalid(f"sampling.max_tokens must be in [1, {cfg.max_tokens_limit}], got {value}")
+    if state is not None and state.max_model_len and value > state.max_model_len:
+        raise invalid(
+            f"sampling.max_tokens must be <= {state.max_model_len} (the max_model_len of model "
+            f"{state.name!r}), got {value}"
+        )
+    return value
+
+
+def _min_tokens(value: int | None, max_tokens: int) -> None:
+    if value is not None and not 0 <= value <= max_tokens:
+        raise invalid(f"sampling.min_tokens must be in [0, max_tokens={max_tokens}], got {value}")
+
+
+def _stop(stop: list[str], limit: int) -> tuple[str, ...]:
+    if len(stop) > limit:
+        raise invalid(f"sampling.stop has {len(stop)} strings, at most {limit} are allowed")
+    for i, s in enumerate(stop):
+        if not s:
+            raise invalid(f"sampling.stop[{i}] is empty: stop strings must be non-empty")
+    return tuple(stop)
+
+
+def _reasoning(req: pb.GenerateRequest) -> tuple[bool | None, int | None]:
+    r = req.reasoning
+    enable = r.enable_thinking if r.HasField("enable_thinking") else None
+    budget = r.thinking_budget if r.HasField("thinking_budget") else None
+    if budget is not None and budget < 0:
+        raise invalid(f"reasoning.thinking_budget must be >= 0, got {budget}")
+    return enable, budget
+
+
+# ---- events -> replies -------------------------------------------------------------------------
+def event_error(event: Event) -> Rejection | None:
+    """The status a terminal event ends the call with, or None when it ends with an answer."""
+    if event.type is EventType.ERROR:
+        message = (event.message or "the worker failed").strip().splitlines()[0][:MAX_ERROR_CHARS]
+        return Rejection(status_from_name(event.error_code), message)
+    if event.type is EventType.CANCELLED and event.error_code not in ("", "CANCELLED"):
+        # e.g. DEADLINE_EXCEEDED: the call failed; a plain cancel still ends with finish_reason "cancelled"
+        return Rejection(status_from_name(event.error_code), event.message or event.error_code.lower())
+    return None
+
+
+def _finish_reason(event: Event) -> str:
+    if event.type is EventType.CANCELLED:
+        return event.finish_reason or "cancelled"
+    return event.finish_reason or "stop"
+
+
+def _usage(event: Event) -> pb.Usage:
+    u = event.usage
+    if u is None:
+        return pb.Usage()
+    return pb.Usage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        reasoning_tokens=u.reasoning_tokens,
+        cached_prompt_tokens=u.cached_prompt_tokens,
+    )
+
+
+def event_to_chunks(request_id: str, event: Event) -> list[pb.GenerateChunk]:
+    """The chunks one event becomes: reasoning delta, then text delta, then (terminal) the last chunk.
+
+    Raises the event's Rejection for ERROR (and a deadline-cancel) terminals.
+    """
+    chunks = []
+    if event.reasoning_text:
+        chunks.append(pb.GenerateChunk(request_id=request_id, reasoning_text=event.reasoning_text))
+    if event.text:
+        chunks.append(pb.GenerateChunk(request_id=request_id, text=event.text))
+    if event.terminal:
+        error = event_error(event)
+        if error is not None:
+            raise error
+        last = pb.GenerateChunk(
+            request_id=request_id, finish_reason=_finish_reason(event), usage=_usage(event)
+        )
+        chunks.append(last)
+    return chunks
+
+
+class ResponseBuilder:
+    """Collects a request's events into one GenerateResponse (the unary Generate)."""
+
+    def __init__(self, request_id: str, model: str) -> None:
+        self.request_id = request_id
+        self.model = model
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._last: Event | None = None
+
+    def add(self, event: Event) -> None:
+        """Append the event's deltas; raises the event's Rejection for an ERROR terminal."""
+        self._reasoning.append(event.reasoning_text)
+        self._text.append(event.text)
+        if event.terminal:
+            error = event_error(event)
+            if error is not None:
+                raise error
+            self._last = event
+
+    def build(self, trace: RequestTrace) -> pb.GenerateResponse:
+        last = self._last
+        return pb.GenerateResponse(
+            request_id=self.request_id,
+            model=self.model,
+            text="".join(self._text),
+            reasoning_text="".join(self._reasoning),
+            finish_reason=_finish_reason(last) if last else "",
+            usage=_usage(last) if last else pb.Usage(),
+            timing=pb.Timing(
+                queue_s=trace.queue_s, time_to_first_token_s=trace.ttft_s, total_s=trace.total_s
+            ),
+        )
+
+
+def list_models_response(states: list[ModelState]) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(models=[model_info(s) for s in states])
+
+
+def model_info(state: ModelState) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=state.name,
+        family=state.family,
+        live_workers=state.live,
+        max_model_len=state.max_model_len,
+        modalities=list(state.modalities),
+    )

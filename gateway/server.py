@@ -1,0 +1,305 @@
+"""The grpc.aio gateway: InferenceServicer (admit -> validate -> dispatch -> relay) and its server.
+
+Flow of a call: draining? -> model served? (NOT_FOUND) -> admission (RESOURCE_EXHAUSTED) -> live
+workers (UNAVAILABLE) -> `convert.request_to_job` (INVALID_ARGUMENT) -> `Dispatcher.submit` ->
+`Dispatcher.events` relayed as chunks or collected into one response. Whenever a call ends without
+its terminal event (client cancel, deadline, error) the request is cancelled in Redis. Health,
+reflection, the bearer-token interceptor and the SIGTERM drain are wired up in `GatewayServer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+import kombu.exceptions
+import redis.exceptions
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.api import INFERENCE_SERVICE, pb_grpc
+from gateway.auth import BearerTokenInterceptor
+from gateway.config import GatewayConfig
+from gateway.convert import (
+    ResponseBuilder,
+    check_model,
+    event_to_chunks,
+    list_models_response,
+    request_to_job,
+)
+from gateway.dispatch import Dispatcher
+from gateway.errors import Rejection
+from gateway.health import HealthMonitor
+from gateway.media import MediaBlob
+from gateway.metrics import GatewayMetrics
+from gateway.state import RequestTrace
+from pipelines.protocol import Event, GenerateJob
+
+log = logging.getLogger(__name__)
+BACKEND_DOWN = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+)
+request_log = logging.getLogger("bailing.gateway.requests")
+
+
+@dataclass
+class _Call:
+    job: GenerateJob
+    trace: RequestTrace
+    finished: bool = False  # the terminal event was read: nothing left to cancel
+    cancel_sent: bool = False
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, cfg: GatewayConfig, dispatcher: Dispatcher, metrics: GatewayMetrics) -> None:
+        self.cfg = cfg
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self.inflight = 0
+        self.draining = False
+        self._background: set[asyncio.Task] = set()
+
+    async def ListModels(self, request, context):
+        try:
+            states = [await self.dispatcher.live_workers(m) for m in self.cfg.models]
+        except BACKEND_DOWN as exc:
+            log.error("ListModels: Redis unreachable: %s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway cannot reach Redis")
+        return list_models_response(states)
+
+    async def Generate(self, request, context):
+        async with (
+            self._call(request, context, "Generate") as call,
+            contextlib.aclosing(self._events(call, context)) as events,
+        ):
+            builder = ResponseBuilder(call.job.request_id, call.job.model)
+            async for event in events:
+                builder.add(event)
+            return builder.build(call.trace)
+
+    async def GenerateStream(self, request, context):
+        async with (
+            self._call(request, context, "GenerateStream") as call,
+            contextlib.aclosing(self._events(call, context)) as events,
+        ):
+            async for event in events:
+                for chunk in event_to_chunks(call.job.request_id, event):
+                    yield chunk
+
+    # ---- one call ---------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _call(self, request, context, method: str) -> AsyncIterator[_Call]:
+        """Admit, validate and submit the request; then account for it however the call ends."""
+        trace = RequestTrace(request_id=request.request_id, model=request.model, method=method)
+        started, call, admitted = time.monotonic(), None, False
+        try:
+            self._admit(request)
+            admitted = True
+            self._count_inflight(request.model, +1)
+            job, blobs = await self._prepare(request, context, trace)
+            call = _Call(job=job, trace=trace)  # from here on, an early end cancels the request
+            # grpc.aio does not always cancel a handler blocked outside grpc when the client goes
+            # away; the RPC's done callback always fires, so the cancel is sent from there too.
+            context.add_done_callback(lambda _ctx, c=call: self._cancel_unfinished(c))
+            await self.dispatcher.submit(job, blobs)
+            yield call
+        except Rejection as rej:
+            trace.code = rej.code.name
+            await context.abort(rej.code, rej.message)
+        except asyncio.CancelledError:
+            deadline = call.job.deadline if call else None
+            trace.code = "DEADLINE_EXCEEDED" if deadline and time.time() >= deadline - 0.05 else "CANCELLED"
+            raise
+        except BACKEND_DOWN as exc:
+            log.error("request %s: Redis unreachable: %s", trace.request_id, exc)
+            trace.code = "UNAVAILABLE"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway cannot reach Redis")
+        except Exception:
+            log.exception("request %s: internal error", trace.request_id)
+            trace.code = "INTERNAL"
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"internal error (see the gateway log for request {trace.request_id or '(unassigned)'})",
+            )
+        finally:
+            if call is not None:
+                self._cancel_unfinished(call)
+            if admitted:  # after the spawn: `GatewayServer.stop` waits for inflight 0, then for the spawns
+                self._count_inflight(request.model, -1)
+            self._report(trace, time.monotonic() - started)
+
+    def _cancel_unfinished(self, call: _Call) -> None:
+        """Cancel the request in the engine unless it finished (once, however the call ended)."""
+        if not call.finished and not call.cancel_sent:
+            call.cancel_sent = True
+            self.spawn(self.dispatcher.cancel(call.job.request_id), f"cancel {call.job.request_id}")
+
+    def _admit(self, request) -> None:
+        if self.draining:
+            raise Rejection(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down: retry another one")
+        check_model(request.model, self.cfg.models)
+        if self.inflight >= self.cfg.max_inflight:
+            raise Rejection(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many requests in flight: the limit is {self.cfg.max_inflight} (max_inflight)",
+            )
+
+    async def _prepare(self, request, context, trace: RequestTrace) -> tuple[GenerateJob, list[MediaBlob]]:
+        """The validated job (and its media) of an admitted request that a live worker can take."""
+        state = await self.dispatcher.live_workers(request.model)
+        remaining = context.time_remaining()
+        deadline = trace.submitted_at + remaining if remaining is not None else None
+        job, blobs = request_to_job(
+            request,
+            self.cfg,
+            state if state.live else None,
+            submitted_at=trace.submitted_at,
+            deadline=deadline,
+        )
+        trace.request_id = job.request_id
+        if not state.live:
+            raise Rejection(grpc.StatusCode.UNAVAILABLE, f"no live worker serves model {job.model!r}")
+        if request.request_id and await self.dispatcher.stream_exists(job.request_id):
+            raise Rejection(
+                grpc.StatusCode.ALREADY_EXISTS, f"request_id {job.request_id!r} is already in use"
+            )
+        return job, blobs
+
+    async def _events(self, call: _Call, context) -> AsyncIterator[Event]:
+        model = call.job.model
+        async for event in self.dispatcher.events(call.job.request_id, model, context.done):
+            gap = call.trace.observe(event)
+            if gap is not None:
+                self.metrics.observe_token_gap(model, gap)
+            if event.terminal:
+                call.finished = True
+            yield event
+
+    def _count_inflight(self, model: str, delta: int) -> None:
+        self.inflight += delta
+        self.metrics.inflight.labels(model).inc(delta)
+
+    def _report(self, trace: RequestTrace, duration_s: float) -> None:
+        if trace.model in self.cfg.models:  # unknown names stay out of metric labels
+            self.metrics.observe_request(trace, duration_s)
+        u = trace.usage
+        record = {
+            "event": "request",
+            "id": trace.request_id,
+            "model": trace.model,
+            "method": trace.method,
+            "status": trace.code,
+            "finish_reason": trace.finish_reason,
+            "prompt_tokens": u.prompt_tokens if u else 0,
+            "completion_tokens": u.completion_tokens if u else 0,
+            "reasoning_tokens": u.reasoning_tokens if u else 0,
+            "queue_s": round(trace.queue_s, 4),
+            "ttft_s": round(trace.ttft_s, 4) if trace.first_token_at else None,
+            "total_s": round(duration_s, 4),
+            "worker": trace.worker_id,
+        }
+        request_log.info(json.dumps(record, separators=(",", ":")))
+
+    # ---- background work (cancels must outlive the cancelled handler) ----------------------
+    def spawn(self, coro, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(lambda t: self._finished(t, what))
+
+    def _finished(self, task: asyncio.Task, what: str) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %s", what, task.exception())
+
+    async def flush_background(self, timeout_s: float = 5.0) -> None:
+        """Wait for the handlers still unwinding, then for the cancels they sent."""
+        until = time.monotonic() + timeout_s
+        while self.inflight and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=max(0.1, until - time.monotonic()))
+
+
+class GatewayServer:
+    """Builds and runs the grpc.aio server; `start()` binds and returns the port."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.port = 0
+        self.metrics = GatewayMetrics()
+        self.dispatcher = Dispatcher(cfg)
+        self.monitor = HealthMonitor(cfg, self.dispatcher, self.metrics)
+        self.servicer = InferenceServicer(cfg, self.dispatcher, self.metrics)
+        interceptors = [BearerTokenInterceptor(cfg.api_token)] if cfg.api_token else []
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a taken port is an error, not a silent second listener
+            ],
+        )
+        pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, self.server)
+        services = [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(services, self.server)
+
+    @property
+    def address(self) -> str:
+        return f"{self.cfg.host}:{self.port}"
+
+    async def start(self) -> int:
+        self.port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        if not self.port:
+            raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port}")
+        await self.monitor.start()
+        await self.server.start()
+        if self.cfg.metrics_port:
+            self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
+        return self.port
+
+    async def drain(self, force: asyncio.Event | None = None) -> None:
+        """NOT_SERVING, refuse new calls, let in-flight ones finish (up to drain_grace_s), stop."""
+        self.servicer.draining = True
+        await self.monitor.drain()
+        log.info(
+            "draining: %d request(s) in flight, grace %.1f s", self.servicer.inflight, self.cfg.drain_grace_s
+        )
+        until = time.monotonic() + self.cfg.drain_grace_s
+        while self.servicer.inflight and time.monotonic() < until and not (force and force.is_set()):
+            await asyncio.sleep(0.05)
+        await self.stop(grace=0.5)
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.server.stop(grace)  # handlers still running are cancelled: they send their cancels
+        await self.servicer.flush_background()
+        await self.monitor.stop()
+        await self.dispatcher.close()
+
+
+async def serve(cfg: GatewayConfig, announce: Callable[[str], None] = print) -> int:
+    """Run until SIGTERM/SIGINT, then drain; a second signal cuts the grace short. Returns 0."""
+    gateway = GatewayServer(cfg)
+    await gateway.start()
+    loop = asyncio.get_running_loop()
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    announce(f"gateway listening on {gateway.address}")
+    await stop.wait()
+    await gateway.drain(force)
+    log.info("gateway stopped")
+    return 0

@@ -1,0 +1,94 @@
+"""Plain facts the gateway derives at run time: a model's live workers, and one request's timeline.
+
+`ModelState` is built by `dispatch.live_workers` from the WorkerInfo records; `RequestTrace` follows
+one request's events and yields the timings that the response, the metrics and the log line report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pipelines.protocol import MODALITIES, Event, EventType, Usage, WorkerInfo
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A served model as its live workers describe it (no workers: nothing is known)."""
+
+    name: str
+    workers: tuple[WorkerInfo, ...] = ()
+
+    @property
+    def live(self) -> int:
+        return len(self.workers)
+
+    @property
+    def family(self) -> str:
+        return self.workers[0].family if self.workers else ""
+
+    @property
+    def max_model_len(self) -> int:
+        """The smallest among the workers: any of them may take the request."""
+        return min((w.max_model_len for w in self.workers), default=0)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Inputs every live worker accepts, in MODALITIES order."""
+        if not self.workers:
+            return ()
+        common = set.intersection(*(set(w.modalities) for w in self.workers))
+        return tuple(m for m in MODALITIES if m in common)
+
+
+@dataclass
+class RequestTrace:
+    """The timeline of one request; times are unix seconds (the worker's event time when it has one)."""
+
+    request_id: str
+    model: str
+    method: str
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str = ""
+    usage: Usage | None = None
+    finish_reason: str = ""
+    code: str = "OK"  # the gRPC status name the client got
+
+    def observe(self, event: Event, now: float | None = None) -> float | None:
+        """Record `event`; returns the gap since the previous token delta (inter-token latency), if any."""
+        t = event.time or (now if now is not None else time.time())
+        gap = None
+        if event.type is EventType.STARTED:
+            self.started_at = t
+            self.worker_id = event.worker_id
+        elif event.type is EventType.DELTA:
+            if self.first_token_at is None:
+                self.first_token_at = t
+            elif self.last_token_at is not None:
+                gap = max(0.0, t - self.last_token_at)
+            self.last_token_at = t
+        if event.terminal:
+            self.finished_at = t
+            self.usage = event.usage
+            self.finish_reason = event.finish_reason
+        return gap
+
+    def _since_submit(self, t: float | None) -> float:
+        return max(0.0, t - self.submitted_at) if t is not None else 0.0
+
+    @property
+    def queue_s(self) -> float:
+        return self._since_submit(self.started_at)
+
+    @property
+    def ttft_s(self) -> float:
+        return self._since_submit(self.first_token_at)
+
+    @property
+    def total_s(self) -> float:
+        end = self.finished_at or self.last_token_at or time.time()
+        return self._since_submit(end)
