@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
-.PHONY: up test lint fmt bench clean demo bench-engine
+.PHONY: up test lint fmt bench clean demo bench-engine bench-service
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -19,12 +19,9 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/bailing init-demo $(DEMO)
 
-up: demo
-	$(VENV)/bin/bailing generate --model $(DEMO)/ling --max-tokens 24 "The quick brown fox"
-	@echo
-	@echo "Demo checkpoints are in $(DEMO)/. Try:"
-	@echo "  $(VENV)/bin/bailing generate --model $(DEMO)/ling --json 'Hello'"
-	@echo "  $(VENV)/bin/python -c \"from engine import LLM, SamplingParams; print(LLM('$(DEMO)/ling').generate(['Hi'], SamplingParams(max_tokens=8))[0].text)\""
+# The whole service on demo checkpoints: embedded Valkey + gateway + workers, until Ctrl-C.
+up: $(STAMP)
+	$(VENV)/bin/bailing up --dir $(DEMO)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -46,3 +43,6 @@ bench: $(STAMP)
 
 bench-engine: $(STAMP)
 	$(PY) -m bench.engine
+
+bench-service: $(STAMP)
+	$(PY) -m bench.service

@@ -1,7 +1,234 @@
-"""Placeholder: filled in by the service work."""
+"""`bailing chat`, `bailing models` and `bailing healthcheck`: talk to a running gateway.
+
+Flow: argv -> `bailing.client.Client` (address from --address or BAILING_GATEWAY, token from
+BAILING_API_TOKEN) -> stdout. Exit codes: 0 ok, 1 server error or unhealthy, 2 bad usage (also a
+request the server rejects as INVALID_ARGUMENT), 3 cannot connect, 130 interrupted.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+EXIT_OK = 0
+EXIT_SERVER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CONNECT = 3
+EXIT_INTERRUPTED = 130
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+def _exit_code(exc: Exception) -> int:
+    from bailing.client import BailingConnectionError
+
+    if isinstance(exc, BailingConnectionError):
+        return EXIT_CONNECT
+    return EXIT_USAGE if getattr(exc, "code", "") == "INVALID_ARGUMENT" else EXIT_SERVER_ERROR
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    """A `Client` for --address that is already connected (raises BailingConnectionError otherwise)."""
+    from bailing.client import Client
+    from bailing.settings import read_environment
+
+    env = read_environment()
+    client = Client(args.address or env.gateway_address, token=env.api_token, timeout=args.timeout)
+    try:
+        client.wait_ready(args.timeout or DEFAULT_CONNECT_TIMEOUT_S)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _run(command: Any, args: argparse.Namespace) -> int:
+    """Run `command(client, args)`, mapping client errors to exit codes with a one-line message."""
+    from bailing.client import BailingClientError
+
+    try:
+        with _connect(args) as client:
+            return command(client, args)
+    except BailingClientError as exc:
+        print(f"error: {exc.code}: {exc.details}", file=sys.stderr)
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+# ---- chat ------------------------------------------------------------------------------------
+def _messages(args: argparse.Namespace) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": args.text}]
+    for kind in ("image", "audio", "video"):
+        content += [{"type": kind, "path": path} for path in getattr(args, kind) or ()]
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    return [*messages, {"role": "user", "content": content}]
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "enable_thinking", "thinking_budget")
+    return {name: getattr(args, name) for name in names}
+
+
+def _write(text: str, *, dim: bool = False) -> None:
+    if text:
+        sys.stdout.write(f"{_DIM}{text}{_RESET}" if dim else text)
+        sys.stdout.flush()
+
+
+def _stats(request_id: str, usage: Any, finish_reason: str) -> None:
+    tokens = usage.completion_tokens if usage else 0
+    print(f"[{request_id}: {tokens} tokens, {finish_reason or 'unfinished'}]", file=sys.stderr)
+
+
+def _chat_stream(client: Any, args: argparse.Namespace, tty: bool) -> int:
+    last = None
+    in_reasoning = False
+    with client.stream(args.model, messages=_messages(args), **_options(args)) as stream:
+        for chunk in stream:
+            if chunk.reasoning_text and tty:
+                _write(chunk.reasoning_text, dim=True)
+                in_reasoning = True
+            if chunk.text and in_reasoning:
+                _write("\n")
+                in_reasoning = False
+            _write(chunk.text)
+            last = chunk
+    _write("\n")
+    if last is not None:
+        _stats(last.request_id, last.usage, last.finish_reason)
+    return EXIT_SERVER_ERROR if last is not None and last.finish_reason == "error" else EXIT_OK
+
+
+def _cmd_chat(client: Any, args: argparse.Namespace) -> int:
+    tty = sys.stdout.isatty()
+    if args.stream and not args.json:
+        return _chat_stream(client, args, tty)
+    out = client.generate(args.model, messages=_messages(args), **_options(args))
+    if args.json:
+        print(json.dumps(asdict(out), ensure_ascii=False))
+    else:
+        if out.reasoning_text and tty:
+            _write(out.reasoning_text + "\n", dim=True)
+        print(out.text)
+        _stats(out.request_id, out.usage, out.finish_reason)
+    return EXIT_SERVER_ERROR if out.finish_reason == "error" else EXIT_OK
+
+
+# ---- models, healthcheck ---------------------------------------------------------------------
+def _cmd_models(client: Any, args: argparse.Namespace) -> int:
+    models = client.list_models()
+    if args.json:
+        print(json.dumps([asdict(m) for m in models]))
+        return EXIT_OK
+    rows = [("NAME", "FAMILY", "LIVE WORKERS", "MAX MODEL LEN", "MODALITIES")]
+    rows += [
+        (m.name, m.family, str(m.live_workers), str(m.max_model_len), ",".join(m.modalities)) for m in models
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def _cmd_healthcheck(client: Any, args: argparse.Namespace) -> int:
+    from bailing.client import BailingClientError
+
+    try:
+        status = client.health(args.service)
+    except BailingClientError as exc:
+        if exc.code != "NOT_FOUND":
+            raise
+        status = f"SERVICE_UNKNOWN (the gateway has no health status for {args.service!r})"
+    print(status)
+    return EXIT_OK if status == "SERVING" else EXIT_SERVER_ERROR
+
+
+def _worker_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 if a worker serving model `args.worker` on this host heartbeats in Redis (for containers)."""
+    import socket
+    import time
+
+    import redis
+
+    from bailing.settings import read_environment
+    from pipelines.protocol import WORKER_DEAD_AFTER_S, WorkerInfo, worker_info_key, workers_key
+
+    url = args.redis_url or read_environment().redis_url
+    if not url:
+        print("error: --worker needs --redis-url or BAILING_REDIS_URL", file=sys.stderr)
+        return EXIT_USAGE
+    host = socket.gethostname()
+    try:
+        db = redis.Redis.from_url(url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout)
+        live = db.zrangebyscore(workers_key(args.worker), time.time() - WORKER_DEAD_AFTER_S, "+inf")
+        infos = [db.get(worker_info_key(member.decode())) for member in live]
+    except redis.RedisError as exc:
+        print(f"error: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+        return EXIT_CONNECT
+    mine = [info for info in (WorkerInfo.from_json(raw) for raw in infos if raw) if info.host == host]
+    print(f"{len(mine)} live worker(s) of {args.worker} on {host}")
+    return EXIT_OK if mine else EXIT_SERVER_ERROR
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    return _worker_healthcheck(args) if args.worker else _run(_cmd_healthcheck, args)
+
+
+# ---- parsers ---------------------------------------------------------------------------------
+def _add_connection_args(parser: argparse.ArgumentParser, timeout: float | None, timeout_help: str) -> None:
+    parser.add_argument(
+        "--address", metavar="HOST:PORT", help="gateway (default: $BAILING_GATEWAY or 127.0.0.1:50051)"
+    )
+    parser.add_argument("--timeout", type=float, default=timeout, metavar="S", help=timeout_help)
+
+
+def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
+    chat = sub.add_parser("chat", help="send one chat message to a running gateway and print the answer")
+    chat.add_argument("--model", required=True, help="served model name, e.g. ling")
+    chat.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    chat.add_argument("--system", default=None, metavar="TEXT", help="a system message before yours")
+    chat.add_argument("--max-tokens", type=int, default=None, metavar="N", help="new tokens at most")
+    chat.add_argument("--temperature", type=float, default=None, metavar="T", help="0 = greedy")
+    chat.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold")
+    chat.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    chat.add_argument("--seed", type=int, default=None, help="sampling seed")
+    chat.add_argument(
+        "--thinking", dest="enable_thinking", action=argparse.BooleanOptionalAction, default=None,
+        help="turn reasoning on or off (reasoning models; default: the model's)",
+    )  # fmt: skip
+    chat.add_argument(
+        "--thinking-budget", type=int, default=None, metavar="N", help="reasoning tokens at most"
+    )
+    for kind in ("image", "audio", "video"):
+        chat.add_argument(
+            f"--{kind}", action="append", metavar="PATH", help=f"attach the {kind} file at PATH (repeatable)"
+        )
+    chat.add_argument("--json", action="store_true", help="print the whole completion as one JSON object")
+    _add_connection_args(chat, None, "request deadline in seconds (default: none)")
+    chat.add_argument("text", metavar="TEXT", help="your message")
+    chat.set_defaults(func=lambda args: _run(_cmd_chat, args))
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    return None
+    _add_chat_parser(sub)
+
+    models = sub.add_parser("models", help="list the models a running gateway serves")
+    models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    _add_connection_args(models, 30.0, "connect and call deadline in seconds (default 30)")
+    models.set_defaults(func=lambda args: _run(_cmd_models, args))
+
+    health = sub.add_parser(
+        "healthcheck", help="exit 0 if the gateway is SERVING, 1 if not, 3 if it cannot be reached"
+    )
+    health.add_argument("--service", default="", help='health service name (default "": the whole gateway)')
+    _add_connection_args(health, 10.0, "connect and call deadline in seconds (default 10)")
+    health.add_argument(
+        "--worker", metavar="MODEL",
+        help="check instead that a worker serving MODEL on this host heartbeats in Redis",
+    )  # fmt: skip
+    health.add_argument("--redis-url", help="with --worker (default: $BAILING_REDIS_URL)")
+    health.set_defaults(func=_healthcheck)

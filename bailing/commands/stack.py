@@ -1,7 +1,102 @@
-"""Placeholder: filled in by the service work."""
+"""`bailing up`: run the whole service locally (embedded Valkey, gateway, one worker per demo model).
+
+Flow: flags + environment (BAILING_REDIS_URL, BAILING_API_TOKEN) -> `bailing.stack.Stack` -> start,
+print how to call it, wait. Ctrl-C or SIGTERM stops everything (a second one skips the grace period).
+Exit codes: 0 stopped on request, 1 the stack failed to start or a child died.
+"""
+
+from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _banner(address: str, models: list[str], token: bool) -> str:
+    model = models[0] if models else "ling"
+    program = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == "bailing" else "bailing"
+    where = "" if address == DEFAULT_ADDRESS else f" --address {address}"
+    auth = ' -H "authorization: Bearer $BAILING_API_TOKEN"' if token else ""
+    payload = f'{{"model": "{model}", "prompt": "hello", "sampling": {{"max_tokens": 16}}}}'
+    return "\n".join(
+        [
+            f"Bailing Serve is up on {address} (models: {', '.join(models)}). Try:",
+            f'  {program} chat --model {model}{where} "hello"',
+            f"  {program} models{where}",
+            f"  grpcurl -plaintext{auth} -d '{payload}' {address} bailing.v1.Inference/Generate",
+            "Ctrl-C stops everything.",
+        ]
+    )
+
+
+def _progress(message: str) -> None:
+    print(f"[up] {message}", file=sys.stderr, flush=True)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from bailing.settings import read_environment
+    from bailing.stack import Stack, StackError
+
+    env = read_environment()
+    stack = Stack(
+        port=args.port, host=args.host, dir=args.dir, redis_url=args.redis_url or env.redis_url,
+        metrics_port_base=args.metrics_port_base, device=args.device, token=env.api_token,
+        ready_timeout_s=args.ready_timeout, grace_s=args.grace, log=_progress,
+    )  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    code = EXIT_OK
+    try:
+        stack.start()
+        print(_banner(stack.address, list(stack.models), bool(env.api_token)), flush=True)
+        dead = stack.wait()
+        print(f"error: {dead.name} stopped unexpectedly: {dead.describe()}", file=sys.stderr)
+        code = EXIT_FAILED
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
+    except KeyboardInterrupt:
+        _progress("stopping (Ctrl-C again to kill at once)")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stack.kill_now())
+        stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _progress("stopped")
+    return code
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    return None
+    up = sub.add_parser("up", help="run Valkey, the gateway and a worker per demo model locally until Ctrl-C")
+    up.add_argument("--port", type=int, default=50051, help="gateway port (default 50051; 0 = any free port)")
+    up.add_argument("--host", default="127.0.0.1", help="gateway host to bind (default 127.0.0.1)")
+    up.add_argument(
+        "--dir", default=".bailing/demo", help="demo checkpoints, logs/ and valkey/ (default .bailing/demo)"
+    )
+    up.add_argument(
+        "--metrics-port-base", type=int, default=0, metavar="P",
+        help="Prometheus ports: gateway P, workers P+1, P+2, ... (default 0: off)",
+    )  # fmt: skip
+    up.add_argument("--device", default="cpu", help="torch device of the workers (default cpu)")
+    up.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this Redis instead of an embedded Valkey (default: $BAILING_REDIS_URL)",
+    )
+    up.add_argument(
+        "--ready-timeout", type=float, default=300.0, metavar="S", help="startup limit (default 300)"
+    )
+    up.add_argument(
+        "--grace", type=float, default=15.0, metavar="S", help="SIGTERM-to-SIGKILL grace on stop (default 15)"
+    )
+    up.set_defaults(func=_cmd_up)

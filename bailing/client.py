@@ -1,0 +1,397 @@
+"""Python client of the Bailing gateway: `Client` (blocking) and `AsyncClient` (grpc.aio).
+
+Flow: keyword options and chat messages (dicts) -> `build_request` -> the gateway -> plain dataclasses
+(`Completion`, `Chunk`, `ModelInfo`) back. No protobuf type reaches the caller; every failure is a
+`BailingClientError` carrying the gRPC status name (`BailingConnectionError` when nothing answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bailing.client_convert import (
+    BailingClientError,
+    BailingConnectionError,
+    Chunk,
+    Completion,
+    ModelInfo,
+    Timing,
+    Usage,
+    build_request,
+    chunk_from_pb,
+    completion_from_pb,
+    error_from_rpc,
+    health_status_name,
+    messages_to_pb,
+    models_from_pb,
+)
+from gateway.api import pb, pb_grpc
+
+__all__ = [
+    "AsyncChunkStream",
+    "AsyncClient",
+    "BailingClientError",
+    "BailingConnectionError",
+    "Chunk",
+    "ChunkStream",
+    "Client",
+    "Completion",
+    "ModelInfo",
+    "Timing",
+    "Usage",
+    "build_request",
+    "messages_to_pb",
+]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # must cover a request's media
+_READY, _FAILED = grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
+def _request_args(local_vars: dict[str, Any]) -> dict[str, Any]:
+    """The `build_request` arguments among a generate/stream method's locals."""
+    return {k: v for k, v in local_vars.items() if k not in ("self", "timeout")}
+
+
+def _connect_error(address: str, why: str) -> BailingConnectionError:
+    return BailingConnectionError("UNAVAILABLE", f"cannot connect to {address}: {why}")
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class _Base:
+    def __init__(self, address: str, token: str | None, timeout: float | None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+
+# ---- blocking client -------------------------------------------------------------------------
+class ChunkStream:
+    """Iterator of `Chunk`s of one streaming call; `close()` (or leaving a `with`) cancels the RPC."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._closed = False
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._closed:
+            raise StopIteration
+        try:
+            return chunk_from_pb(next(self._call))
+        except StopIteration:
+            self._closed = True
+            raise
+        except grpc.RpcError as exc:
+            if self._closed:  # cancelled by close() from another thread
+                raise StopIteration from None
+            self._closed = True
+            raise error_from_rpc(exc) from None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._call.cancel()
+
+    def __enter__(self) -> ChunkStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit grpc may already be torn down
+            self.close()
+
+
+class Client(_Base):
+    """Blocking client: `with Client("127.0.0.1:50051") as c: print(c.generate("ling", "Hi").text)`."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        token: str | None = None,
+        timeout: float | None = None,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(address, token, timeout)
+        self._channel = grpc.insecure_channel(address, options=_channel_options(max_message_bytes))
+        self._stub = pb_grpc.InferenceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    def wait_ready(self, timeout: float, *, fail_fast: bool = True) -> None:
+        """Block until the channel is connected. Raises `BailingConnectionError` after `timeout`
+        seconds, or at the first failed attempt (connection refused, unknown host) if `fail_fast`."""
+        states: queue.SimpleQueue[grpc.ChannelConnectivity] = queue.SimpleQueue()
+        self._channel.subscribe(states.put, try_to_connect=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    state = states.get(timeout=left)
+                except queue.Empty:
+                    break
+                if state is grpc.ChannelConnectivity.READY:
+                    return
+                if fail_fast and state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                    raise _connect_error(self.address, "the connection failed")
+        finally:
+            self._channel.unsubscribe(states.put)
+        raise _connect_error(self.address, f"no connection within {timeout:g} s")
+
+    def generate(
+        self,
+        model: str,
+        prompt: str | None = None,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Iterable[str] | None = None,
+        repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        min_tokens: int | None = None,
+        ignore_eos: bool | None = None,
+        stop_token_ids: Iterable[int] | None = None,
+        enable_thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> Completion:
+        """One complete answer. Unset options take the model's defaults; `timeout` is the RPC deadline (s)."""
+        request = build_request(**_request_args(locals()))
+        return completion_from_pb(self._unary(self._stub.Generate, request, timeout))
+
+    def stream(
+        self,
+        model: str,
+        prompt: str | None = None,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Iterable[str] | None = None,
+        repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        min_tokens: int | None = None,
+        ignore_eos: bool | None = None,
+        stop_token_ids: Iterable[int] | None = None,
+        enable_thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> ChunkStream:
+        """Deltas as they are produced (same options as `generate`); close the stream to cancel."""
+        request = build_request(**_request_args(locals()))
+        call = self._stub.GenerateStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return ChunkStream(call)
+
+    def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
+        return models_from_pb(self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The grpc.health.v1 status of `service` ("" = the whole gateway): "SERVING", "NOT_SERVING", ..."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        return health_status_name(self._unary(self._health.Check, request, timeout))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---- asyncio client --------------------------------------------------------------------------
+class AsyncChunkStream:
+    """Async iterator of `Chunk`s; `close()`, leaving `async with` or cancelling the task cancels the RPC."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._closed = False
+
+    def __aiter__(self) -> AsyncChunkStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            msg = await self._call.read()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and not (task and task.cancelling()):  # close() ended a pending read
+                raise StopAsyncIteration from None
+            self.close()  # this task was cancelled: cancel the RPC too
+            raise
+        except grpc.RpcError as exc:
+            if self._closed:
+                raise StopAsyncIteration from None
+            self._closed = True
+            raise error_from_rpc(exc) from None
+        if msg is grpc.aio.EOF:
+            self._closed = True
+            raise StopAsyncIteration
+        return chunk_from_pb(msg)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._call.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AsyncChunkStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """grpc.aio client with the `Client` API; create it inside the event loop that uses it."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        token: str | None = None,
+        timeout: float | None = None,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        super().__init__(address, token, timeout)
+        self._channel = grpc.aio.insecure_channel(address, options=_channel_options(max_message_bytes))
+        self._stub = pb_grpc.InferenceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+
+    async def wait_ready(self, timeout: float, *, fail_fast: bool = True) -> None:
+        """See `Client.wait_ready`."""
+        try:
+            async with asyncio.timeout(timeout):
+                while (state := self._channel.get_state(try_to_connect=True)) is not _READY:
+                    if fail_fast and state is _FAILED:
+                        raise _connect_error(self.address, "the connection failed")
+                    await self._channel.wait_for_state_change(state)
+        except TimeoutError:
+            raise _connect_error(self.address, f"no connection within {timeout:g} s") from None
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str | None = None,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Iterable[str] | None = None,
+        repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        min_tokens: int | None = None,
+        ignore_eos: bool | None = None,
+        stop_token_ids: Iterable[int] | None = None,
+        enable_thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> Completion:
+        request = build_request(**_request_args(locals()))
+        return completion_from_pb(await self._unary(self._stub.Generate, request, timeout))
+
+    def stream(
+        self,
+        model: str,
+        prompt: str | None = None,
+        messages: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Iterable[str] | None = None,
+        repetition_penalty: float | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        min_tokens: int | None = None,
+        ignore_eos: bool | None = None,
+        stop_token_ids: Iterable[int] | None = None,
+        enable_thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncChunkStream:
+        request = build_request(**_request_args(locals()))
+        call = self._stub.GenerateStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return AsyncChunkStream(call)
+
+    async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
+        return models_from_pb(await self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout))
+
+    async def health(self, service: str = "", timeout: float | None = None) -> str:
+        request = health_pb2.HealthCheckRequest(service=service)
+        return health_status_name(await self._unary(self._health.Check, request, timeout))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

