@@ -137,11 +137,21 @@ def _publish(tmp: Path, folder: Path, stamp: dict[str, Any]) -> Path:
 
 
 def ensure_bench_checkpoint(
-    folder: Path, spec: LingDemoSpec = BENCH_SPEC, overrides: dict | None = None, seed: int = 0
+    folder: Path,
+    spec: LingDemoSpec = BENCH_SPEC,
+    overrides: dict | None = None,
+    seed: int = 0,
+    *,
+    with_tokenizer: bool = False,
 ) -> Path:
-    """Write the fp32 random-weight bench checkpoint to `folder` unless a matching stamp is there."""
+    """Write the fp32 random-weight bench checkpoint to `folder` unless a matching stamp is there.
+
+    `with_tokenizer` adds the demo tokenizer and chat template (for benchmarks that send text).
+    """
     overrides = BENCH_OVERRIDES if overrides is None else overrides
     stamp = {"writer": WRITER_VERSION, "spec": dataclasses.asdict(spec), "overrides": overrides, "seed": seed}
+    if with_tokenizer:
+        stamp["tokenizer"] = True
     if _stamp_matches(folder, stamp):
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
@@ -152,7 +162,7 @@ def ensure_bench_checkpoint(
         seed=seed,
         dtype=torch.float32,
         max_shard_bytes=200_000_000,
-        with_tokenizer=False,
+        with_tokenizer=with_tokenizer,
         config_overrides=overrides,
     )
     return _publish(tmp, folder, stamp)
