@@ -3,7 +3,9 @@
 The same greedy requests (text prompts, `ignore_eos`, fixed new-token count) go (a) straight to an
 `LLMEngine` in this process and (b) through the whole service: a `bailing gateway` and a `bailing
 worker` subprocess on the same checkpoint, an embedded Valkey (or BAILING_REDIS_URL), and a grpc.aio
-client in this process streaming every request at once. Both sides alternate, fresh prompts per
+client in this process streaming every request at once. The in-process side adds all its requests
+before the engine's next step (`LLMEngine.holding_steps`); through the service they arrive as the
+worker's task threads take them. Both sides alternate, fresh prompts per
 round (so no prefix-cache hits), and the best round counts. Reported: generated tokens/s and the
 median time to first token of the concurrent run, plus the added latency of one request alone.
 Time to first token is the time to the first text on both sides (a stream's first chunk carries
@@ -76,18 +78,25 @@ def run_in_process(engine: Any, prompts: list[str], new_tokens: int) -> dict[str
     params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     outputs: queue.SimpleQueue = queue.SimpleQueue()
     start = time.perf_counter()
-    for i, prompt in enumerate(prompts):
-        engine.add_request(prompt, params, request_id=f"b{start}-{i}", output_queue=outputs)
+    with engine.holding_steps():  # the engine's best case: every request enters the next step
+        for i, prompt in enumerate(prompts):
+            engine.add_request(prompt, params, request_id=f"b{start}-{i}", output_queue=outputs)
     first: dict[str, float] = {}
     tokens, done = 0, 0
     while done < len(prompts):
-        out = outputs.get()
+        batch = [outputs.get()]  # then drain what is there: one wake-up per engine step, not per output
+        while True:
+            try:
+                batch.append(outputs.get_nowait())
+            except queue.Empty:
+                break
         now = time.perf_counter()
-        if (out.new_text or out.finished) and out.request_id not in first:  # as a stream's first chunk
-            first[out.request_id] = now - start
-        if out.finished:
-            done += 1
-            tokens += len(out.token_ids)
+        for out in batch:
+            if (out.new_text or out.finished) and out.request_id not in first:  # a stream's first chunk
+                first[out.request_id] = now - start
+            if out.finished:
+                done += 1
+                tokens += len(out.token_ids)
     return _summary(time.perf_counter() - start, tokens, list(first.values()))
 
 
@@ -204,10 +213,12 @@ def run_service(address: str, prompts: list[str], new_tokens: int) -> dict[str, 
 
 
 def single_request_overhead(engine: Any, address: str, prompts: list[str], new_tokens: int) -> dict[str, Any]:
-    """Median time to first token of one request at a time, on each side (the path's own latency)."""
-    half = len(prompts) // 2
-    ours = [run_in_process(engine, [p], new_tokens)["median_ttft_ms"] for p in prompts[:half]]
-    svc = asyncio.run(_sequential_streams(address, prompts[half:], new_tokens))
+    """Median time to first text of one request at a time, the same prompts on each side.
+
+    Each engine sees each prompt once, so neither side gets a prefix-cache hit.
+    """
+    ours = [run_in_process(engine, [p], new_tokens)["median_ttft_ms"] for p in prompts]
+    svc = asyncio.run(_sequential_streams(address, prompts, new_tokens))
     return {
         "single_ttft_in_process_ms": statistics.median(ours),
         "single_ttft_service_ms": statistics.median(svc),
@@ -252,7 +263,7 @@ def run_benchmark(sizes: Sizes, checkpoint: Path | None = None) -> dict[str, Any
                 log(f"round {round_} {side}: {rate:.1f} tok/s, median TTFT {ttft:.1f} ms")
                 if side not in best or r["tokens_per_s"] > best[side]["tokens_per_s"]:
                     best[side] = r
-        singles = make_prompts(engine.tokenizer, 2 * sizes.single, sizes.prompt_tokens, seed=500)
+        singles = make_prompts(engine.tokenizer, sizes.single, sizes.prompt_tokens, seed=500)
         single = single_request_overhead(engine, service.address, singles, sizes.new_tokens)
     finally:
         service.stop()

@@ -157,6 +157,16 @@ class LLMEngine:
         queue_ = output_queue if output_queue is not None else (queue.SimpleQueue() if stream else None)
         return self._add(prompt, params, request_id, priority, queue_).seq.request_id
 
+    @contextlib.contextmanager
+    def holding_steps(self) -> Iterator[None]:
+        """No step starts while the block runs: requests added in it all enter the same next step.
+
+        For a caller that submits a batch one request at a time while the loop runs; without it
+        the loop may start a step after the first request and admit the rest one step at a time.
+        """
+        with self._locked():
+            yield
+
     def _add(
         self,
         prompt: Prompt,

@@ -4,6 +4,7 @@ greedy outputs; abort frees blocks; streaming; prefix sharing; metrics; concurre
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -216,3 +217,19 @@ def _run_to_end(engine: LLMEngine) -> dict:
     while engine.has_unfinished():
         final.update({o.request_id: o for o in engine.step() if o.finished})
     return final
+
+
+def test_holding_steps_admits_a_batch_into_one_step(golden_copy):
+    engine = LLMEngine(golden_copy)
+    engine.start()
+    try:
+        params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+        with engine.holding_steps():
+            before = engine.metrics.steps
+            ids = [engine.add_request(list(range(3 + i, 20)), params) for i in range(8)]
+            assert engine.metrics.steps == before  # no step ran while the batch was added
+        while engine.has_unfinished():
+            time.sleep(0.01)
+        assert engine.metrics.max_batch_seqs == len(ids)
+    finally:
+        engine.shutdown()
