@@ -12,7 +12,7 @@ import contextlib
 import queue
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 import grpc.aio
@@ -24,6 +24,7 @@ from bailing.client_convert import (
     Chunk,
     Completion,
     ModelInfo,
+    RequestOptions,
     Timing,
     Usage,
     build_request,
@@ -46,6 +47,7 @@ __all__ = [
     "Client",
     "Completion",
     "ModelInfo",
+    "RequestOptions",
     "Timing",
     "Usage",
     "build_request",
@@ -55,11 +57,6 @@ __all__ = [
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # must cover a request's media
 _READY, _FAILED = grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE
-
-
-def _request_args(local_vars: dict[str, Any]) -> dict[str, Any]:
-    """The `build_request` arguments among a generate/stream method's locals."""
-    return {k: v for k, v in local_vars.items() if k not in ("self", "timeout")}
 
 
 def _connect_error(address: str, why: str) -> BailingConnectionError:
@@ -172,27 +169,11 @@ class Client(_Base):
         prompt: str | None = None,
         messages: Iterable[Mapping[str, Any]] | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        min_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Iterable[str] | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        min_tokens: int | None = None,
-        ignore_eos: bool | None = None,
-        stop_token_ids: Iterable[int] | None = None,
-        enable_thinking: bool | None = None,
-        thinking_budget: int | None = None,
-        request_id: str | None = None,
-        priority: int = 0,
         timeout: float | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Completion:
         """One complete answer. Unset options take the model's defaults; `timeout` is the RPC deadline (s)."""
-        request = build_request(**_request_args(locals()))
+        request = build_request(model, prompt, messages, **options)
         return completion_from_pb(self._unary(self._stub.Generate, request, timeout))
 
     def stream(
@@ -201,27 +182,11 @@ class Client(_Base):
         prompt: str | None = None,
         messages: Iterable[Mapping[str, Any]] | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        min_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Iterable[str] | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        min_tokens: int | None = None,
-        ignore_eos: bool | None = None,
-        stop_token_ids: Iterable[int] | None = None,
-        enable_thinking: bool | None = None,
-        thinking_budget: int | None = None,
-        request_id: str | None = None,
-        priority: int = 0,
         timeout: float | None = None,
+        **options: Unpack[RequestOptions],
     ) -> ChunkStream:
         """Deltas as they are produced (same options as `generate`); close the stream to cancel."""
-        request = build_request(**_request_args(locals()))
+        request = build_request(model, prompt, messages, **options)
         call = self._stub.GenerateStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
         return ChunkStream(call)
 
@@ -329,26 +294,10 @@ class AsyncClient(_Base):
         prompt: str | None = None,
         messages: Iterable[Mapping[str, Any]] | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        min_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Iterable[str] | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        min_tokens: int | None = None,
-        ignore_eos: bool | None = None,
-        stop_token_ids: Iterable[int] | None = None,
-        enable_thinking: bool | None = None,
-        thinking_budget: int | None = None,
-        request_id: str | None = None,
-        priority: int = 0,
         timeout: float | None = None,
+        **options: Unpack[RequestOptions],
     ) -> Completion:
-        request = build_request(**_request_args(locals()))
+        request = build_request(model, prompt, messages, **options)
         return completion_from_pb(await self._unary(self._stub.Generate, request, timeout))
 
     def stream(
@@ -357,26 +306,10 @@ class AsyncClient(_Base):
         prompt: str | None = None,
         messages: Iterable[Mapping[str, Any]] | None = None,
         *,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        min_p: float | None = None,
-        seed: int | None = None,
-        stop: str | Iterable[str] | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        frequency_penalty: float | None = None,
-        min_tokens: int | None = None,
-        ignore_eos: bool | None = None,
-        stop_token_ids: Iterable[int] | None = None,
-        enable_thinking: bool | None = None,
-        thinking_budget: int | None = None,
-        request_id: str | None = None,
-        priority: int = 0,
         timeout: float | None = None,
+        **options: Unpack[RequestOptions],
     ) -> AsyncChunkStream:
-        request = build_request(**_request_args(locals()))
+        request = build_request(model, prompt, messages, **options)
         call = self._stub.GenerateStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
         return AsyncChunkStream(call)
 

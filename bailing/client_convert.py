@@ -11,12 +11,13 @@ import mimetypes
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from gateway.api import pb
+from pipelines.protocol import Usage  # the same four counts the workers report
 
 MEDIA_TYPES = ("image", "audio", "video")
 _SAMPLING_FIELDS = (
@@ -60,13 +61,27 @@ class BailingConnectionError(BailingClientError):
     """The gateway could not be reached at all (nothing listening, DNS, timeout while connecting)."""
 
 
-# ---- results ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-    cached_prompt_tokens: int = 0
+# ---- options and results -----------------------------------------------------------------------
+class RequestOptions(TypedDict, total=False):
+    """The keyword options of `generate`/`stream`; unset ones take the model's defaults."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    seed: int
+    stop: str | Iterable[str]
+    repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
+    min_tokens: int
+    ignore_eos: bool
+    stop_token_ids: Iterable[int]
+    enable_thinking: bool
+    thinking_budget: int
+    request_id: str
+    priority: int
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,8 @@ class Stack:
         for i, (name, path) in enumerate(self.models.items(), start=1):
             argv = self._cli(
                 "worker", "--family", name, "--model", str(path), "--name", name, "--device", self.device,
-                "--redis-url", self.redis_url or "", *self._metrics_args(i),
+                "--redis-url", self.redis_url or "", "--shutdown-grace", f"{self.grace_s / 2:g}",
+                *self._metrics_args(i),
             )  # fmt: skip
             children.append(Child(f"worker-{name}", argv, self.dir / "logs" / f"worker-{name}.log"))
         return children

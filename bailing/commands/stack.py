@@ -54,6 +54,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         ready_timeout_s=args.ready_timeout, grace_s=args.grace, log=_progress,
     )  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
+    # keeps it ignored, so `make up &` followed by kill -INT would otherwise do nothing.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     code = EXIT_OK
     try:
         stack.start()
