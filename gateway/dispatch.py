@@ -95,6 +95,9 @@ def _entries(resp) -> list[tuple[bytes, dict]]:
     return [(entry[0], entry[1]) for entries in groups for entry in entries]
 
 
+ADMISSION_CACHE_S = 0.25
+
+
 class Dispatcher:
     """One per gateway process; all methods are coroutines except `close`'s sync part."""
 
@@ -103,12 +106,33 @@ class Dispatcher:
         self.redis = aioredis.Redis.from_url(cfg.redis_url)
         self._celery = _producer(cfg.redis_url)
         self._fail_script = self.redis.register_script(_FAIL_LUA)
+        self._live: dict[str, tuple[float, ModelState]] = {}  # model -> (monotonic time, live state)
+
+    async def warm_up(self, connections: int) -> None:
+        """Open `connections` pooled Redis connections now, not in the first burst of requests.
+
+        Every waiting stream holds a connection for its XREAD; opening one costs a few round trips
+        and ~2 ms of Python, which a burst of new streams would otherwise pay inside the event loop.
+        """
+        await asyncio.gather(*(self.redis.ping() for _ in range(connections)))
 
     async def close(self) -> None:
         await self.redis.aclose()
         self._celery.close()
 
     # ---- workers --------------------------------------------------------------------------
+    async def admission_state(self, model: str) -> ModelState:
+        """`live_workers`, reusing a state with live workers read in the last ADMISSION_CACHE_S.
+
+        Admission runs per request; a burst would otherwise queue two Redis round trips each. Only
+        a state with live workers is reused, so a model that just got its first worker is seen at
+        once; one that just lost its last is caught by the stream's own liveness checks.
+        """
+        cached = self._live.get(model)
+        if cached is not None and time.monotonic() - cached[0] < ADMISSION_CACHE_S:
+            return cached[1]
+        return await self.live_workers(model)
+
     async def live_workers(self, model: str) -> ModelState:
         """The workers of `model` whose heartbeat is fresher than worker_dead_after_s."""
         since = time.time() - self.cfg.worker_dead_after_s
@@ -124,7 +148,10 @@ class Dispatcher:
                 infos.append(WorkerInfo.from_json(raw))
             except (ValueError, TypeError) as exc:
                 log.warning("worker %s has unreadable info: %s", wid.decode(), exc)
-        return ModelState(model, tuple(infos))
+        state = ModelState(model, tuple(infos))
+        if state.live:
+            self._live[model] = (time.monotonic(), state)
+        return state
 
     async def queue_depth(self, model: str) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:

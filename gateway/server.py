@@ -59,6 +59,9 @@ class _Call:
     cancel_sent: bool = False
 
 
+WARM_CONNECTIONS = 64  # Redis connections opened before serving (each stream holds one while it waits)
+
+
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, cfg: GatewayConfig, dispatcher: Dispatcher, metrics: GatewayMetrics) -> None:
         self.cfg = cfg
@@ -155,7 +158,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def _prepare(self, request, context, trace: RequestTrace) -> tuple[GenerateJob, list[MediaBlob]]:
         """The validated job (and its media) of an admitted request that a live worker can take."""
-        state = await self.dispatcher.live_workers(request.model)
+        state = await self.dispatcher.admission_state(request.model)
         remaining = context.time_remaining()
         deadline = trace.submitted_at + remaining if remaining is not None else None
         job, blobs = request_to_job(
@@ -195,6 +198,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         record = {
             "event": "request",
             "id": trace.request_id,
+            "accepted_at": round(trace.submitted_at, 4),  # unix time, to line up with worker logs
             "model": trace.model,
             "method": trace.method,
             "status": trace.code,
@@ -261,6 +265,7 @@ class GatewayServer:
         self.port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
         if not self.port:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port}")
+        await self.dispatcher.warm_up(min(self.cfg.max_inflight, WARM_CONNECTIONS))
         await self.monitor.start()
         await self.server.start()
         if self.cfg.metrics_port:

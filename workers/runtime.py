@@ -68,6 +68,13 @@ class WorkerRuntime:
         )
         return LLMEngine(config.model_dir, config.device, config.dtype, engine_config)
 
+    def _warm_redis_pool(self, n: int) -> None:
+        """Open a connection per task thread now rather than inside the first burst of jobs."""
+        pool = self.redis.connection_pool
+        conns = [pool.get_connection() for _ in range(n)]
+        for conn in conns:
+            pool.release(conn)
+
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the engine loop, emitter, cancel listener, metrics server and heartbeat."""
@@ -76,6 +83,7 @@ class WorkerRuntime:
         self.cancels.start()
         if self.config.metrics_port:
             self._metrics_server = self.metrics.serve(self.config.metrics_port)
+        self._warm_redis_pool(self.config.max_num_seqs)
         self.heartbeat.start()  # only now: the registry lists workers that can serve
         log.info(
             "worker %s ready: model=%s family=%s device=%s max_model_len=%d",
