@@ -16,23 +16,11 @@ from typing import Any, TypedDict
 import grpc
 from grpc_health.v1 import health_pb2
 
-from gateway.api import pb
+from gateway.api import OPTIONAL_SAMPLING_FIELDS, pb
 from pipelines.protocol import Usage  # the same four counts the workers report
 
 MEDIA_TYPES = ("image", "audio", "video")
-_SAMPLING_FIELDS = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "min_tokens",
-    "ignore_eos",
-)
+_SAMPLING_FIELDS = tuple(f for f in OPTIONAL_SAMPLING_FIELDS if f != "n")  # n arrives with Ring
 # First bytes of common media files, for parts given as bytes without a mime type.
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", 0, "image/png"),

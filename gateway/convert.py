@@ -14,7 +14,7 @@ import uuid
 
 import grpc
 
-from gateway.api import pb
+from gateway.api import OPTIONAL_SAMPLING_FIELDS, pb
 from gateway.config import GatewayConfig
 from gateway.errors import Rejection, invalid, status_from_name
 from gateway.media import MEDIA_KINDS, MediaBlob, MediaError, check_media
@@ -127,7 +127,7 @@ def _opt(s: pb.SamplingParams, name: str):
 
 
 def _sampling(s: pb.SamplingParams, cfg: GatewayConfig, state: ModelState | None) -> Sampling:
-    v = {name: _opt(s, name) for name in _OPTIONAL_SAMPLING}
+    v = {name: _opt(s, name) for name in OPTIONAL_SAMPLING_FIELDS}
     checks = {
         "temperature": (lambda x: x >= 0, ">= 0"),
         "top_p": (lambda x: 0 < x <= 1, "in (0, 1]"),
@@ -152,22 +152,6 @@ def _sampling(s: pb.SamplingParams, cfg: GatewayConfig, state: ModelState | None
             raise invalid(f"sampling.stop_token_ids[{i}] must be >= 0, got {t}")
     v.pop("n")
     return Sampling(**v, n=n, stop=stop, stop_token_ids=tuple(s.stop_token_ids))
-
-
-_OPTIONAL_SAMPLING = (
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "n",
-    "min_tokens",
-    "ignore_eos",
-)
 
 
 def _max_tokens(value: int | None, cfg: GatewayConfig, state: ModelState | None) -> int | None:
