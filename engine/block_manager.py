@@ -1,6 +1,7 @@
 """Block pool of the paged KV cache: per-request block tables, refcounts, and prefix caching.
 
-Flow: `allocate` admits a request and shares the cached full blocks of its prompt prefix ->
+Flow: `allocate` admits a request and shares the cached full blocks of its prompt prefix (`fork`
+gives another sample of a request the same blocks, copying only a partial last block) ->
 `ensure_slots` grows its table from the free list (then by evicting LRU cached blocks) -> `commit`
 registers the hash of every block that became full -> `free` drops its references; registered blocks
 with no reference stay cached (evictable, LRU) until their slot is needed. Pure Python, no torch.
@@ -158,14 +159,35 @@ class BlockManager:
         if need > self.num_free_blocks():
             return False
         for _ in range(need):
-            if self._free:
-                block_id = self._free.popleft()
-            else:
-                block_id, _ = self._evictable.popitem(last=False)
-                self._unregister(block_id)
-            self._blocks[block_id].ref = 1
-            req.table.append(block_id)
+            req.table.append(self._take_free())
         return True
+
+    def fork(self, parent_id: str, child_id: str, num_tokens: int) -> list[tuple[int, int]] | None:
+        """Give child_id the KV of parent_id's first num_tokens tokens; returns the block copies to make.
+
+        Full blocks are shared (refcount), so the prompt's KV exists once whatever n is; a partial
+        last block is the child's own (it will write there), so it gets a fresh block and the caller
+        copies the parent's KV into it: the returned [(src, dst)]. None (nothing changed) when no
+        block is free for that copy.
+        """
+        parent = self._get(parent_id)
+        if self._requests.get(child_id) is not None:
+            raise ValueError(f"request {child_id!r} already holds blocks; free it before forking into it")
+        if num_tokens > len(parent.table) * self.block_size:
+            raise ValueError(f"request {parent_id!r} holds fewer than {num_tokens} slots")
+        full, partial = divmod(num_tokens, self.block_size)
+        if partial and not self.num_free_blocks():
+            return None
+        child = self._requests[child_id] = _Request(
+            table=list(parent.table[:full]), hashes=parent.hashes[:full], idents=parent.idents[:full]
+        )
+        for block_id in child.table:
+            self._take_ref(block_id)
+        if not partial:
+            return []
+        dst = self._take_free()
+        child.table.append(dst)
+        return [(parent.table[full], dst)]
 
     def commit(self, req_id: str, token_ids: Sequence[int], num_computed: int) -> None:
         """KV of token_ids[:num_computed] is written: register every block of req_id that is now full."""
@@ -233,6 +255,16 @@ class BlockManager:
         block = self._blocks[block_id]
         if block.tokens != tokens or block.parent_serial != parent_serial:
             return None  # hash collision: never share different content
+        return block_id
+
+    def _take_free(self) -> int:
+        """A block with no reference (truly free first, else the LRU cached one), now referenced once."""
+        if self._free:
+            block_id = self._free.popleft()
+        else:
+            block_id, _ = self._evictable.popitem(last=False)
+            self._unregister(block_id)
+        self._blocks[block_id].ref = 1
         return block_id
 
     def _take_ref(self, block_id: int) -> None:

@@ -30,12 +30,12 @@ from engine.kv_cache import PagedKVCache
 from engine.metrics import EngineMetrics
 from engine.model_loader import generation_config, load_model, resolve_dtype
 from engine.model_runner import ModelRunner
-from engine.output_processor import process_token, snapshot
+from engine.output_processor import apply_logits_processors, group_snapshot, process_token
 from engine.outputs import RequestOutput
 from engine.sampler import SamplingState, make_generator, sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig
-from engine.sequence import Sequence, TrackedRequest
+from engine.sequence import RequestGroup, Sequence, Status, TrackedRequest, sample_id
 from engine.tokenizer import load_tokenizer, require
 
 Prompt = str | list[int]
@@ -98,7 +98,8 @@ class LLMEngine:
             SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens), self.blocks
         )
         self.metrics = EngineMetrics()
-        self._requests: dict[str, TrackedRequest] = {}
+        self._requests: dict[str, RequestGroup] = {}  # by request id
+        self._seqs: dict[str, TrackedRequest] = {}  # every sample in flight, by seq_id
         self._ids = itertools.count()
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -155,7 +156,7 @@ class LLMEngine:
         one queue, which is how a server drains all of them with one consumer.
         """
         queue_ = output_queue if output_queue is not None else (queue.SimpleQueue() if stream else None)
-        return self._add(prompt, params, request_id, priority, queue_).seq.request_id
+        return self._add(prompt, params, request_id, priority, queue_).request_id
 
     @contextlib.contextmanager
     def holding_steps(self) -> Iterator[None]:
@@ -174,18 +175,26 @@ class LLMEngine:
         request_id: str | None,
         priority: int,
         output_queue: OutputQueue | None,
-    ) -> TrackedRequest:
+    ) -> RequestGroup:
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
         self._check_fits(ids, params)
+        if params.n > self.config.max_num_seqs:
+            raise RequestError(
+                f"n={params.n} samples cannot run at once: the engine runs at most "
+                f"max_num_seqs={self.config.max_num_seqs} sequences"
+            )
         with self._locked():
             rid = str(next(self._ids)) if request_id is None else request_id
-            if rid in self._requests:
+            seq_ids = [sample_id(rid, i) for i in range(params.n)]
+            if rid in self._requests or any(s in self._seqs for s in seq_ids):
                 raise RequestError(f"request id {rid!r} is already in use")
-            req = self._requests[rid] = self._track(rid, prompt, ids, params, priority, output_queue)
-            self.scheduler.add(req.seq)
+            group = self._requests[rid] = self._track(rid, prompt, ids, params, priority, output_queue)
+            for member in group.members:
+                self._seqs[member.seq.seq_id] = member
+            self.scheduler.add(group.members[0].seq)
             self._wake.notify_all()
-        return req
+        return group
 
     def _track(
         self,
@@ -195,9 +204,24 @@ class LLMEngine:
         params: SamplingParams,
         priority: int,
         output_queue: OutputQueue | None,
-    ) -> TrackedRequest:
-        seq = Sequence(rid, ids, params, priority)
-        out = RequestOutput(rid, prompt if isinstance(prompt, str) else None, list(ids))
+    ) -> RequestGroup:
+        """The request's n samples: sample 0 as given, the others with `params.for_sample(i)`."""
+        members = []
+        for i in range(params.n):
+            seq = Sequence(rid, ids, params if i == 0 else params.for_sample(i), priority, index=i)
+            if i:
+                seq.status = Status.PENDING  # forked from sample 0 once the prompt is computed
+            members.append(self._track_sample(seq, prompt))
+        members[0].seq.pending_forks = params.n - 1
+        group = RequestGroup(rid, members, output_queue)
+        for member in members:
+            member.group = group
+        return group
+
+    def _track_sample(self, seq: Sequence, prompt: Prompt) -> TrackedRequest:
+        ids, params = seq.prompt_token_ids, seq.params
+        out = RequestOutput(seq.request_id, prompt if isinstance(prompt, str) else None, list(ids))
+        out.index = seq.index
         out.metrics.prompt_tokens = len(ids)
         eos = frozenset() if params.ignore_eos else self.eos_token_ids
         state = SamplingState(
@@ -207,7 +231,7 @@ class LLMEngine:
             seq.output_token_ids,
             self.eos_token_ids,
         )
-        req = TrackedRequest(seq, out, state, eos, queue=output_queue)
+        req = TrackedRequest(seq, out, state, eos)
         if self.tokenizer is not None:
             req.detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
             req.stops = stop_strings(params, self.model.default_stop_strings)
@@ -235,16 +259,26 @@ class LLMEngine:
             )
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request now and free its KV blocks; False if it is unknown or already finished."""
+        """Stop a request (all its samples) now and free its KV blocks; False if unknown or finished."""
         with self._locked():
-            req = self._requests.pop(request_id, None)
-            if req is None:
-                return False
-            self.scheduler.finish(req.seq)
-            req.output.finish_reason = req.output.finish_reason or "abort"
-            if req.queue is not None:
-                req.queue.put(snapshot(req))
-            return True
+            return self._end_group(request_id, "abort", None)
+
+    def _end_group(self, request_id: str, reason: str, message: str | None) -> bool:
+        """End every unfinished sample of the request with `reason`; its queue gets the final output."""
+        group = self._requests.pop(request_id, None)
+        if group is None:
+            return False
+        for member in group.members:
+            self._seqs.pop(member.seq.seq_id, None)
+            if not member.output.finished:
+                self.scheduler.finish(member.seq)
+                member.output.finish_reason = reason
+                if message is not None:
+                    member.output.stop_reason = message
+        group.num_finished = len(group.members)
+        if group.queue is not None:
+            group.queue.put(group_snapshot(group))
+        return True
 
     def has_unfinished(self) -> bool:
         with self._locked():
@@ -261,30 +295,72 @@ class LLMEngine:
             seqs, logits = self.runner.execute(sched.scheduled)
             for seq, n in sched.scheduled:
                 seq.num_computed += n
-                self.blocks.commit(seq.request_id, seq.token_ids, seq.num_computed)
+                self.blocks.commit(seq.seq_id, seq.token_ids, seq.num_computed)
             outputs = self._sample(seqs, logits) if seqs else []
             self.metrics.record_step(sched, len(seqs), time.monotonic() - t0, self.scheduler, self.blocks)
             return outputs
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
-        reqs = [self._requests[s.request_id] for s in seqs]
-        result = sample(logits, [r.sampling for r in reqs])
-        outputs = []
-        for req, token, lps in zip(reqs, result.token_ids, result.logprobs, strict=True):
-            req.seq.append(token)
-            process_token(req, token, lps, self.max_model_len)
+        reqs, rows = [], []
+        for row, seq in enumerate(seqs):
+            reqs.append(self._seqs[seq.seq_id])
+            rows.append(row)
+            if seq.pending_forks:  # its prompt is computed: the other samples start from here
+                forked = self._fork(reqs[-1])
+                reqs += forked
+                rows += [row] * len(forked)
+        if len(rows) != len(seqs):
+            logits = logits[torch.tensor(rows, device=logits.device)]  # (S', V)
+        processed, failed = apply_logits_processors(reqs, logits)
+        result = sample(processed, [r.sampling for r in reqs], raw_logits=logits)
+        progressed: dict[str, RequestGroup] = {}
+        for i, (req, token, lps) in enumerate(zip(reqs, result.token_ids, result.logprobs, strict=True)):
+            if i in failed:
+                req.output.finish_reason, req.output.stop_reason = "error", failed[i]
+            else:
+                req.seq.append(token)
+                process_token(req, token, lps, self.max_model_len)
             if req.output.finished:
                 self._finish(req)
-            snap = snapshot(req)
-            if req.queue is not None:
-                req.queue.put(snap)
+            progressed[req.group.request_id] = req.group
+        outputs = []
+        for group in progressed.values():
+            snap = group_snapshot(group)
+            if group.queue is not None:
+                group.queue.put(snap)
             outputs.append(snap)
         return outputs
 
+    def _fork(self, parent: TrackedRequest) -> list[TrackedRequest]:
+        """Start the other samples of parent's request from its computed prompt; returns those started.
+
+        They share its full prompt blocks and get a copy of the partial last one, so the prompt's KV
+        exists once. A sample that finds no free block for its copy waits and prefills on its own
+        (the prefix cache still gives it the full blocks).
+        """
+        seq, copies, forked = parent.seq, [], []
+        seq.pending_forks = 0
+        for child in parent.group.members[1:]:
+            pairs = self.blocks.fork(seq.seq_id, child.seq.seq_id, seq.num_computed)
+            if pairs is None:
+                self.scheduler.add(child.seq)
+                continue
+            copies += pairs
+            child.seq.num_computed, child.seq.num_cached = seq.num_computed, seq.num_cached
+            self.scheduler.add_running(child.seq)
+            forked.append(child)
+        self.runner.cache.copy_blocks(copies)
+        self.metrics.forked_samples += len(forked)
+        return forked
+
     def _finish(self, req: TrackedRequest) -> None:
         self.scheduler.finish(req.seq)
-        del self._requests[req.seq.request_id]
-        self.metrics.record_finished(req.output)
+        del self._seqs[req.seq.seq_id]
+        group = req.group
+        group.num_finished += 1
+        if group.finished:
+            del self._requests[group.request_id]
+            self.metrics.record_finished([m.output for m in group.members])
 
     # ---- background loop and streaming -------------------------------------------------------
     @contextlib.contextmanager
@@ -347,11 +423,7 @@ class LLMEngine:
         """End every request in flight with finish_reason "error" (streams get their final output)."""
         with self._locked():
             for rid in list(self._requests):
-                req = self._requests.pop(rid)
-                self.scheduler.finish(req.seq)
-                req.output.finish_reason, req.output.stop_reason = "error", message
-                if req.queue is not None:
-                    req.queue.put(snapshot(req))
+                self._end_group(rid, "error", message)
 
     def stream(
         self,
@@ -363,8 +435,8 @@ class LLMEngine:
         """Yield the request's outputs as they come (needs `start()`); closing the iterator aborts it."""
         if self._thread is None:
             raise RuntimeError("stream() needs the engine loop: call start() first")
-        req = self._add(prompt, params, request_id, priority, queue.SimpleQueue())
-        rid, q = req.seq.request_id, req.queue
+        group = self._add(prompt, params, request_id, priority, queue.SimpleQueue())
+        rid, q = group.request_id, group.queue
         finished = False
         try:
             while not finished:

@@ -37,6 +37,15 @@ class PagedKVCache:
         self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, N, B, Hkv, D)
         self.num_blocks, self.block_size = num_blocks, block_size
 
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy every layer's K and V of block src into block dst, for each (src, dst)."""
+        if not pairs:
+            return
+        src = torch.tensor([p[0] for p in pairs], device=self.k.device)  # (C,)
+        dst = torch.tensor([p[1] for p in pairs], device=self.k.device)  # (C,)
+        self.k[:, dst] = self.k[:, src]  # (L, C, B, Hkv, D)
+        self.v[:, dst] = self.v[:, src]
+
     @staticmethod
     def bytes_per_block(
         num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype

@@ -36,7 +36,9 @@ class EngineMetrics:
     num_preemptions: int = 0
     prefix_cache_hit_tokens: int = 0
     prefix_cache_query_tokens: int = 0
-    shared_kv_blocks: int = 0
+    shared_kv_blocks: int = 0  # blocks referenced by more than one sequence now
+    peak_shared_kv_blocks: int = 0
+    forked_samples: int = 0  # samples of n > 1 requests started from sample 0's prompt KV
     ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     itl_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     step_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
@@ -57,13 +59,17 @@ class EngineMetrics:
         self.kv_usage = blocks.usage()
         self.prefix_cache_hit_tokens, self.prefix_cache_query_tokens = stats.prefix_hits, stats.prefix_queries
         self.shared_kv_blocks = stats.shared
+        self.peak_shared_kv_blocks = max(self.peak_shared_kv_blocks, stats.shared)
         self.step_s.append(seconds)
 
-    def record_finished(self, out: RequestOutput) -> None:
+    def record_finished(self, samples: list[RequestOutput]) -> None:
+        """A request ended normally; `samples` are the outputs of its n samples."""
         self.finished_requests += 1
-        if out.token_ids:
-            self.ttft_s.append(out.metrics.time_to_first_token_s)
-        self.itl_s.extend(out.metrics.inter_token_latencies_s)
+        first = [o.metrics.time_to_first_token_s for o in samples if o.token_ids]
+        if first:
+            self.ttft_s.append(min(first))
+        for out in samples:
+            self.itl_s.extend(out.metrics.inter_token_latencies_s)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -81,6 +87,8 @@ class EngineMetrics:
             "prefix_cache_hit_tokens": self.prefix_cache_hit_tokens,
             "prefix_cache_query_tokens": self.prefix_cache_query_tokens,
             "shared_kv_blocks": self.shared_kv_blocks,
+            "peak_shared_kv_blocks": self.peak_shared_kv_blocks,
+            "forked_samples": self.forked_samples,
             "mean_ttft_s": _mean(self.ttft_s),
             "mean_itl_s": _mean(self.itl_s),
             "mean_step_s": _mean(self.step_s),

@@ -31,7 +31,7 @@ class ModelRunner:
         tables, q_lens, ctx_lens, last_rows, sample = [], [], [], [], []
         for seq, n in scheduled:
             start, end = seq.num_computed, seq.num_computed + n
-            table = self.blocks.block_table(seq.request_id)
+            table = self.blocks.block_table(seq.seq_id)
             ids += seq.token_ids[start:end]
             positions += range(start, end)
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]

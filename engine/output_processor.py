@@ -11,11 +11,41 @@ snapshots: consumers on other threads never see a list that is still growing.
 from __future__ import annotations
 
 import copy
+import logging
 import time
+
+import torch
 
 from engine.detokenizer import find_stop
 from engine.outputs import RequestOutput
-from engine.sequence import TrackedRequest
+from engine.sequence import RequestGroup, TrackedRequest
+
+log = logging.getLogger(__name__)
+
+
+def apply_logits_processors(
+    reqs: list[TrackedRequest], logits: torch.Tensor
+) -> tuple[torch.Tensor, dict[int, str]]:
+    """logits [S, V] -> (S, V) after each row's request-level processors, and the rows that failed.
+
+    Returns `logits` itself when no row has processors (otherwise a copy: the raw logits stay for
+    logprobs). A processor that raises fails only its own request: {row: message}.
+    """
+    rows = [i for i, r in enumerate(reqs) if r.seq.params.logits_processors]
+    if not rows:
+        return logits, {}
+    work, failed = logits.clone(), {}
+    for i in rows:
+        seq = reqs[i].seq
+        try:
+            row = work[i]
+            for proc in seq.params.logits_processors:
+                row = proc(seq.output_token_ids, row)
+            work[i] = row
+        except Exception as exc:
+            log.exception("request %s: a logits processor failed", seq.request_id)
+            failed[i] = f"logits processor failed: {type(exc).__name__}: {exc}"
+    return work, failed
 
 
 def process_token(req: TrackedRequest, token: int, logprobs: dict[int, float] | None, max_len: int) -> None:
@@ -75,6 +105,18 @@ def _release(req: TrackedRequest, upto: int) -> None:
     if upto > req.emitted_chars:
         req.output.new_text += req.output.text[req.emitted_chars : upto]
         req.emitted_chars = upto
+
+
+def group_snapshot(group: RequestGroup) -> RequestOutput:
+    """The request's output: its one sample's, or sample 0's with every sample in `choices`."""
+    if len(group.members) == 1:
+        return snapshot(group.members[0])
+    choices = [snapshot(m) for m in group.members]
+    top = copy.copy(choices[0])
+    top.choices = choices
+    if not group.finished:
+        top.finish_reason = top.stop_reason = None
+    return top
 
 
 def snapshot(req: TrackedRequest) -> RequestOutput:

@@ -1,7 +1,9 @@
 """What a request returns (vLLM-shaped, flattened for the single-sample case).
 
 Outputs are cumulative (`token_ids`, `text`) and also carry what is new since the previous output of
-the same request (`new_token_ids`, `new_text`), which is what a streaming consumer forwards.
+the same request (`new_token_ids`, `new_text`), which is what a streaming consumer forwards. A request
+with n > 1 samples lists one output per sample in `choices` (index order, each with its own deltas);
+its own single-answer fields are sample 0's, and it is finished when every sample is.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class RequestOutput:
     new_token_ids: list[int] = field(default_factory=list)
     new_text: str = ""
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    index: int = 0  # which sample of the request this is
+    choices: list[RequestOutput] | None = None  # every sample, when the request asked for n > 1
 
     @property
     def finished(self) -> bool:

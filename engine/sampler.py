@@ -115,8 +115,14 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 
 @torch.no_grad()
-def sample(logits: torch.Tensor, states: list[SamplingState]) -> SamplerOutput:
-    """logits [B, V] (float32, any device) + B states -> B token ids and per-row logprobs."""
+def sample(
+    logits: torch.Tensor, states: list[SamplingState], raw_logits: torch.Tensor | None = None
+) -> SamplerOutput:
+    """logits [B, V] (float32, any device) + B states -> B token ids and per-row logprobs.
+
+    `raw_logits` [B, V]: the model's logits before request-level logits processors made `logits`;
+    logprobs and the dead-row fallback use them (default: `logits`).
+    """
     if logits.dim() != 2 or logits.shape[0] != len(states):
         raise ValueError(f"sample() needs logits [B, V] for {len(states)} states, got {tuple(logits.shape)}")
     if not states:
@@ -131,10 +137,11 @@ def sample(logits: torch.Tensor, states: list[SamplingState]) -> SamplerOutput:
     elif rows:
         idx = _on(rows, logits.device)  # (S,)
         tokens[idx], alive[idx] = _draw(work[idx], [states[i] for i in rows])
-    if rows or work is not logits:  # otherwise a dead row's max is its raw argmax already
-        tokens = torch.where(alive, tokens, logits.argmax(-1))  # (B,)
+    raw = logits if raw_logits is None else raw_logits.float()  # (B, V)
+    if rows or work is not raw:  # otherwise a dead row's max is its raw argmax already
+        tokens = torch.where(alive, tokens, raw.argmax(-1))  # (B,)
     token_ids = tokens.tolist()
-    return SamplerOutput(token_ids, _logprobs(logits, states, token_ids))
+    return SamplerOutput(token_ids, _logprobs(raw, states, token_ids))
 
 
 def penalised_logits(logits: torch.Tensor, states: list[SamplingState]) -> torch.Tensor:

@@ -6,14 +6,29 @@ raising `RequestError` that names the offending field and its allowed range -> t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from engine.errors import RequestError
 
 MAX_LOGPROBS = 20  # the most top logprobs a request may ask for (besides the sampled token)
 PENALTY_LIMIT = 2.0  # presence/frequency penalties live in [-PENALTY_LIMIT, PENALTY_LIMIT]
+
+
+class LogitsProcessor(Protocol):
+    """Changes one request's next-token logits: (output ids so far, logits [V]) -> logits [V].
+
+    Called on the engine thread before every sampled token, in list order, on the raw model logits
+    (penalties, min_tokens and temperature come after). It may modify the row in place. A processor
+    with state per sample defines `clone()`: a request sampled n times gets clones for samples 1..n-1
+    (made before any token exists); one without `clone` is shared by all n samples.
+    """
+
+    def __call__(self, output_token_ids: list[int], logits: Any) -> Any: ...
 
 
 def _fmt(x: float) -> str:
@@ -77,8 +92,11 @@ class SamplingParams:
     presence_penalty: float = 0.0  # [-2, 2]; on output tokens (OpenAI rule)
     frequency_penalty: float = 0.0  # [-2, 2]; on output tokens (OpenAI rule)
     logprobs: int | None = None  # 0..20 top logprobs besides the sampled token; None = none
+    n: int = 1  # samples drawn for the prompt; they share its KV blocks (prefilled once)
+    logits_processors: list[LogitsProcessor] = field(default_factory=list)  # server-side hooks
 
     def __post_init__(self) -> None:
+        self.n = _integer("n", self.n, 1)
         self.max_tokens = _integer("max_tokens", self.max_tokens, 1)
         self.temperature = _number("temperature", self.temperature, 0.0)
         self.top_p = _number("top_p", self.top_p, 0.0, 1.0, lo_open=True)
@@ -102,6 +120,24 @@ class SamplingParams:
         if self.logprobs is not None:
             self.logprobs = _integer("logprobs", self.logprobs, 0, MAX_LOGPROBS, note=" (or None)")
         self._normalise_stops()
+        procs = self.logits_processors
+        if not isinstance(procs, (list, tuple)) or not all(callable(p) for p in procs):
+            raise RequestError(f"logits_processors must be a list of callables, got {procs!r}")
+        self.logits_processors = list(procs)
+
+    def for_sample(self, index: int) -> SamplingParams:
+        """The params of sample `index` (> 0) of an n-sample request: n=1, its own seed and processors.
+
+        A seeded request gives sample i the seed `seed + i` (wrapping within 64 bits), so every
+        sample is reproducible and they differ from each other.
+        """
+        seed = self.seed
+        if seed is not None:
+            seed = seed + index if seed + index < 2**64 else seed + index - 2**64
+        procs: list[Callable[..., Any]] = [
+            p.clone() if callable(getattr(p, "clone", None)) else p for p in self.logits_processors
+        ]
+        return dataclasses.replace(self, n=1, seed=seed, logits_processors=procs)
 
     def _normalise_stops(self) -> None:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop

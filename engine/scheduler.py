@@ -5,8 +5,9 @@ arrival order: a decoding sequence takes one token, a sequence still in prefill 
 of its prompt (chunked prefill), so prefill and decode share a step. When the KV pool cannot give a
 running sequence its next slots, the lowest-order running sequence is preempted by recompute (blocks
 freed, back to waiting with num_computed 0). If no one was preempted, waiting sequences are admitted
-(best priority, then FCFS) while `max_num_seqs` and the budget allow; admission reuses cached prefix
-blocks. Pure CPU logic over `Sequence` and `BlockManager`; unit-tested without a model.
+(best priority, then FCFS) while `max_num_seqs` and the budget allow (a sequence that will fork n - 1
+more samples counts n); admission reuses cached prefix blocks. Pure CPU logic over `Sequence` and
+`BlockManager`; unit-tested without a model.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Scheduler:
             self.waiting = [(o, s) for o, s in self.waiting if s is not seq]
             heapq.heapify(self.waiting)
         seq.status = Status.FINISHED
-        self.blocks.free(seq.request_id)
+        self.blocks.free(seq.seq_id)
 
     @property
     def num_waiting(self) -> int:
@@ -81,7 +82,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed, budget)
-            while not self.blocks.ensure_slots(seq.request_id, seq.num_computed + n):
+            while not self.blocks.ensure_slots(seq.seq_id, seq.num_computed + n):
                 victim = self.running.pop()  # lowest order: the latest, least important
                 self._preempt(victim)
                 out.preempted.append(victim)
@@ -93,12 +94,15 @@ class Scheduler:
         return budget
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        occupied = sum(s.width for s in self.running)  # samples still to fork hold their slots
+        while self.waiting and budget > 0:
             seq = self.waiting[0][1]
-            seq.num_computed = seq.num_cached = self.blocks.allocate(seq.request_id, seq.token_ids)
+            if occupied + seq.width > self.config.max_num_seqs:
+                return
+            seq.num_computed = seq.num_cached = self.blocks.allocate(seq.seq_id, seq.token_ids)
             n = min(seq.num_uncomputed, budget)
-            if not self.blocks.ensure_slots(seq.request_id, seq.num_computed + n):
-                self.blocks.free(seq.request_id)
+            if not self.blocks.ensure_slots(seq.seq_id, seq.num_computed + n):
+                self.blocks.free(seq.seq_id)
                 seq.num_computed = 0
                 return
             heapq.heappop(self.waiting)
@@ -106,9 +110,15 @@ class Scheduler:
             self.running.append(seq)
             out.scheduled.append((seq, n))
             budget -= n
+            occupied += seq.width
+
+    def add_running(self, seq: Sequence) -> None:
+        """A sequence forked from a running one joins the running set directly (its KV is in place)."""
+        seq.status = Status.RUNNING
+        self.running.append(seq)
 
     def _preempt(self, seq: Sequence) -> None:
-        self.blocks.free(seq.request_id)
+        self.blocks.free(seq.seq_id)
         seq.num_computed = 0
         seq.num_preemptions += 1
         self.num_preemptions += 1

@@ -3,6 +3,12 @@
 Token accounting: `token_ids` = prompt + generated so far; `num_computed` of them have their KV in the
 cache. A step schedules `n` of the uncomputed tokens; after it, when num_computed == len(token_ids),
 the sequence samples its next token. Preemption (recompute) sets num_computed back to 0.
+
+A request sampled n times is a `RequestGroup` of n sequences. Only sample 0 is scheduled at first
+(`pending_forks` = n - 1); when its prompt is computed the engine forks the others from it: they
+share its full prompt blocks, copy the partial last one and sample their first token from the same
+logits. `seq_id` names a sequence in the scheduler and the block pool (the request id for sample 0,
+`request_id#i` for sample i).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ _arrivals = itertools.count()
 
 
 class Status(enum.Enum):
+    PENDING = "pending"  # a sample not yet forked from sample 0 (in no scheduler queue)
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
@@ -31,17 +38,26 @@ class Sequence:
     prompt_token_ids: list[int]
     params: SamplingParams
     priority: int = 0  # lower runs first (vLLM convention); FCFS within a priority
+    index: int = 0  # which of the request's n samples
+    pending_forks: int = 0  # samples still to fork from this one once its prompt is computed
     arrival: int = field(default_factory=lambda: next(_arrivals))
     arrival_time: float = field(default_factory=time.monotonic)
     status: Status = Status.WAITING
     num_computed: int = 0
     num_cached: int = 0  # prompt tokens whose KV the prefix cache supplied at the latest admission
     num_preemptions: int = 0
+    seq_id: str = field(init=False)
     token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
+        self.seq_id = sample_id(self.request_id, self.index)
+
+    @property
+    def width(self) -> int:
+        """Running slots this sequence will take: itself plus the samples it still has to fork."""
+        return 1 + self.pending_forks
 
     @property
     def num_tokens(self) -> int:
@@ -73,4 +89,22 @@ class TrackedRequest:
     stops: list[str] = field(default_factory=list)
     last_token_time: float | None = None
     emitted_chars: int = 0  # of output.text, the prefix already handed out as new_text
-    queue: Any = None  # queue.SimpleQueue of RequestOutput snapshots when streamed
+    group: RequestGroup | None = None
+
+
+def sample_id(request_id: str, index: int) -> str:
+    return request_id if index == 0 else f"{request_id}#{index}"
+
+
+@dataclass(eq=False)
+class RequestGroup:
+    """One request: its n samples (index order), where its outputs go, and how many are done."""
+
+    request_id: str
+    members: list[TrackedRequest]
+    queue: Any = None  # receives every output snapshot of the request (OutputQueue), or None
+    num_finished: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.num_finished == len(self.members)

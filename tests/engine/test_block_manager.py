@@ -347,6 +347,25 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.tokens)
     @rule(index=INDEX)
+    def fork(self, index: int) -> None:
+        """Another sample of a request: shares its computed KV, copies its partial block (n > 1)."""
+        parent = self._pick(index)
+        child = f"r{self.next_id}"
+        self.next_id += 1
+        done = self.computed[parent]
+        if not done:  # the engine forks only once the prompt is computed
+            return
+        copies = self.bm.fork(parent, child, done)
+        if copies is None:
+            assert done % BS and self.bm.num_free_blocks() == 0
+            return
+        for src, dst in copies:  # what the engine's KV copy does
+            self.kv[dst] = list(self.kv[src])
+        assert len(self.bm.block_table(child)) * BS >= done
+        self.tokens[child], self.computed[child] = list(self.tokens[parent][:done]), done
+
+    @precondition(lambda self: self.tokens)
+    @rule(index=INDEX)
     def finish_or_abort(self, index: int) -> None:
         req_id = self._pick(index)
         self.bm.free(req_id)
@@ -391,3 +410,46 @@ TestBlockManagerMachine = BlockManagerMachine.TestCase
 TestBlockManagerMachine.settings = _MACHINE_SETTINGS
 TestWeakHashMachine = WeakHashMachine.TestCase
 TestWeakHashMachine.settings = settings(_MACHINE_SETTINGS, max_examples=100)
+
+
+# --------------------------------------------------------------------------- fork (n samples)
+
+
+@pytest.mark.parametrize("caching", [True, False])
+def test_fork_shares_full_blocks_and_copies_the_partial_one(caching):
+    bm = make_bm(8, caching)
+    prompt = toks(10)  # 2 full blocks + 2 tokens
+    bm.allocate("a", prompt)
+    assert bm.ensure_slots("a", 10)
+    bm.commit("a", prompt, 10)
+    copies = bm.fork("a", "a#1", 10)
+    parent, child = bm.block_table("a"), bm.block_table("a#1")
+    assert child[:2] == parent[:2] and child[2] != parent[2]
+    assert copies == [(parent[2], child[2])]
+    assert all(bm.ref_count(b) == 2 for b in parent[:2]) and bm.stats().shared == 2
+    bm.check_invariants()
+    # the child's chain continues from the shared blocks: its own full third block is cached
+    child_tokens = [*prompt, 100, 101]
+    assert bm.ensure_slots("a#1", 12)
+    bm.commit("a#1", child_tokens, 12)
+    assert prefill(bm, "b", [*child_tokens, 5]) == (12 if caching else 0)
+    free_all(bm, "a", "a#1", "b")
+    assert bm.num_free_blocks() == 8
+
+
+def test_fork_at_a_block_boundary_copies_nothing():
+    bm = make_bm(4)
+    prefill(bm, "a", toks(8))
+    assert bm.fork("a", "a#1", 8) == []
+    assert bm.block_table("a#1") == bm.block_table("a")
+    bm.check_invariants()
+
+
+def test_fork_without_a_free_block_changes_nothing():
+    bm = make_bm(3)
+    prefill(bm, "a", toks(10))  # all 3 blocks
+    assert bm.fork("a", "a#1", 10) is None
+    assert bm.block_table("a#1") == [] and bm.stats().shared == 0
+    bm.check_invariants()
+    with pytest.raises(ValueError, match="fewer than"):
+        bm.fork("a", "a#2", 13)

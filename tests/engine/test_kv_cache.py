@@ -58,3 +58,13 @@ def test_paged_equals_contiguous(schedule):
 
 def test_block_bytes():
     assert PagedKVCache.bytes_per_block(2, 16, 4, 128, torch.bfloat16) == 2 * 2 * 16 * 4 * 128 * 2
+
+
+def test_copy_blocks_copies_every_layer():
+    cache = PagedKVCache(2, 4, 3, 2, 5, torch.float32, "cpu")
+    cache.k.normal_()
+    cache.v.normal_()
+    k, v = cache.k.clone(), cache.v.clone()
+    cache.copy_blocks([(1, 3), (0, 2)])
+    assert torch.equal(cache.k[:, 3], k[:, 1]) and torch.equal(cache.v[:, 2], v[:, 0])
+    assert torch.equal(cache.k[:, :2], k[:, :2])
