@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = sub.add_parser("init-demo", help="write tiny random-weight demo checkpoints into DIR")
-    init.add_argument("dir", metavar="DIR", help="root folder; the Ling demo goes to DIR/ling")
+    init.add_argument("dir", metavar="DIR", help="root folder: DIR/ling and DIR/ring (one per demo model)")
     init.set_defaults(func=_cmd_init_demo)
 
     gen = sub.add_parser("generate", help="complete a prompt with a local checkpoint")

@@ -127,7 +127,8 @@ class Stack:
         self.redis_url = redis_url
         self.metrics_port_base, self.device, self.token = metrics_port_base, device, token
         self.ready_timeout_s, self.grace_s = ready_timeout_s, grace_s
-        self.models: dict[str, Path] = {}
+        self.models: dict[str, Path] = {}  # served name -> demo checkpoint folder
+        self.families: dict[str, str] = {}  # served name -> the worker's --family
         self.valkey: Child | None = None
         self.children: list[Child] = []  # gateway first, then the workers (Valkey is separate)
         self._log = log or (lambda message: None)
@@ -184,7 +185,7 @@ class Stack:
 
     # ---- starting ----------------------------------------------------------------------------
     def _start(self) -> None:
-        from bailing.demo.writer import write_demo_models
+        from bailing.demo.writer import DEMO_MODELS, write_demo_models
         from gateway.protos import ensure_generated
 
         if self.port:
@@ -192,6 +193,7 @@ class Stack:
         ensure_generated()  # once here, rather than racing in every child on a fresh checkout
         self._log(f"demo checkpoints: {self.dir}")
         self.models = write_demo_models(self.dir)
+        self.families = {model.name: model.family for model in DEMO_MODELS}
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.redis_url is None:
             self.redis_url = self._start_valkey(env)
@@ -220,7 +222,8 @@ class Stack:
         children = []
         for i, (name, path) in enumerate(self.models.items(), start=1):
             argv = self._cli(
-                "worker", "--family", name, "--model", str(path), "--name", name, "--device", self.device,
+                "worker", "--family", self.families[name], "--model", str(path), "--name", name,
+                "--device", self.device,
                 "--redis-url", self.redis_url or "", "--shutdown-grace", f"{self.grace_s / 2:g}",
                 *self._metrics_args(i),
             )  # fmt: skip

@@ -58,6 +58,14 @@ def demo_ling(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_ring(tmp_path_factory) -> Path:
+    """The demo Ring checkpoint (Ring-mini-2.0 chat template, `<|endoftext|>` eos), written once."""
+    from bailing.demo.writer import write_ring_checkpoint
+
+    return write_ring_checkpoint(tmp_path_factory.mktemp("demo") / "ring", seed=1)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis-protocol server for service tests.
 

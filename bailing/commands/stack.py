@@ -23,15 +23,16 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _banner(address: str, models: list[str], token: bool) -> str:
-    model = models[0] if models else "ling"
+    """What to try once the stack is up: a `bailing chat` line per model, `models`, raw grpcurl."""
+    models = models or ["ling"]
     program = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == "bailing" else "bailing"
     where = "" if address == DEFAULT_ADDRESS else f" --address {address}"
     auth = ' -H "authorization: Bearer $BAILING_API_TOKEN"' if token else ""
-    payload = f'{{"model": "{model}", "prompt": "hello", "sampling": {{"max_tokens": 16}}}}'
+    payload = f'{{"model": "{models[0]}", "prompt": "hello", "sampling": {{"max_tokens": 16}}}}'
     return "\n".join(
         [
             f"Bailing Serve is up on {address} (models: {', '.join(models)}). Try:",
-            f'  {program} chat --model {model}{where} "hello"',
+            *(f'  {program} chat --model {model}{where} "hello"' for model in models),
             f"  {program} models{where}",
             f"  grpcurl -plaintext{auth} -d '{payload}' {address} bailing.v1.Inference/Generate",
             "Ctrl-C stops everything.",

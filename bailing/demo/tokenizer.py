@@ -1,4 +1,5 @@
-"""The demo tokenizer: a byte-level BPE trained on the shipped corpus, plus Ling's special tokens.
+"""The demo tokenizer: a byte-level BPE trained on the shipped corpus, plus Ling's special tokens
+(Ring shares them; `<think>` / `</think>` stay ordinary text).
 
 Flow: corpus.txt -> `train_demo_tokenizer` -> `tokenizers.Tokenizer` -> `write_tokenizer_files`
 -> tokenizer.json / tokenizer_config.json / special_tokens_map.json (Hugging Face folder format).
@@ -36,6 +37,7 @@ BOS_TOKEN = "<|startoftext|>"
 PAD_TOKEN = "<|endoftext|>"
 BASE_EOS_TOKEN = "<|endoftext|>"
 CHAT_EOS_TOKEN = "<|role_end|>"
+RING_EOS_TOKEN = "<|endoftext|>"  # Ring-mini-2.0's tokenizer_config eos_token
 
 _MIN_VOCAB = 256 + 1  # the 256 byte symbols plus at least one merge
 
@@ -48,6 +50,11 @@ def read_package_text(name: str) -> str:
 def ling_chat_template() -> str:
     """The Ling 2.0 chat template (Jinja source)."""
     return read_package_text("ling_chat_template.jinja")
+
+
+def ring_chat_template() -> str:
+    """The Ring-mini-2.0 chat template (Jinja source): no turn separators, prompt opens `<think>\\n`."""
+    return read_package_text("ring_chat_template.jinja")
 
 
 def train_demo_tokenizer(vocab_size: int = 2048) -> Tokenizer:
@@ -118,7 +125,8 @@ def write_tokenizer_files(
 ) -> list[Path]:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`.
 
-    `eos_token` must be one of the tokenizer's tokens (Ling chat uses `<|role_end|>`).
+    `eos_token` must be one of the tokenizer's tokens (Ling chat uses `<|role_end|>`, Ring
+    `<|endoftext|>`).
     Returns the written paths.
     """
     for token in (BOS_TOKEN, PAD_TOKEN, eos_token):

@@ -1,8 +1,8 @@
-"""Write complete random-weight Ling checkpoints: a Hugging Face folder in the exact upstream layout.
+"""Write complete random-weight Ling and Ring checkpoints: Hugging Face folders in the upstream layout.
 
 Flow: `LingDemoSpec` -> demo tokenizer (ids) -> config.json (+ overrides) -> generation_config.json,
-tokenizer files and seeded random weights (sharded safetensors). `write_demo_models` does this once
-per root, guarded by a `bailing_demo.json` stamp.
+tokenizer files (the family's chat template) and seeded random weights (sharded safetensors).
+`write_demo_models` writes every `DEMO_MODELS` entry once per root, each guarded by a stamp.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import dataclasses
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +33,21 @@ from bailing.demo.tokenizer import (
     BOS_TOKEN,
     CHAT_EOS_TOKEN,
     PAD_TOKEN,
+    RING_EOS_TOKEN,
     demo_tokenizer,
     ling_chat_template,
+    ring_chat_template,
     special_token_id,
     write_json,
     write_tokenizer_files,
 )
 
 __all__ = [
+    "DEMO_MODELS",
     "REMOVE",
     "STAMP_FILE",
     "WRITER_VERSION",
+    "DemoModel",
     "LingDemoSpec",
     "TensorSpec",
     "ling_config_dict",
@@ -49,6 +55,7 @@ __all__ = [
     "random_ling_state_dict",
     "write_demo_models",
     "write_ling_checkpoint",
+    "write_ring_checkpoint",
     "write_safetensors_checkpoint",
 ]
 
@@ -90,6 +97,47 @@ def write_ling_checkpoint(
     Token ids in the configs are read from the demo tokenizer. `config_overrides` are applied to
     config.json before the weights are laid out, so the weights always match the written config.
     """
+    return _write_checkpoint(
+        out_dir, spec, ling_chat_template(), CHAT_EOS_TOKEN, seed=seed, dtype=dtype,
+        max_shard_bytes=max_shard_bytes, with_tokenizer=with_tokenizer, config_overrides=config_overrides,
+    )  # fmt: skip
+
+
+def write_ring_checkpoint(
+    out_dir: str | Path,
+    spec: LingDemoSpec = LingDemoSpec(),  # noqa: B008 (frozen dataclass: safe default)
+    *,
+    seed: int = 1,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_bytes: int | None = 2_000_000,
+    with_tokenizer: bool = True,
+    config_overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Write a random-weight Ring 2.0 checkpoint folder to `out_dir` and return its path.
+
+    Ring is Ling's architecture with another chat template (Ring-mini-2.0's: the generation prompt
+    opens `<think>\\n`) and `<|endoftext|>` as the tokenizer's eos; configs and weights are built as
+    in `write_ling_checkpoint` (the default seed differs, so the demo weights do too).
+    """
+    return _write_checkpoint(
+        out_dir, spec, ring_chat_template(), RING_EOS_TOKEN, seed=seed, dtype=dtype,
+        max_shard_bytes=max_shard_bytes, with_tokenizer=with_tokenizer, config_overrides=config_overrides,
+    )  # fmt: skip
+
+
+def _write_checkpoint(
+    out_dir: str | Path,
+    spec: LingDemoSpec,
+    chat_template: str,
+    eos_token: str,
+    *,
+    seed: int,
+    dtype: torch.dtype,
+    max_shard_bytes: int | None,
+    with_tokenizer: bool,
+    config_overrides: dict[str, Any] | None,
+) -> Path:
+    """The body of the family writers: `chat_template` and `eos_token` go to tokenizer_config.json."""
     if not isinstance(spec, LingDemoSpec):
         raise ValueError(f"spec must be a LingDemoSpec, got {type(spec).__name__}")
     tokenizer = demo_tokenizer(spec.tokenizer_vocab_size)
@@ -109,9 +157,7 @@ def write_ling_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     if with_tokenizer:
         max_len = config.get("max_position_embeddings") or spec.max_position_embeddings
-        write_tokenizer_files(
-            out, tokenizer, ling_chat_template(), eos_token=CHAT_EOS_TOKEN, model_max_length=max_len
-        )
+        write_tokenizer_files(out, tokenizer, chat_template, eos_token=eos_token, model_max_length=max_len)
     else:
         for name in _TOKENIZER_FILES:
             (out / name).unlink(missing_ok=True)
@@ -122,11 +168,28 @@ def write_ling_checkpoint(
     return out
 
 
-def _demo_stamp(spec: LingDemoSpec, seed: int, dtype: torch.dtype) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DemoModel:
+    """One checkpoint of `write_demo_models`: folder and served model `name`, worker `family`, seed."""
+
+    name: str
+    family: str
+    seed: int
+
+
+# Each demo model is named after its family today; the family is kept explicit for the workers.
+DEMO_MODELS: tuple[DemoModel, ...] = (DemoModel("ling", "ling", seed=0), DemoModel("ring", "ring", seed=1))
+_FAMILY_WRITERS: dict[str, Callable[..., Path]] = {
+    "ling": write_ling_checkpoint,
+    "ring": write_ring_checkpoint,
+}
+
+
+def _demo_stamp(model: DemoModel, spec: LingDemoSpec, dtype: torch.dtype) -> dict[str, Any]:
     return {
         "writer_version": WRITER_VERSION,
-        "family": "ling",
-        "seed": seed,
+        "family": model.family,
+        "seed": model.seed,
         "dtype": _dtype_name(dtype),
         "spec": dataclasses.asdict(spec),
     }
@@ -153,7 +216,8 @@ def _write_demo_folder(target: Path, stamp: dict[str, Any], spec: LingDemoSpec) 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        write_ling_checkpoint(tmp, spec, seed=stamp["seed"], dtype=getattr(torch, stamp["dtype"]))
+        write = _FAMILY_WRITERS[stamp["family"]]
+        write(tmp, spec, seed=stamp["seed"], dtype=getattr(torch, stamp["dtype"]))
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         write_json(tmp / STAMP_FILE, {**stamp, "files": files})
         tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint folder is ordinary data
@@ -166,14 +230,18 @@ def _write_demo_folder(target: Path, stamp: dict[str, Any], spec: LingDemoSpec) 
 
 
 def write_demo_models(root: str | Path) -> dict[str, Path]:
-    """Ensure `root/ling` holds the demo Ling checkpoint; returns {"ling": path}.
+    """Ensure `root/<name>` holds each demo checkpoint; returns {"ling": path, "ring": path}.
 
-    An existing folder stamped with the same writer version and spec is kept as is.
+    A folder stamped with the same writer version, family, seed and spec is kept as is; each folder
+    is replaced atomically on its own.
     """
     root = Path(root)
     spec = LingDemoSpec()
-    stamp = _demo_stamp(spec, seed=0, dtype=torch.bfloat16)
-    target = root / "ling"
-    if not _is_complete(target, stamp):
-        _write_demo_folder(target, stamp, spec)
-    return {"ling": target}
+    paths = {}
+    for model in DEMO_MODELS:
+        stamp = _demo_stamp(model, spec, dtype=torch.bfloat16)
+        target = root / model.name
+        if not _is_complete(target, stamp):
+            _write_demo_folder(target, stamp, spec)
+        paths[model.name] = target
+    return paths

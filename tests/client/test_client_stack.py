@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -41,7 +42,7 @@ def test_stop_leaves_no_process(tmp_path):
     stack.start()
     try:
         names = {child.name for child in stack.all_children()}
-        assert names == {"valkey", "gateway", "worker-ling"}
+        assert names == {"valkey", "gateway", "worker-ling", "worker-ring"}
         procs = process_tree([child.pid for child in stack.all_children()])
         assert any(p.name() == "valkey-server" for p in procs)
         with Client(stack.address) as client:
@@ -62,19 +63,23 @@ def test_an_external_redis_replaces_the_embedded_valkey(tmp_path):
         Stack(port=0, dir=tmp_path, redis_url=redis_server.connection_url) as stack,
     ):
         assert stack.valkey is None
-        assert [child.name for child in stack.all_children()] == ["gateway", "worker-ling"]
+        assert [child.name for child in stack.all_children()] == ["gateway", "worker-ling", "worker-ring"]
         assert all(redis_server.connection_url in child.argv for child in stack.children)
+        gateway, *workers = stack.children
+        assert gateway.argv[gateway.argv.index("--models") + 1] == "ling,ring"
+        assert [w.argv[w.argv.index("--family") + 1] for w in workers] == ["ling", "ring"]
         with Client(stack.address) as client:
-            assert client.generate("ling", "hi", max_tokens=2).finish_reason in ("stop", "length")
+            for model in ("ling", "ring"):
+                assert client.generate(model, "hi", max_tokens=2).finish_reason in ("stop", "length")
     assert all(child.exit_code() is not None for child in stack.all_children())
 
 
 @pytest.mark.slow
 def test_a_child_that_fails_to_start_is_reported(tmp_path):
     stack = Stack(port=0, dir=tmp_path, device="no-such-device", ready_timeout_s=300)
-    with pytest.raises(StackError, match=r"worker-ling exited during startup") as info:
+    with pytest.raises(StackError, match=r"worker-(ling|ring) exited during startup") as info:
         stack.start()
-    assert "last lines of" in str(info.value) and "worker-ling.log" in str(info.value)
+    assert "last lines of" in str(info.value) and re.search(r"worker-(ling|ring)\.log", str(info.value))
     assert still_running(process_tree([c.pid for c in stack.all_children() if c.pid])) == []
     assert all(child.exit_code() is not None for child in stack.all_children())
 
@@ -142,7 +147,7 @@ def test_a_dying_child_stops_bailing_up_with_exit_1(tmp_path):
     try:
         up.wait_up()
         procs = process_tree([up.proc.pid])[1:]
-        (worker,) = [p for p in procs if "worker" in p.cmdline()]
+        (worker,) = [p for p in procs if "worker" in p.cmdline() and "ling" in p.cmdline()]
         os.kill(worker.pid, signal.SIGKILL)
         assert up.proc.wait(timeout=60) == 1
     finally:

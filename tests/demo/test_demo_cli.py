@@ -1,4 +1,4 @@
-"""Tests of the `bailing` command line through `bailing.cli.main` (in process, real demo checkpoint)."""
+"""Tests of the `bailing` command line through `bailing.cli.main` (in process, real demo checkpoints)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,21 @@ def demo_root(tmp_path_factory):
 
 def test_init_demo_prints_paths(demo_root, capsys):
     assert main(["init-demo", str(demo_root)]) == 0  # second run: already complete, kept
-    assert capsys.readouterr().out.strip() == f"ling: {demo_root / 'ling'}"
-    for name in ("config.json", "tokenizer.json", "model.safetensors.index.json", "bailing_demo.json"):
-        assert (demo_root / "ling" / name).is_file()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"ling: {demo_root / 'ling'}", f"ring: {demo_root / 'ring'}"]
+    for model in ("ling", "ring"):
+        for name in ("config.json", "tokenizer.json", "model.safetensors.index.json", "bailing_demo.json"):
+            assert (demo_root / model / name).is_file()
 
 
-def test_init_demo_user_error(tmp_path, capsys):
-    (tmp_path / "ling").mkdir()
-    (tmp_path / "ling" / "keep.txt").write_text("x")
+@pytest.mark.parametrize("model", ["ling", "ring"])
+def test_init_demo_user_error(tmp_path, capsys, model):
+    (tmp_path / model).mkdir()
+    (tmp_path / model / "keep.txt").write_text("x")
     assert main(["init-demo", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert err.startswith("error: ") and "Traceback" not in err and str(tmp_path / model) in err
+    assert (tmp_path / model / "keep.txt").read_text() == "x"
 
 
 def test_help_exits_cleanly(capsys):
@@ -42,8 +46,9 @@ def test_help_exits_cleanly(capsys):
 
 
 @needs_engine
-def test_generate_json(demo_root, capsys):
-    argv = ["generate", "--model", str(demo_root / "ling"), "--max-tokens", "5", "--json", "Hello there"]
+@pytest.mark.parametrize("model", ["ling", "ring"])
+def test_generate_json(demo_root, capsys, model):
+    argv = ["generate", "--model", str(demo_root / model), "--max-tokens", "5", "--json", "Hello there"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     record = json.loads(captured.out)

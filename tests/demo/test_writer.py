@@ -1,4 +1,4 @@
-"""Tests of the demo checkpoint writer: upstream layout, determinism, sharding, configs, stamps."""
+"""Tests of the demo checkpoint writer: upstream layout, determinism, sharding, configs, stamps, Ring."""
 
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ from safetensors import safe_open
 from bailing.demo.ling_config import LingDemoSpec, padded_vocab_size
 from bailing.demo.tokenizer import demo_tokenizer
 from bailing.demo.writer import (
+    DEMO_MODELS,
     REMOVE,
     STAMP_FILE,
     ling_tensor_layout,
     random_ling_state_dict,
     write_demo_models,
     write_ling_checkpoint,
+    write_ring_checkpoint,
     write_safetensors_checkpoint,
 )
+from models.family import known_families
 
+RING_EXAMPLE = [{"role": "system", "content": "You are Ring."}, {"role": "user", "content": "Hi"}]
+RING_PROMPT = "<role>SYSTEM</role>You are Ring.<role>HUMAN</role>Hi<role>ASSISTANT</role><think>\n"
 GOLDEN = Path(__file__).resolve().parents[2].parent / "shared" / "golden" / "ling-tiny" / "tiny-bailing"
 
 
@@ -255,22 +260,99 @@ def test_bad_spec_names_the_field(change, field):
 
 def test_write_demo_models_is_idempotent(tmp_path):
     paths = write_demo_models(tmp_path)
-    ling = paths["ling"]
-    assert set(paths) == {"ling"} and ling == tmp_path / "ling"
-    stamp = json.loads((ling / STAMP_FILE).read_text())
-    assert stamp["spec"]["hidden_size"] == 128 and "config.json" in stamp["files"]
-    assert [p.name for p in tmp_path.iterdir()] == ["ling"]  # no temporary folder left behind
-    before = {p.name: p.stat().st_mtime_ns for p in ling.iterdir()}
+    assert paths == {"ling": tmp_path / "ling", "ring": tmp_path / "ring"}
+    stamps = {name: json.loads((path / STAMP_FILE).read_text()) for name, path in paths.items()}
+    for name, stamp in stamps.items():
+        assert stamp["spec"]["hidden_size"] == 128 and "config.json" in stamp["files"]
+        assert stamp["family"] == name
+    assert (stamps["ling"]["seed"], stamps["ring"]["seed"]) == (0, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ling", "ring"]  # no temporary folder left
+    before = {name: {p.name: p.stat().st_mtime_ns for p in path.iterdir()} for name, path in paths.items()}
     write_demo_models(tmp_path)
-    assert {p.name: p.stat().st_mtime_ns for p in ling.iterdir()} == before
-    (ling / STAMP_FILE).write_text(json.dumps({**stamp, "writer_version": -1}))
-    write_demo_models(tmp_path)
-    assert json.loads((ling / STAMP_FILE).read_text()) == stamp
+    after = {name: {p.name: p.stat().st_mtime_ns for p in path.iterdir()} for name, path in paths.items()}
+    assert after == before
+    ring = paths["ring"]
+    (ring / STAMP_FILE).write_text(json.dumps({**stamps["ring"], "writer_version": -1}))
+    write_demo_models(tmp_path)  # only the stale folder is rewritten
+    assert json.loads((ring / STAMP_FILE).read_text()) == stamps["ring"]
+    assert {p.name: p.stat().st_mtime_ns for p in paths["ling"].iterdir()} == before["ling"]
+    assert {p.name: p.stat().st_mtime_ns for p in ring.iterdir()} != before["ring"]
 
 
-def test_write_demo_models_keeps_foreign_folders(tmp_path):
-    (tmp_path / "ling").mkdir()
-    (tmp_path / "ling" / "mine.txt").write_text("not a demo")
+def test_demo_models_are_known_families():
+    assert [m.name for m in DEMO_MODELS] == ["ling", "ring"]
+    assert {m.family for m in DEMO_MODELS} <= set(known_families())
+
+
+@pytest.mark.parametrize("name", ["ling", "ring"])
+def test_write_demo_models_keeps_foreign_folders(tmp_path, name):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "mine.txt").write_text("not a demo")
     with pytest.raises(ValueError, match="not a bailing demo checkpoint"):
         write_demo_models(tmp_path)
-    assert (tmp_path / "ling" / "mine.txt").read_text() == "not a demo"
+    assert (tmp_path / name / "mine.txt").read_text() == "not a demo"
+
+
+# ---- Ring -----------------------------------------------------------------------------------
+def test_ring_differs_from_ling_in_template_eos_and_weights(demo_ckpt, demo_ring, tmp_path):
+    for name in ("config.json", "generation_config.json", "tokenizer.json"):
+        assert (demo_ring / name).read_bytes() == (demo_ckpt / name).read_bytes(), name
+    config = json.loads((demo_ring / "config.json").read_text())
+    assert config["architectures"] == ["BailingMoeV2ForCausalLM"]
+    ling_cfg, ring_cfg = (
+        json.loads((d / "tokenizer_config.json").read_text()) for d in (demo_ckpt, demo_ring)
+    )
+    assert (ling_cfg["eos_token"], ring_cfg["eos_token"]) == ("<|role_end|>", "<|endoftext|>")
+    assert ring_cfg["chat_template"] != ling_cfg["chat_template"]
+    assert "<|role_end|>" in ring_cfg["additional_special_tokens"]
+    ring_head = _read_checkpoint(demo_ring)["lm_head.weight"]
+    assert ring_head.ne(_read_checkpoint(demo_ckpt)["lm_head.weight"]).any()
+    again = write_ring_checkpoint(tmp_path / "ring")
+    assert torch.equal(_read_checkpoint(again)["lm_head.weight"], ring_head)  # default seed 1, as demo_ring
+
+
+@pytest.fixture(scope="module")
+def ring_llm(demo_ring):
+    pytest.importorskip("engine")
+    from engine.llm import LLM
+
+    return LLM(demo_ring)
+
+
+def _greedy(max_tokens: int):
+    from engine import SamplingParams
+
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0)
+
+
+def test_ring_loads_and_renders_the_upstream_prompt(ring_llm):
+    tok = demo_tokenizer()
+    eot, role_end = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|role_end|>")
+    assert ring_llm.eos_token_ids == {eot, role_end}
+    render = ring_llm.tokenizer.apply_chat_template
+    assert render(RING_EXAMPLE, tokenize=False, add_generation_prompt=True) == RING_PROMPT
+    # Like the upstream template, the switch is ignored: the prompt always opens the think block.
+    assert (
+        render(RING_EXAMPLE, tokenize=False, add_generation_prompt=True, enable_thinking=False) == RING_PROMPT
+    )
+    assert render(RING_EXAMPLE, tokenize=False) == RING_PROMPT.removesuffix("<role>ASSISTANT</role><think>\n")
+    out = ring_llm.chat(RING_EXAMPLE, _greedy(3))[0]
+    assert out.prompt == RING_PROMPT and 0 < len(out.token_ids) <= 3
+
+
+def test_ring_template_roles_and_content_parts(ring_llm):
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}]},
+        {"role": "assistant", "content": "4"},
+        {"role": "tool", "content": "{}"},
+        {"role": "user", "content": "Thanks"},
+    ]
+    text = ring_llm.tokenizer.apply_chat_template(messages, tokenize=False)
+    expected = (
+        "<role>HUMAN</role>What is 2+2?<role>ASSISTANT</role>4"
+        "<role>OBSERVATION</role>{}<role>HUMAN</role>Thanks"
+    )
+    assert text == expected and "<|role_end|>" not in text
+    image = [{"role": "user", "content": [{"type": "image", "url": "x.png"}]}]
+    with pytest.raises(Exception, match="only text content parts"):
+        ring_llm.tokenizer.apply_chat_template(image, tokenize=False)

@@ -1,0 +1,5 @@
+"""The Ling family: BailingMoeV2 chat models that answer directly (no reasoning block)."""
+
+from models.family import Family
+
+LING = Family(name="ling", architectures=("BailingMoeV2ForCausalLM",))

@@ -1,0 +1,1 @@
+"""Ring (reasoning) family: Ling's architecture, answers as `<think>` reasoning `</think>` answer."""
