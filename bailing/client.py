@@ -1,8 +1,9 @@
 """Python client of the Bailing gateway: `Client` (blocking) and `AsyncClient` (grpc.aio).
 
 Flow: keyword options and chat messages (dicts) -> `build_request` -> the gateway -> plain dataclasses
-(`Completion`, `Chunk`, `ModelInfo`) back. No protobuf type reaches the caller; every failure is a
-`BailingClientError` carrying the gRPC status name (`BailingConnectionError` when nothing answers).
+(`Completion` with its `Choice`s, `Chunk`, `ModelInfo`) back. No protobuf type reaches the caller; every
+failure is a `BailingClientError` carrying the gRPC status name (`BailingConnectionError` when nothing
+answers).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bailing.client_convert import (
     BailingClientError,
     BailingConnectionError,
+    Choice,
     Chunk,
     Completion,
     ModelInfo,
@@ -42,6 +44,7 @@ __all__ = [
     "AsyncClient",
     "BailingClientError",
     "BailingConnectionError",
+    "Choice",
     "Chunk",
     "ChunkStream",
     "Client",

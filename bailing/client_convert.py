@@ -1,8 +1,9 @@
 """The data of the client API (results, errors) and its conversion to and from bailing.v1 messages.
 
 Flow: chat messages (dicts with text or media parts) + options -> `build_request` -> `GenerateRequest`;
-responses -> `Completion` / `Chunk` / `ModelInfo`; `grpc.RpcError` -> `BailingClientError`. `bailing.client`
-re-exports the public names; protobuf types never leave this module and the client.
+responses -> `Completion` (with its `Choice`s) / `Chunk` / `ModelInfo`; `grpc.RpcError` ->
+`BailingClientError`. `bailing.client` re-exports the public names; protobuf types never leave this
+module and the client.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from gateway.api import OPTIONAL_SAMPLING_FIELDS, pb
 from pipelines.protocol import Usage  # the same four counts the workers report
 
 MEDIA_TYPES = ("image", "audio", "video")
-_SAMPLING_FIELDS = tuple(f for f in OPTIONAL_SAMPLING_FIELDS if f != "n")  # n arrives with Ring
 # First bytes of common media files, for parts given as bytes without a mime type.
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
@@ -63,6 +63,7 @@ class RequestOptions(TypedDict, total=False):
     repetition_penalty: float
     presence_penalty: float
     frequency_penalty: float
+    n: int  # samples to draw, 1..16 (default 1); see `Completion.choices`, `Chunk.index`
     min_tokens: int
     ignore_eos: bool
     stop_token_ids: Iterable[int]
@@ -80,7 +81,21 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """One of the n samples of a request."""
+
+    index: int  # 0..n-1
+    text: str
+    reasoning_text: str
+    finish_reason: str  # stop, length, cancelled, error
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class Completion:
+    """A whole answer; text, reasoning_text and finish_reason are choice 0's, usage sums all choices."""
+
     request_id: str
     model: str
     text: str
@@ -88,15 +103,20 @@ class Completion:
     finish_reason: str  # stop, length, cancelled, error
     usage: Usage
     timing: Timing
+    choices: tuple[Choice, ...] = ()  # every choice in index order (n = 1: one)
 
 
 @dataclass(frozen=True)
 class Chunk:
+    """Part of a streamed answer. With n > 1 the deltas of the choices interleave (`index` says whose);
+    after them comes one chunk per choice with its finish_reason, the last one also carrying usage."""
+
     request_id: str
     text: str  # delta
     reasoning_text: str  # delta
-    finish_reason: str = ""  # set on the last chunk only
+    finish_reason: str = ""  # set on a choice's finish chunk only
     usage: Usage | None = None  # set on the last chunk only
+    index: int = 0  # the choice the delta or finish_reason belongs to
 
 
 @dataclass(frozen=True)
@@ -198,7 +218,7 @@ def build_request(
         raise _invalid("model", "a model name is required")
     if (prompt is None) == (messages is None):
         raise _invalid("prompt", "give exactly one of prompt and messages")
-    unknown = set(sampling) - set(_SAMPLING_FIELDS)
+    unknown = set(sampling) - set(OPTIONAL_SAMPLING_FIELDS)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
     params = pb.SamplingParams(**{k: v for k, v in sampling.items() if v is not None})
@@ -226,6 +246,17 @@ def usage_from_pb(msg: Any) -> Usage:
     return Usage(msg.prompt_tokens, msg.completion_tokens, msg.reasoning_tokens, msg.cached_prompt_tokens)
 
 
+def choice_from_pb(msg: Any) -> Choice:
+    return Choice(
+        msg.index,
+        msg.text,
+        msg.reasoning_text,
+        msg.finish_reason,
+        msg.completion_tokens,
+        msg.reasoning_tokens,
+    )
+
+
 def completion_from_pb(msg: Any) -> Completion:
     timing = Timing(msg.timing.queue_s, msg.timing.time_to_first_token_s, msg.timing.total_s)
     return Completion(
@@ -236,12 +267,13 @@ def completion_from_pb(msg: Any) -> Completion:
         msg.finish_reason,
         usage_from_pb(msg.usage),
         timing,
+        tuple(choice_from_pb(c) for c in msg.choices),
     )
 
 
 def chunk_from_pb(msg: Any) -> Chunk:
     usage = usage_from_pb(msg.usage) if msg.HasField("usage") else None
-    return Chunk(msg.request_id, msg.text, msg.reasoning_text, msg.finish_reason, usage)
+    return Chunk(msg.request_id, msg.text, msg.reasoning_text, msg.finish_reason, usage, msg.index)
 
 
 def models_from_pb(msg: Any) -> list[ModelInfo]:

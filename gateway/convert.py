@@ -19,7 +19,17 @@ from gateway.config import GatewayConfig
 from gateway.errors import Rejection, invalid, status_from_name
 from gateway.media import MEDIA_KINDS, MediaBlob, MediaError, check_media
 from gateway.state import ModelState, RequestTrace
-from pipelines.protocol import ChatMessage, Event, EventType, GenerateJob, MediaRef, Part, Sampling
+from pipelines.protocol import (
+    MAX_SAMPLES,
+    ChatMessage,
+    Event,
+    EventType,
+    GenerateJob,
+    MediaRef,
+    Part,
+    Sampling,
+    Usage,
+)
 
 ROLES = ("system", "user", "assistant", "tool")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -144,8 +154,8 @@ def _sampling(s: pb.SamplingParams, cfg: GatewayConfig, state: ModelState | None
     max_tokens = _max_tokens(v["max_tokens"], cfg, state)
     _min_tokens(v["min_tokens"], max_tokens if max_tokens is not None else cfg.max_tokens_limit)
     n = 1 if v["n"] is None else v["n"]
-    if n != 1:
-        raise invalid(f"sampling.n must be 1 for now (n > 1 arrives with the Ring issue), got {n}")
+    if not 1 <= n <= MAX_SAMPLES:
+        raise invalid(f"sampling.n must be in [1, {MAX_SAMPLES}], got {n}")
     stop = _stop(list(s.stop), cfg.max_stop_strings)
     for i, t in enumerate(s.stop_token_ids):
         if t < 0:
@@ -221,58 +231,108 @@ def _usage(event: Event) -> pb.Usage:
 
 
 def event_to_chunks(request_id: str, event: Event) -> list[pb.GenerateChunk]:
-    """The chunks one event becomes: reasoning delta, then text delta, then (terminal) the last chunk.
+    """The chunks one event becomes: reasoning delta, then text delta, then (terminal) the finish.
 
-    Raises the event's Rejection for ERROR (and a deadline-cancel) terminals.
+    Deltas carry the event's choice `index`. A DONE of n = 1 ends with one chunk (finish_reason +
+    usage); a DONE with `choices` (n > 1) ends with one chunk per choice (index + finish_reason),
+    the last of them also carrying usage; a CANCELLED ends with one chunk. Raises the event's
+    Rejection for ERROR (and a deadline-cancel) terminals.
     """
     chunks = []
     if event.reasoning_text:
-        chunks.append(pb.GenerateChunk(request_id=request_id, reasoning_text=event.reasoning_text))
+        chunks.append(
+            pb.GenerateChunk(request_id=request_id, index=event.index, reasoning_text=event.reasoning_text)
+        )
     if event.text:
-        chunks.append(pb.GenerateChunk(request_id=request_id, text=event.text))
+        chunks.append(pb.GenerateChunk(request_id=request_id, index=event.index, text=event.text))
     if event.terminal:
         error = event_error(event)
         if error is not None:
             raise error
-        last = pb.GenerateChunk(
-            request_id=request_id, finish_reason=_finish_reason(event), usage=_usage(event)
-        )
-        chunks.append(last)
+        chunks += _finish_chunks(request_id, event)
+    return chunks
+
+
+def _finish_chunks(request_id: str, event: Event) -> list[pb.GenerateChunk]:
+    if event.type is not EventType.DONE or not event.choices:
+        return [
+            pb.GenerateChunk(request_id=request_id, finish_reason=_finish_reason(event), usage=_usage(event))
+        ]
+    chunks = [
+        pb.GenerateChunk(request_id=request_id, index=c.index, finish_reason=c.finish_reason or "stop")
+        for c in event.choices
+    ]
+    chunks[-1].usage.CopyFrom(_usage(event))
     return chunks
 
 
 class ResponseBuilder:
-    """Collects a request's events into one GenerateResponse (the unary Generate)."""
+    """Collects a request's events into one GenerateResponse (the unary Generate).
+
+    Deltas are gathered per choice index; `build` makes one Choice per index (the DONE's `choices`
+    summaries for n > 1, the single stream for n = 1) and mirrors choice 0 in the single-answer fields.
+    """
 
     def __init__(self, request_id: str, model: str) -> None:
         self.request_id = request_id
         self.model = model
-        self._text: list[str] = []
-        self._reasoning: list[str] = []
+        self._text: dict[int, list[str]] = {}
+        self._reasoning: dict[int, list[str]] = {}
         self._last: Event | None = None
 
     def add(self, event: Event) -> None:
         """Append the event's deltas; raises the event's Rejection for an ERROR terminal."""
-        self._reasoning.append(event.reasoning_text)
-        self._text.append(event.text)
+        if event.reasoning_text:
+            self._reasoning.setdefault(event.index, []).append(event.reasoning_text)
+        if event.text:
+            self._text.setdefault(event.index, []).append(event.text)
         if event.terminal:
             error = event_error(event)
             if error is not None:
                 raise error
             self._last = event
 
+    def _choice(
+        self, index: int, finish_reason: str, completion_tokens: int, reasoning_tokens: int
+    ) -> pb.Choice:
+        return pb.Choice(
+            index=index,
+            text="".join(self._text.get(index, ())),
+            reasoning_text="".join(self._reasoning.get(index, ())),
+            finish_reason=finish_reason,
+            completion_tokens=completion_tokens,
+            reasoning_tokens=reasoning_tokens,
+        )
+
+    def _choices(self) -> list[pb.Choice]:
+        last = self._last
+        if last is not None and last.choices:
+            return [
+                self._choice(c.index, c.finish_reason or "stop", c.completion_tokens, c.reasoning_tokens)
+                for c in last.choices  # in index order, every index present
+            ]
+        finish = _finish_reason(last) if last else ""
+        top = max([0, *self._text, *self._reasoning])  # > 0 only for a cancelled n > 1 request
+        if top > 0:
+            return [self._choice(i, finish, 0, 0) for i in range(top + 1)]
+        u = (last.usage if last is not None else None) or Usage()
+        return [self._choice(0, finish, u.completion_tokens, u.reasoning_tokens)]
+
     def build(self, trace: RequestTrace) -> pb.GenerateResponse:
         last = self._last
+        choices = self._choices()
+        first = choices[0]
         return pb.GenerateResponse(
             request_id=self.request_id,
             model=self.model,
-            text="".join(self._text),
-            reasoning_text="".join(self._reasoning),
-            finish_reason=_finish_reason(last) if last else "",
+            text=first.text,
+            reasoning_text=first.reasoning_text,
+            finish_reason=first.finish_reason,
             usage=_usage(last) if last else pb.Usage(),
             timing=pb.Timing(
                 queue_s=trace.queue_s, time_to_first_token_s=trace.ttft_s, total_s=trace.total_s
             ),
+            choices=choices,
         )
 
 

@@ -23,6 +23,7 @@ WORKER_DEAD_AFTER_S = 3.0  # no heartbeat for this long: the worker is gone
 STREAM_TTL_S = 3600  # a request's event stream outlives its reader by this much
 MEDIA_TTL_S = 3600
 MODALITIES = ("text", "image", "audio", "video")
+MAX_SAMPLES = 16  # sampling.n may be 1..MAX_SAMPLES
 
 
 def queue_name(model: str) -> str:
@@ -166,13 +167,32 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ChoiceSummary:
+    """How one of a request's n samples ended (DONE events of requests with n > 1 carry all of them)."""
+
+    index: int
+    finish_reason: str
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class Event:
+    """One entry of a request's stream.
+
+    DELTA: `text` / `reasoning_text` are new text of choice `index` (0 unless the request asked for
+    n > 1). DONE: `finish_reason` is choice 0's, `usage` sums all choices (the prompt counted once)
+    and, for n > 1, `choices` says how each choice ended, in index order.
+    """
+
     seq: int  # 0, 1, 2, ... within one request's stream
     type: EventType
     text: str = ""
     reasoning_text: str = ""
+    index: int = 0  # the choice a DELTA belongs to
     finish_reason: str = ""
     usage: Usage | None = None
+    choices: tuple[ChoiceSummary, ...] | None = None
     error_code: str = ""
     message: str = ""
     worker_id: str = ""
@@ -185,7 +205,7 @@ class Event:
 
     def encode(self) -> dict[str, str]:
         """The fields of the stream entry (one JSON field, so entries stay self-describing)."""
-        data = {k: v for k, v in asdict(self).items() if v not in ("", None)}
+        data = {k: v for k, v in asdict(self).items() if v not in ("", None) and (k != "index" or v)}
         return {"e": json.dumps(data, separators=(",", ":"), ensure_ascii=False)}
 
     @classmethod
@@ -195,6 +215,8 @@ class Event:
         data["type"] = EventType(data["type"])
         if data.get("usage") is not None:
             data["usage"] = Usage(**data["usage"])
+        if data.get("choices") is not None:
+            data["choices"] = tuple(ChoiceSummary(**c) for c in data["choices"])
         return cls(**data)
 
 

@@ -13,6 +13,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from pipelines.protocol import MAX_SAMPLES
+
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2
@@ -69,7 +71,7 @@ def _messages(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "enable_thinking", "thinking_budget")
+    names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "n", "enable_thinking", "thinking_budget")
     return {name: getattr(args, name) for name in names}
 
 
@@ -86,21 +88,32 @@ def _stats(request_id: str, usage: Any, finish_reason: str) -> None:
 
 def _chat_stream(client: Any, args: argparse.Namespace, tty: bool) -> int:
     last = None
-    in_reasoning = False
+    in_reasoning = trim = False  # trim: drop the newlines a reasoning model puts before its answer
     with client.stream(args.model, messages=_messages(args), **_options(args)) as stream:
         for chunk in stream:
-            if chunk.reasoning_text and tty:
-                _write(chunk.reasoning_text, dim=True)
-                in_reasoning = True
-            if chunk.text and in_reasoning:
-                _write("\n")
-                in_reasoning = False
-            _write(chunk.text)
+            if chunk.reasoning_text:
+                trim = True
+                if tty:
+                    _write(chunk.reasoning_text, dim=True)
+                    in_reasoning = True
+            text = chunk.text.lstrip("\n") if trim else chunk.text
+            if text:
+                if in_reasoning:
+                    _write("\n")
+                in_reasoning = trim = False
+                _write(text)
             last = chunk
     _write("\n")
     if last is not None:
         _stats(last.request_id, last.usage, last.finish_reason)
     return EXIT_SERVER_ERROR if last is not None and last.finish_reason == "error" else EXIT_OK
+
+
+def _print_answer(reasoning_text: str, text: str, tty: bool) -> None:
+    """Reasoning (dimmed, on a tty only) then the answer, without the blank lines that follow reasoning."""
+    if reasoning_text and tty:
+        _write(reasoning_text + "\n", dim=True)
+    print(text.lstrip("\n") if reasoning_text else text)
 
 
 def _cmd_chat(client: Any, args: argparse.Namespace) -> int:
@@ -110,12 +123,29 @@ def _cmd_chat(client: Any, args: argparse.Namespace) -> int:
     out = client.generate(args.model, messages=_messages(args), **_options(args))
     if args.json:
         print(json.dumps(asdict(out), ensure_ascii=False))
+    elif len(out.choices) > 1:
+        for choice in out.choices:
+            print(f"--- choice {choice.index} (finish: {choice.finish_reason or 'unfinished'}) ---")
+            _print_answer(choice.reasoning_text, choice.text, tty)
+        tokens = out.usage.completion_tokens
+        print(f"[{out.request_id}: {tokens} tokens in {len(out.choices)} choices]", file=sys.stderr)
     else:
-        if out.reasoning_text and tty:
-            _write(out.reasoning_text + "\n", dim=True)
-        print(out.text)
+        _print_answer(out.reasoning_text, out.text, tty)
         _stats(out.request_id, out.usage, out.finish_reason)
-    return EXIT_SERVER_ERROR if out.finish_reason == "error" else EXIT_OK
+    finishes = [c.finish_reason for c in out.choices] or [out.finish_reason]
+    return EXIT_SERVER_ERROR if "error" in finishes else EXIT_OK
+
+
+def _chat(args: argparse.Namespace) -> int:
+    """`bailing chat`: usage checks the parser cannot make, then the call."""
+    if args.stream and not args.json and args.n is not None and args.n > 1:
+        print(
+            f"error: --stream needs n = 1 (got -n {args.n}): the interleaved deltas of several choices "
+            "are not readable on a terminal; drop --stream or use -n 1",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return _run(_cmd_chat, args)
 
 
 # ---- models, healthcheck ---------------------------------------------------------------------
@@ -197,6 +227,10 @@ def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     chat.add_argument("--seed", type=int, default=None, help="sampling seed")
     chat.add_argument(
+        "-n", "--n", type=int, default=None, metavar="N",
+        help=f"samples to draw, 1..{MAX_SAMPLES}",
+    )  # fmt: skip
+    chat.add_argument(
         "--thinking", dest="enable_thinking", action=argparse.BooleanOptionalAction, default=None,
         help="turn reasoning on or off (reasoning models; default: the model's)",
     )  # fmt: skip
@@ -210,7 +244,7 @@ def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("--json", action="store_true", help="print the whole completion as one JSON object")
     _add_connection_args(chat, None, "request deadline in seconds (default: none)")
     chat.add_argument("text", metavar="TEXT", help="your message")
-    chat.set_defaults(func=lambda args: _run(_cmd_chat, args))
+    chat.set_defaults(func=_chat)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -4,6 +4,7 @@ the real client and server are exercised in test_client_service.py)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import pytest
@@ -12,6 +13,7 @@ from bailing.cli import build_parser
 from bailing.client import (
     BailingClientError,
     BailingConnectionError,
+    Choice,
     Chunk,
     Completion,
     ModelInfo,
@@ -34,22 +36,32 @@ class _Stream(list):
 class ScriptedClient:
     """Answers with fixed results and records the options it was called with."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: tuple[str, ...] = ("ans", "wer")) -> None:
         self.calls = []
+        self.answer = answer  # as the streamed text chunks
 
     def generate(self, model, messages=None, **options):
         self.calls.append((model, messages, options))
-        usage = Usage(3, 2, 1, 0)
-        return Completion("r1", model, "answer", "thinking", "stop", usage, Timing())
+        n = options.get("n") or 1
+        if n == 1:
+            choices = (Choice(0, "".join(self.answer), "thinking", "stop", 2, 1),)
+        else:  # choice 1 did not reason and ran out of tokens
+            reasons = {1: ("", "length")}
+            choices = tuple(
+                Choice(i, f"answer {i}", *reasons.get(i, (f"thinking {i}", "stop")), 2, 1) for i in range(n)
+            )
+        c0, usage = choices[0], Usage(3, 2 * n, n, 0)
+        return Completion("r1", model, c0.text, c0.reasoning_text, c0.finish_reason, usage, Timing(), choices)
 
     def stream(self, model, messages=None, **options):
         self.calls.append((model, messages, options))
+        *head, tail = self.answer
         return _Stream(
             [
                 Chunk("r1", "", "think"),
                 Chunk("r1", "", "ing"),
-                Chunk("r1", "ans", ""),
-                Chunk("r1", "wer", "", "stop", Usage(3, 2, 1, 0)),
+                *(Chunk("r1", text, "") for text in head),
+                Chunk("r1", tail, "", "stop", Usage(3, 2, 1, 0)),
             ]
         )
 
@@ -79,6 +91,58 @@ def test_chat_prints_reasoning_dimmed_only_on_a_tty(capsys, monkeypatch, tty, st
     assert "[r1: 2 tokens, stop]" in out.err
 
 
+@pytest.mark.parametrize("tty", [True, False])
+@pytest.mark.parametrize("stream", [True, False])
+def test_chat_trims_the_blank_lines_after_reasoning(capsys, monkeypatch, tty, stream):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    client = ScriptedClient(answer=("\n", "\n\nHel", "\nlo"))
+    argv = ["chat", "--model", "ring", *(["--stream"] if stream else []), "hello"]
+    assert commands._cmd_chat(client, _args(*argv)) == 0
+    out = capsys.readouterr().out.replace(DIM, "").replace(RESET, "")
+    # on a tty the reasoning is shown and the answer starts right below it; off a tty nothing is trimmed
+    assert out == ("thinking\nHel\nlo\n" if tty else "\n\n\nHel\nlo\n")
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_chat_prints_each_of_n_choices_under_a_header(capsys, monkeypatch, tty):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    client = ScriptedClient()
+    assert commands._cmd_chat(client, _args("chat", "--model", "ring", "-n", "3", "hello")) == 0
+    assert client.calls[0][2]["n"] == 3
+    out = capsys.readouterr()
+    lines = out.out.replace(DIM, "").replace(RESET, "").splitlines()
+    if tty:
+        assert lines == [
+            "--- choice 0 (finish: stop) ---", "thinking 0", "answer 0",
+            "--- choice 1 (finish: length) ---", "answer 1",
+            "--- choice 2 (finish: stop) ---", "thinking 2", "answer 2",
+        ]  # fmt: skip
+        assert out.out.count(DIM) == 2
+    else:
+        assert lines == [
+            "--- choice 0 (finish: stop) ---", "answer 0",
+            "--- choice 1 (finish: length) ---", "answer 1",
+            "--- choice 2 (finish: stop) ---", "answer 2",
+        ]  # fmt: skip
+    assert "[r1: 6 tokens in 3 choices]" in out.err
+
+
+def test_chat_json_keeps_every_choice(capsys):
+    assert (
+        commands._cmd_chat(ScriptedClient(), _args("chat", "--model", "ring", "--n", "2", "--json", "hi"))
+        == 0
+    )
+    record = json.loads(capsys.readouterr().out)
+    assert [c["text"] for c in record["choices"]] == ["answer 0", "answer 1"]
+
+
+def test_chat_stream_of_several_choices_is_a_usage_error(capsys):
+    args = _args("chat", "--model", "ring", "--stream", "-n", "2", "--address", "127.0.0.1:1", "hello")
+    assert args.func(args) == 2  # refused before connecting (nothing listens on port 1)
+    err = capsys.readouterr().err
+    assert "--stream" in err and "-n 1" in err and "error: --stream needs n = 1" in err
+
+
 def test_chat_sends_options_system_and_media(tmp_path, capsys):
     image = tmp_path / "cat.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -97,7 +161,7 @@ def test_chat_sends_options_system_and_media(tmp_path, capsys):
     ]
     assert options["max_tokens"] == 5 and options["temperature"] == 0.5
     assert options["enable_thinking"] is False and options["thinking_budget"] == 9
-    assert options["top_p"] is None  # unset options stay unset
+    assert options["top_p"] is None and options["n"] is None  # unset options stay unset
 
 
 def test_models_table(capsys):

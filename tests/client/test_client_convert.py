@@ -8,6 +8,7 @@ import pytest
 from bailing.client import (
     BailingClientError,
     BailingConnectionError,
+    Choice,
     Chunk,
     Client,
     Completion,
@@ -128,10 +129,10 @@ def test_request_with_every_option():
         messages=[{"role": "user", "content": "2+2?"}],
         max_tokens=64, temperature=0.7, top_p=0.9, top_k=50, min_p=0.05, seed=3, stop=["a", "b"],
         repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.25, min_tokens=2, ignore_eos=True,
-        stop_token_ids=[7, 9], enable_thinking=False, thinking_budget=128, request_id="r-1", priority=2,
+        stop_token_ids=[7, 9], enable_thinking=False, thinking_budget=128, request_id="r-1", priority=2, n=3,
     )  # fmt: skip
     s = req.sampling
-    assert (s.max_tokens, s.top_k, s.seed, s.min_tokens, s.ignore_eos) == (64, 50, 3, 2, True)
+    assert (s.max_tokens, s.top_k, s.seed, s.min_tokens, s.ignore_eos, s.n) == (64, 50, 3, 2, True, 3)
     assert s.temperature == pytest.approx(0.7) and s.top_p == pytest.approx(0.9)
     assert s.min_p == pytest.approx(0.05) and s.repetition_penalty == pytest.approx(1.1)
     assert (s.presence_penalty, s.frequency_penalty) == (0.5, 0.25)
@@ -187,6 +188,31 @@ def test_responses_become_dataclasses():
         4096,
         ("text",),
     )
+
+
+def test_n_is_a_sampling_option():
+    assert build_request("ring", "hi", n=4).sampling.n == 4
+    assert not build_request("ring", "hi").sampling.HasField("n")  # unset: one sample
+    with pytest.raises(TypeError, match="best_of"):
+        build_request("ring", "hi", best_of=2)
+
+
+def test_choices_and_chunk_indices_become_dataclasses():
+    msg = pb.GenerateResponse(
+        request_id="r", model="ring", text="a", reasoning_text="ra", finish_reason="stop",
+        usage=pb.Usage(prompt_tokens=3, completion_tokens=5),
+        choices=[
+            pb.Choice(index=0, text="a", reasoning_text="ra", finish_reason="stop", completion_tokens=2),
+            pb.Choice(index=1, text="b", finish_reason="length", completion_tokens=3, reasoning_tokens=1),
+        ],
+    )  # fmt: skip
+    out = completion_from_pb(msg)
+    assert out.choices == (Choice(0, "a", "ra", "stop", 2, 0), Choice(1, "b", "", "length", 3, 1))
+    assert (out.text, out.finish_reason, out.usage.completion_tokens) == ("a", "stop", 5)
+
+    assert chunk_from_pb(pb.GenerateChunk(request_id="r", index=2, text="x")) == Chunk("r", "x", "", index=2)
+    finish = chunk_from_pb(pb.GenerateChunk(request_id="r", index=1, finish_reason="length"))
+    assert (finish.index, finish.finish_reason, finish.usage) == (1, "length", None)
 
 
 def test_health_status_names():

@@ -13,7 +13,16 @@ from gateway.config import GatewayConfig
 from gateway.convert import ResponseBuilder, event_to_chunks, model_info, request_to_job
 from gateway.errors import Rejection
 from gateway.state import ModelState, RequestTrace
-from pipelines.protocol import Event, EventType, GenerateJob, Usage, WorkerInfo, media_key
+from pipelines.protocol import (
+    MAX_SAMPLES,
+    ChoiceSummary,
+    Event,
+    EventType,
+    GenerateJob,
+    Usage,
+    WorkerInfo,
+    media_key,
+)
 
 CFG = GatewayConfig(redis_url="redis://unused", models=("ling", "ring"))
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
@@ -82,12 +91,9 @@ BAD = [
         {"sampling": S(max_tokens=4, min_tokens=5)},
         "sampling.min_tokens must be in [0, max_tokens=4]",
     ),
-    (
-        "n-two",
-        {"sampling": S(n=2)},
-        "sampling.n must be 1 for now (n > 1 arrives with the Ring issue), got 2",
-    ),
-    ("n-zero", {"sampling": S(n=0)}, "sampling.n must be 1"),
+    ("n-zero", {"sampling": S(n=0)}, "sampling.n must be in [1, 16], got 0"),
+    ("n-big", {"sampling": S(n=17)}, "sampling.n must be in [1, 16], got 17"),
+    ("n-negative", {"sampling": S(n=-1)}, "sampling.n must be in [1, 16], got -1"),
     ("stop-empty", {"sampling": S(stop=["a", ""])}, "sampling.stop[1] is empty"),
     (
         "stop-many",
@@ -247,6 +253,13 @@ def test_unset_fields_stay_unset_and_an_id_is_assigned():
     assert s.n == 1 and job.enable_thinking is None and job.thinking_budget is None
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, MAX_SAMPLES])
+def test_n_samples_up_to_the_limit_are_accepted(n):
+    job, _ = convert(request(sampling=S(n=n)))
+    assert job.sampling.n == n
+    assert GenerateJob.from_dict(json.loads(json.dumps(job.to_dict()))).sampling.n == n
+
+
 # ---- events -> chunks / responses --------------------------------------------------------------
 def test_delta_with_both_texts_sends_reasoning_first():
     chunks = event_to_chunks("r", Event(seq=1, type=EventType.DELTA, text="A", reasoning_text="think"))
@@ -323,6 +336,126 @@ def test_response_collects_text_and_timing():
     assert resp.timing.time_to_first_token_s == pytest.approx(1.0)
     assert resp.timing.total_s == pytest.approx(1.75)
     assert trace.worker_id == "w"
+
+
+def test_deltas_carry_their_choice_index():
+    chunks = event_to_chunks("r", Event(seq=1, type=EventType.DELTA, index=2, text="A", reasoning_text="t"))
+    assert [(c.index, c.reasoning_text, c.text) for c in chunks] == [(2, "t", ""), (2, "", "A")]
+    (plain,) = event_to_chunks("r", Event(seq=1, type=EventType.DELTA, text="B"))
+    assert plain.index == 0
+
+
+def _summaries(*finish: str) -> tuple[ChoiceSummary, ...]:
+    return tuple(
+        ChoiceSummary(i, f, completion_tokens=i + 1, reasoning_tokens=i) for i, f in enumerate(finish)
+    )
+
+
+def test_done_of_n_samples_finishes_every_choice_then_usage():
+    usage = Usage(prompt_tokens=3, completion_tokens=6, reasoning_tokens=3)
+    done = Event(
+        seq=9,
+        type=EventType.DONE,
+        finish_reason="stop",
+        usage=usage,
+        choices=_summaries("stop", "length", "stop"),
+    )
+    chunks = event_to_chunks("r", done)
+    assert [(c.index, c.finish_reason) for c in chunks] == [(0, "stop"), (1, "length"), (2, "stop")]
+    assert [c.HasField("usage") for c in chunks] == [False, False, True]
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (3, 6)
+    assert all(c.request_id == "r" and not c.text and not c.reasoning_text for c in chunks)
+
+
+def test_done_with_a_last_delta_sends_the_delta_first():
+    done = Event(
+        seq=9, type=EventType.DONE, index=1, text="z", usage=Usage(1, 2), choices=_summaries("stop", "stop")
+    )
+    chunks = event_to_chunks("r", done)
+    assert [(c.index, c.text, c.finish_reason) for c in chunks] == [
+        (1, "z", ""),
+        (0, "", "stop"),
+        (1, "", "stop"),
+    ]
+
+
+def test_cancelled_n_samples_still_ends_with_one_chunk():
+    (last,) = event_to_chunks("r", Event(seq=4, type=EventType.CANCELLED, usage=Usage(3, 2)))
+    assert (last.index, last.finish_reason, last.usage.completion_tokens) == (0, "cancelled", 2)
+
+
+def _build(events: list[Event]) -> pb.GenerateResponse:
+    builder = ResponseBuilder("r", "ring")
+    for e in events:
+        builder.add(e)
+    return builder.build(RequestTrace("r", "ring", "Generate", submitted_at=100.0))
+
+
+def test_response_of_n_samples_collects_interleaved_deltas_per_choice():
+    d = EventType.DELTA
+    events = [
+        Event(seq=0, type=EventType.STARTED, worker_id="w"),
+        Event(seq=1, type=d, index=0, reasoning_text="r0"),
+        Event(seq=2, type=d, index=2, reasoning_text="r2"),
+        Event(seq=3, type=d, index=1, text="b"),
+        Event(seq=4, type=d, index=0, text="a"),
+        Event(seq=5, type=d, index=2, text="c"),
+        Event(seq=6, type=d, index=1, text="B"),
+        Event(seq=7, type=d, index=0, text="A"),
+        Event(seq=8, type=d, index=2, text="C"),
+        Event(
+            seq=9, type=EventType.DONE, finish_reason="stop", usage=Usage(5, 6, 3),
+            choices=_summaries("stop", "length", "stop"),
+        ),
+    ]  # fmt: skip
+    resp = _build(events)
+    got = [(c.index, c.text, c.reasoning_text, c.finish_reason) for c in resp.choices]
+    assert got == [(0, "aA", "r0", "stop"), (1, "bB", "", "length"), (2, "cC", "r2", "stop")]
+    assert [(c.completion_tokens, c.reasoning_tokens) for c in resp.choices] == [(1, 0), (2, 1), (3, 2)]
+    assert (resp.text, resp.reasoning_text, resp.finish_reason) == ("aA", "r0", "stop")  # choice 0
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (5, 6)  # the totals
+
+
+def test_response_lists_a_choice_that_produced_no_delta():
+    events = [
+        Event(seq=0, type=EventType.DELTA, index=2, text="only two"),
+        Event(seq=1, type=EventType.DONE, usage=Usage(5, 1), choices=_summaries("length", "length", "stop")),
+    ]
+    resp = _build(events)
+    assert [(c.index, c.text, c.finish_reason) for c in resp.choices] == [
+        (0, "", "length"), (1, "", "length"), (2, "only two", "stop"),
+    ]  # fmt: skip
+    assert (resp.text, resp.finish_reason) == ("", "length")
+
+
+def test_response_of_one_sample_has_one_choice():
+    events = [
+        Event(seq=0, type=EventType.DELTA, reasoning_text="hmm"),
+        Event(seq=1, type=EventType.DELTA, text="Hi"),
+        Event(seq=2, type=EventType.DONE, finish_reason="length", usage=Usage(4, 3, 1)),
+    ]
+    (choice,) = _build(events).choices
+    assert (choice.index, choice.text, choice.reasoning_text, choice.finish_reason) == (
+        0,
+        "Hi",
+        "hmm",
+        "length",
+    )
+    assert (choice.completion_tokens, choice.reasoning_tokens) == (3, 1)
+
+
+def test_cancelled_response_of_n_samples_keeps_what_arrived():
+    events = [
+        Event(seq=0, type=EventType.DELTA, index=0, text="a"),
+        Event(seq=1, type=EventType.DELTA, index=1, text="b"),
+        Event(seq=2, type=EventType.CANCELLED),
+    ]
+    resp = _build(events)
+    assert [(c.index, c.text, c.finish_reason) for c in resp.choices] == [
+        (0, "a", "cancelled"),
+        (1, "b", "cancelled"),
+    ]
+    assert (resp.text, resp.finish_reason) == ("a", "cancelled")
 
 
 def test_model_info_reports_the_live_workers():

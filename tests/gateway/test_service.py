@@ -21,7 +21,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.api import pb, pb_grpc
-from pipelines.protocol import CANCEL_CHANNEL, Event, EventType, cancel_key, stream_key
+from pipelines.protocol import (
+    CANCEL_CHANNEL,
+    ChoiceSummary,
+    Event,
+    EventType,
+    Usage,
+    cancel_key,
+    stream_key,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -294,6 +302,49 @@ def test_client_cancel_of_a_stream_publishes_a_cancel(start_gateway, fake_worker
         raise AssertionError("no cancel published for cc-1")
     finally:
         client.kill()
+
+
+def answer_three_samples(worker, request_id: str) -> None:
+    """Interleaved deltas of choices 0..2 (choice 1 writes nothing), then the DONE with their summaries."""
+    worker.emit(request_id, EventType.STARTED)
+    for index, text in [(2, "c"), (0, "a"), (2, "C"), (0, "A")]:
+        worker.emit(request_id, EventType.DELTA, index=index, text=text)
+    choices = (ChoiceSummary(0, "stop", 2), ChoiceSummary(1, "length", 0), ChoiceSummary(2, "stop", 2))
+    usage = Usage(prompt_tokens=3, completion_tokens=4)
+    worker.emit(request_id, EventType.DONE, finish_reason="stop", usage=usage, choices=choices)
+
+
+def test_unary_answer_of_three_samples(start_gateway, channel_to, fake_worker, model):
+    gw = start_gateway((model,))
+    worker = fake_worker(model)
+    stub = pb_grpc.InferenceStub(channel_to(gw.address))
+    future = stub.Generate.future(
+        prompt(model, request_id="n3-1", sampling=pb.SamplingParams(n=3)), timeout=30
+    )
+    assert worker.take_job()["sampling"]["n"] == 3
+    answer_three_samples(worker, "n3-1")
+    resp = future.result(timeout=10)
+    got = [(c.index, c.text, c.finish_reason, c.completion_tokens) for c in resp.choices]
+    assert got == [(0, "aA", "stop", 2), (1, "", "length", 0), (2, "cC", "stop", 2)]
+    assert (resp.text, resp.finish_reason, resp.usage.completion_tokens) == ("aA", "stop", 4)
+
+
+def test_stream_of_three_samples(start_gateway, channel_to, fake_worker, model):
+    gw = start_gateway((model,))
+    worker = fake_worker(model)
+    stub = pb_grpc.InferenceStub(channel_to(gw.address))
+    call = stub.GenerateStream(prompt(model, request_id="n3-2", sampling=pb.SamplingParams(n=3)), timeout=30)
+    chunks: list[pb.GenerateChunk] = []
+    reader = threading.Thread(target=lambda: chunks.extend(call))
+    reader.start()
+    worker.take_job()
+    answer_three_samples(worker, "n3-2")
+    reader.join(10)
+    assert [(c.index, c.text, c.finish_reason, c.HasField("usage")) for c in chunks] == [
+        (2, "c", "", False), (0, "a", "", False), (2, "C", "", False), (0, "A", "", False),
+        (0, "", "stop", False), (1, "", "length", False), (2, "", "stop", True),
+    ]  # fmt: skip
+    assert chunks[-1].usage.completion_tokens == 4
 
 
 def test_worker_error_maps_to_its_status(start_gateway, channel_to, fake_worker, model):
