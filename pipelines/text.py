@@ -1,21 +1,30 @@
-"""Text pipeline (torch side): a `GenerateJob` -> prompt token ids + `SamplingParams` for the engine.
+"""Text pipeline (torch side): a `GenerateJob` -> prompt token ids, `SamplingParams` and a `Presenter`.
 
 Prompts are encoded as they are; chat messages are rendered with the checkpoint's chat template
-(generation prompt added). Sampling options the client left unset come from the checkpoint's
-generation_config.json, then the engine's defaults. Every problem a client can cause raises
-`RequestError` with a message that names the offending field.
+(generation prompt added). For a reasoning family the prompt decides how the output is read: a
+prompt ending in the opening tag (Ring-mini-2.0's template) starts the output inside the reasoning;
+`enable_thinking=false` closes such a block right away (when the template itself has no switch),
+and `thinking_budget` adds a `ThinkingBudget` logits processor. Sampling options the client left
+unset come from the checkpoint's generation_config.json, then the engine's defaults. Every problem a
+client can cause raises `RequestError` with a message that names the offending field.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from engine.engine import LLMEngine
 from engine.errors import RequestError
-from engine.sampling_params import SamplingParams
-from pipelines.protocol import GenerateJob, Sampling
+from engine.sampling_params import LogitsProcessor, SamplingParams
+from models.family import Family, ThinkTags
+from pipelines.output import Presenter, ReasoningMode
+from pipelines.protocol import MAX_SAMPLES, GenerateJob, Sampling
+from pipelines.reasoning import ThinkingBudget
+
+# Makes a fresh logits processor for one request from the model's tokenizer (worker option).
+ProcessorFactory = Callable[[Any], LogitsProcessor]
 
 # generation_config.json keys that act as defaults for unset sampling fields (as vLLM reads them)
 _CHECKPOINT_DEFAULTS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -23,17 +32,70 @@ _ROLES = frozenset({"system", "user", "assistant", "tool"})
 _MEDIA_NAMES = {"image": "an image", "audio": "an audio clip", "video": "a video"}
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What the engine and the emitter need for one job."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    presenter: Presenter
+
+
+def prepare(
+    job: GenerateJob,
+    engine: LLMEngine,
+    family: Family,
+    defaults: Mapping[str, Any],
+    default_max_tokens: int = 256,
+    processor_factories: Sequence[ProcessorFactory] = (),
+) -> Prepared:
+    """The job as engine inputs; raises RequestError naming the field for anything a client got wrong."""
+    text = prompt_text(job, engine)
+    mode = None
+    if family.reasoning is not None:
+        text, mode = reasoning_mode(text, family.reasoning, job.enable_thinking)
+    budget = job.thinking_budget
+    if budget is not None and mode is None:
+        raise RequestError(
+            f"reasoning.thinking_budget applies to reasoning models; model '{job.model}' answers directly"
+        )
+    ids = engine.encode(text)
+    params = sampling_params(job.sampling, defaults, engine.max_model_len, len(ids), default_max_tokens)
+    processors = [make(engine.tokenizer) for make in processor_factories]
+    if budget is not None:
+        processors.append(ThinkingBudget(engine.tokenizer, ids, mode.tags, mode.starts_in_reasoning, budget))
+    params.logits_processors = processors  # ThinkingBudget last: its forced token wins
+    return Prepared(ids, params, Presenter(params.n, mode, engine.tokenizer, ids))
+
+
 # ---- prompt --------------------------------------------------------------------------------------
 def prompt_ids(job: GenerateJob, engine: LLMEngine) -> list[int]:
     """The job's prompt as token ids: `prompt` encoded, or `messages` rendered by the chat template."""
+    return engine.encode(prompt_text(job, engine))
+
+
+def prompt_text(job: GenerateJob, engine: LLMEngine) -> str:
+    """The job's prompt as text: `prompt` as it is, or `messages` rendered by the chat template."""
     has_prompt, has_messages = job.prompt is not None, job.messages is not None
     if has_prompt == has_messages:
         raise RequestError("set exactly one of prompt and messages")
     if has_prompt:
         if not isinstance(job.prompt, str):
             raise RequestError(f"prompt must be a string, got {type(job.prompt).__name__}")
-        return engine.encode(job.prompt)
-    return engine.encode(render_chat(job, engine))
+        return job.prompt
+    return render_chat(job, engine)
+
+
+def reasoning_mode(text: str, tags: ThinkTags, enable_thinking: bool | None) -> tuple[str, ReasoningMode]:
+    """(prompt, how to read the output): a prompt ending in the opening tag starts in the reasoning.
+
+    enable_thinking=False with such a prompt (the template has no switch, e.g. Ring-mini-2.0's):
+    the block is closed in the prompt, so the model answers directly.
+    """
+    opened = text.rstrip().endswith(tags.open)
+    if opened and enable_thinking is False:
+        return text + tags.forced_close, ReasoningMode(tags, starts_in_reasoning=False)
+    return text, ReasoningMode(tags, starts_in_reasoning=opened)
 
 
 def render_chat(job: GenerateJob, engine: LLMEngine) -> str:
@@ -84,15 +146,14 @@ def sampling_params(
     max_tokens unset -> the checkpoint's max_new_tokens or `default_max_tokens`, capped at what is
     left of the context; set but too large for the context -> RequestError.
     """
-    if sampling.n != 1:
-        raise RequestError(
-            f"n must be 1 for now, got {sampling.n!r}: several samples per request are not supported yet"
-        )
+    n = sampling.n
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
+        raise RequestError(f"sampling.n must be an integer in [1, {MAX_SAMPLES}], got {n!r}")
     room = max_model_len - prompt_len
     if room <= 0:
         raise RequestError(f"prompt has {prompt_len} tokens; the model's context is {max_model_len}")
     max_tokens = _max_tokens(sampling.max_tokens, defaults, max_model_len, prompt_len, default_max_tokens)
-    kwargs: dict[str, Any] = {"max_tokens": max_tokens}
+    kwargs: dict[str, Any] = {"max_tokens": max_tokens, "n": n}
     for name in _CHECKPOINT_DEFAULTS:
         value = getattr(sampling, name)
         if value is None:

@@ -10,7 +10,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-KNOWN_FAMILIES = frozenset({"ling"})  # families this worker can serve (Ring, Ming, LLaDA2 come later)
+from models.family import known_families
+
+KNOWN_FAMILIES = frozenset(known_families())  # families this worker can serve (`models.family`)
 
 
 def _positive_int(name: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> None:
@@ -36,6 +38,7 @@ class WorkerConfig:
     visibility_timeout_s: int = 3600  # unacked jobs are redelivered after this long
     shutdown_grace_s: float = 240.0  # on SIGTERM, requests still running after this long end UNAVAILABLE
     worker_id: str = ""  # "" = f"{name}@{hostname}:{pid}"
+    logits_processors: tuple[str, ...] = ()  # "module:factory" paths; factory(tokenizer) -> processor
 
     def __post_init__(self) -> None:
         if self.family not in KNOWN_FAMILIES:
@@ -51,6 +54,12 @@ class WorkerConfig:
         object.__setattr__(self, "name", name)
         if not self.worker_id:
             object.__setattr__(self, "worker_id", f"{name}@{socket.gethostname()}:{os.getpid()}")
+        for path in self.logits_processors:
+            module, _, attr = path.partition(":")
+            if not module or not attr:
+                raise ValueError(
+                    f"WorkerConfig.logits_processors entries must be 'module:factory', got {path!r}"
+                )
         _positive_int("max_num_seqs", self.max_num_seqs)
         _positive_int("kv_cache_bytes", self.kv_cache_bytes, allow_none=True)
         _positive_int("max_model_len", self.max_model_len, allow_none=True, minimum=2)

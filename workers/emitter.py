@@ -21,7 +21,8 @@ from typing import Any
 import redis
 
 from engine.outputs import RequestOutput
-from pipelines.protocol import STREAM_TTL_S, ErrorCode, Event, EventType, Usage, stream_key
+from pipelines.output import Presenter
+from pipelines.protocol import STREAM_TTL_S, ErrorCode, Event, EventType, stream_key
 from workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Flight:
     started: float = field(default_factory=time.monotonic)
     queued_s: float = 0.0  # from the gateway's submit to this worker taking it
     ttft_s: float = 0.0  # engine admission to first token
+    presenter: Presenter | None = None  # turns its outputs into text/reasoning deltas (emitter thread)
 
 
 class Flights:
@@ -172,18 +174,29 @@ class Emitter:
         flight = self._flights.get(out.request_id)
         if flight is None or flight.finished:
             return []
-        self._metrics.generated_tokens.inc(len(out.new_token_ids))
-        flight.prompt_tokens, flight.completion_tokens = len(out.prompt_token_ids), len(out.token_ids)
+        outs = out.choices or [out]
+        self._metrics.generated_tokens.inc(sum(len(o.new_token_ids) for o in outs))
+        flight.prompt_tokens = len(out.prompt_token_ids)
+        flight.completion_tokens = sum(len(o.token_ids) for o in outs)
         flight.ttft_s = out.metrics.time_to_first_token_s
-        events = [self._event(flight, EventType.DELTA, text=out.new_text)] if out.new_text else []
+        if flight.presenter is None:
+            flight.presenter = Presenter(len(outs), None, None, out.prompt_token_ids)
+        presenter = flight.presenter
+        events = [
+            self._event(flight, EventType.DELTA, text=d.text, reasoning_text=d.reasoning, index=d.index)
+            for d in presenter.deltas(out)
+        ]
         if out.finish_reason in ("stop", "length"):
-            usage = Usage(
-                prompt_tokens=len(out.prompt_token_ids),
-                completion_tokens=len(out.token_ids),
-                cached_prompt_tokens=out.metrics.cached_prompt_tokens,
-            )
             self._metrics.latencies(out.metrics.time_to_first_token_s, out.metrics.inter_token_latencies_s)
-            events.append(self._event(flight, EventType.DONE, finish_reason=out.finish_reason, usage=usage))
+            events.append(
+                self._event(
+                    flight,
+                    EventType.DONE,
+                    finish_reason=out.finish_reason,
+                    usage=presenter.usage(out),
+                    choices=presenter.summaries(out),
+                )
+            )
         elif out.finish_reason == "error":
             log.error("request %s: the engine failed while running it: %s", out.request_id, out.stop_reason)
             message = f"internal error while generating (request {out.request_id}); see the worker log"

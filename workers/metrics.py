@@ -60,6 +60,17 @@ class WorkerMetrics:
         self.waiting = self._gauge("bailing_worker_waiting_requests", "Requests waiting in the engine")
         self.kv_usage = self._gauge("bailing_worker_kv_cache_usage", "Fraction of KV cache blocks in use")
         self.batch_max = self._gauge("bailing_worker_batch_size_max", "Largest batch (sequences) seen")
+        self.shared_blocks_peak = self._gauge(
+            "bailing_worker_kv_shared_blocks_peak", "Most KV blocks held by several sequences at once"
+        )
+        self.forked_samples = self._gauge(
+            "bailing_worker_forked_samples",
+            "Samples of n > 1 requests started from sample 0's prompt KV (no prefill of their own)",
+        )
+        self.engine_prompt_tokens = self._gauge(
+            "bailing_worker_engine_prompt_tokens",
+            "Prompt tokens the engine computed (prefix-cache hits and forked samples excluded)",
+        )
         self.batch = Histogram(
             "bailing_worker_batch_size",
             "Sequences per engine step",
@@ -106,6 +117,9 @@ class WorkerMetrics:
         self.waiting.set(snap["num_waiting"])
         self.kv_usage.set(snap["kv_usage"])
         self.batch_max.set(snap.get("max_batch_seqs", 0))
+        self.shared_blocks_peak.set(snap.get("peak_shared_kv_blocks", 0))
+        self.forked_samples.set(snap.get("forked_samples", 0))
+        self.engine_prompt_tokens.set(snap.get("prompt_tokens", 0))
 
     def serve(self, port: int) -> Any:
         """Start the /metrics HTTP server on `port` (all interfaces); returns the server."""

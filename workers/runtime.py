@@ -10,6 +10,7 @@ deadlines (the waiting task thread) and shutdown end a request through `stop_req
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ import redis
 from engine.engine import EngineConfig, LLMEngine
 from engine.errors import BailingError, RequestError
 from engine.model_loader import generation_config
+from models.family import get_family
 from pipelines import text
 from pipelines.protocol import (
     ErrorCode,
@@ -43,6 +45,8 @@ class WorkerRuntime:
         self.config = config
         self.started_at = time.time()
         self.metrics = WorkerMetrics(config.name)
+        self.family = get_family(config.family)
+        self.processor_factories = [_import_factory(path) for path in config.logits_processors]
         self.engine = self._load_engine(config)  # slow, and fails loudly for a bad checkpoint
         self.defaults = generation_config(config.model_dir)
         self.redis = redis.Redis.from_url(
@@ -183,20 +187,29 @@ class WorkerRuntime:
     def _submit(self, job: GenerateJob, flight: Flight) -> None:
         if job.model != self.config.name:
             raise RequestError(f"model {job.model!r} sent to the queue of {self.config.name!r}")
-        ids = text.prompt_ids(job, self.engine)
-        params = text.sampling_params(
-            job.sampling, self.defaults, self.engine.max_model_len, len(ids), self.config.default_max_tokens
+        prepared = text.prepare(
+            job,
+            self.engine,
+            self.family,
+            self.defaults,
+            self.config.default_max_tokens,
+            self.processor_factories,
         )
         if isinstance(job.priority, bool) or not isinstance(job.priority, int):
             raise ValueError(f"priority must be an integer, got {job.priority!r}")
         with flight.lock:
             if flight.stopping:  # cancelled (or past its deadline) while its inputs were built
                 return
+            flight.presenter = prepared.presenter  # before the engine can produce an output
             self.engine.add_request(
-                ids, params, request_id=job.request_id, priority=job.priority, output_queue=self.emitter.queue
+                prepared.prompt_ids,
+                prepared.params,
+                request_id=job.request_id,
+                priority=job.priority,
+                output_queue=self.emitter.queue,
             )
             flight.added = True
-        self.metrics.prompt_tokens.inc(len(ids))
+        self.metrics.prompt_tokens.inc(len(prepared.prompt_ids))
 
     def _wait(self, job: GenerateJob, flight: Flight) -> None:
         """Block until the terminal event is written; end the request when its deadline passes."""
@@ -244,6 +257,18 @@ class WorkerRuntime:
             self.stop_request(
                 flight, EventType.CANCELLED, ErrorCode.CANCELLED, "cancelled by the client", info
             )
+
+
+def _import_factory(path: str) -> text.ProcessorFactory:
+    """'module:factory' -> the callable (at startup: a wrong path stops the worker with a clear error)."""
+    module, _, attr = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load the logits processor factory {path!r}: {exc}") from exc
+    if not callable(factory):
+        raise ValueError(f"logits processor factory {path!r} is not callable")
+    return factory
 
 
 def _queued_s(job: GenerateJob) -> float:

@@ -17,7 +17,7 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="serve one model family from its Redis queue")
-    p.add_argument("--family", required=True, help="model family (ling)")
+    p.add_argument("--family", required=True, help="model family (ling, ring)")
     p.add_argument("--model", required=True, metavar="DIR", help="Hugging Face checkpoint folder")
     p.add_argument("--name", default=None, help="served model name (default: the family)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -42,6 +42,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="on SIGTERM, running requests get this long to finish, then end UNAVAILABLE (240)",
     )
     p.add_argument("--worker-id", default=None, help="worker id (default: NAME@HOST:PID)")
+    p.add_argument(
+        "--logits-processor",
+        action="append",
+        default=[],
+        metavar="MODULE:FACTORY",
+        help="add a logits processor to every request: FACTORY(tokenizer) returns one (repeatable)",
+    )
     p.add_argument(
         "--loglevel", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
@@ -68,6 +75,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         visibility_timeout_s=args.visibility_timeout,
         shutdown_grace_s=args.shutdown_grace,
         worker_id=args.worker_id or "",
+        logits_processors=tuple(args.logits_processor),
     )
     logging.basicConfig(level=args.loglevel, format=_LOG_FORMAT)
     return run_worker(config, args.loglevel)

@@ -65,12 +65,14 @@ class Processes:
             time.sleep(0.05)
         raise AssertionError(f"gateway not listening in {timeout} s: {child.describe()}")
 
-    def worker(self, model_dir: Path, name: str, *extra: str, timeout: float = 120.0) -> Worker:
+    def worker(
+        self, model_dir: Path, name: str, *extra: str, family: str = "ling", timeout: float = 120.0
+    ) -> Worker:
         """Start a worker serving `model_dir` as `name`; returns once it heartbeats."""
         worker_id = f"{name}@test-{uuid.uuid4().hex[:6]}"
         port = free_port()
         child = self._start(
-            f"worker-{name}", "worker", "--family", "ling", "--model", str(model_dir), "--name", name,
+            f"worker-{name}", "worker", "--family", family, "--model", str(model_dir), "--name", name,
             "--worker-id", worker_id, "--metrics-port", str(port), *extra,
         )  # fmt: skip
         until = time.monotonic() + timeout

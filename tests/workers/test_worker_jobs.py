@@ -218,7 +218,14 @@ BAD_JOBS = {
         r"model 'ling-jobs' accepts only text; messages\[0\]\.content\[1\] is an image",
     ),
     "bad temperature": (lambda: job(prompt="x", sampling=Sampling(temperature=-2.0)), "temperature must be"),
-    "n > 1": (lambda: job(prompt="x", sampling=Sampling(n=3)), "n must be 1"),
+    "n out of range": (
+        lambda: job(prompt="x", sampling=Sampling(n=17)),
+        r"sampling\.n must be an integer in \[1, 16\], got 17",
+    ),
+    "thinking budget on a model that does not reason": (
+        lambda: job(prompt="x", thinking_budget=5),
+        "reasoning.thinking_budget applies to reasoning models; model 'ling-jobs' answers directly",
+    ),
     "wrong model": (
         lambda: GenerateJob(request_id=new_id(), model="ring", prompt="x"),
         "model 'ring' sent to the queue of 'ling-jobs'",
