@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
-.PHONY: up test lint fmt bench clean demo bench-engine bench-service
+.PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -46,3 +46,6 @@ bench-engine: $(STAMP)
 
 bench-service: $(STAMP)
 	$(PY) -m bench.service
+
+bench-sampling: $(STAMP)
+	$(PY) -m bench.sampling
