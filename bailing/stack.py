@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,11 +122,13 @@ class Stack:
         ready_timeout_s: float = 300.0,
         grace_s: float = 15.0,
         log: Callable[[str], None] | None = None,
+        models: Sequence[str] | None = None,
     ) -> None:
         self.port, self.host, self.dir = port, host, Path(dir).resolve()
         self.redis_url = redis_url
         self.metrics_port_base, self.device, self.token = metrics_port_base, device, token
         self.ready_timeout_s, self.grace_s = ready_timeout_s, grace_s
+        self.only = None if models is None else tuple(models)  # demo models to serve; None = all
         self.models: dict[str, Path] = {}  # served name -> demo checkpoint folder
         self.families: dict[str, str] = {}  # served name -> the worker's --family
         self.valkey: Child | None = None
@@ -192,7 +194,10 @@ class Stack:
             _check_port_free(self.host, self.port)
         ensure_generated()  # once here, rather than racing in every child on a fresh checkout
         self._log(f"demo checkpoints: {self.dir}")
-        self.models = write_demo_models(self.dir)
+        try:
+            self.models = write_demo_models(self.dir, self.only)
+        except ValueError as exc:
+            raise StackError(str(exc)) from None
         self.families = {model.name: model.family for model in DEMO_MODELS}
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.redis_url is None:

@@ -53,6 +53,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         port=args.port, host=args.host, dir=args.dir, redis_url=args.redis_url or env.redis_url,
         metrics_port_base=args.metrics_port_base, device=args.device, token=env.api_token,
         ready_timeout_s=args.ready_timeout, grace_s=args.grace, log=_progress,
+        models=[m for m in args.models.split(",") if m] if args.models else None,
     )  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
@@ -92,6 +93,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="Prometheus ports: gateway P, workers P+1, P+2, ... (default 0: off)",
     )  # fmt: skip
     up.add_argument("--device", default="cpu", help="torch device of the workers (default cpu)")
+    up.add_argument(
+        "--models", default=None, metavar="A,B", help="serve only these demo models (default: ling,ring)"
+    )
     up.add_argument(
         "--redis-url",
         default=None,

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,16 +229,22 @@ def _write_demo_folder(target: Path, stamp: dict[str, Any], spec: LingDemoSpec) 
         raise
 
 
-def write_demo_models(root: str | Path) -> dict[str, Path]:
-    """Ensure `root/<name>` holds each demo checkpoint; returns {"ling": path, "ring": path}.
+def write_demo_models(root: str | Path, names: Sequence[str] | None = None) -> dict[str, Path]:
+    """Ensure `root/<name>` holds each demo checkpoint (or those in `names`); returns {name: path}.
 
     A folder stamped with the same writer version, family, seed and spec is kept as is; each folder
-    is replaced atomically on its own.
+    is replaced atomically on its own. An unknown name raises ValueError listing the known ones.
     """
     root = Path(root)
     spec = LingDemoSpec()
+    known = [model.name for model in DEMO_MODELS]
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise ValueError(f"unknown demo model(s) {unknown}; the demo models are {known}")
     paths = {}
     for model in DEMO_MODELS:
+        if names is not None and model.name not in names:
+            continue
         stamp = _demo_stamp(model, spec, dtype=torch.bfloat16)
         target = root / model.name
         if not _is_complete(target, stamp):

@@ -99,8 +99,8 @@ def test_chat_trims_the_blank_lines_after_reasoning(capsys, monkeypatch, tty, st
     argv = ["chat", "--model", "ring", *(["--stream"] if stream else []), "hello"]
     assert commands._cmd_chat(client, _args(*argv)) == 0
     out = capsys.readouterr().out.replace(DIM, "").replace(RESET, "")
-    # on a tty the reasoning is shown and the answer starts right below it; off a tty nothing is trimmed
-    assert out == ("thinking\nHel\nlo\n" if tty else "\n\n\nHel\nlo\n")
+    # on a tty the reasoning is shown and the answer starts right below it; off a tty only the answer
+    assert out == ("thinking\nHel\nlo\n" if tty else "Hel\nlo\n")
 
 
 @pytest.mark.parametrize("tty", [True, False])

@@ -36,6 +36,11 @@ def test_port_in_use_is_a_clear_error(tmp_path):
     assert not (tmp_path / "logs").exists(), "nothing was started"
 
 
+def test_unknown_demo_model_is_a_clear_error(tmp_path):
+    with pytest.raises(StackError, match=r"unknown demo model\(s\) \['nope'\]; the demo models are"):
+        Stack(port=0, dir=tmp_path, models=["ling", "nope"]).start()
+
+
 @pytest.mark.slow
 def test_stop_leaves_no_process(tmp_path):
     stack = Stack(port=0, dir=tmp_path, ready_timeout_s=300)
@@ -76,10 +81,10 @@ def test_an_external_redis_replaces_the_embedded_valkey(tmp_path):
 
 @pytest.mark.slow
 def test_a_child_that_fails_to_start_is_reported(tmp_path):
-    stack = Stack(port=0, dir=tmp_path, device="no-such-device", ready_timeout_s=300)
-    with pytest.raises(StackError, match=r"worker-(ling|ring) exited during startup") as info:
+    stack = Stack(port=0, dir=tmp_path, device="no-such-device", ready_timeout_s=300, models=["ling"])
+    with pytest.raises(StackError, match=r"worker-ling exited during startup") as info:
         stack.start()
-    assert "last lines of" in str(info.value) and re.search(r"worker-(ling|ring)\.log", str(info.value))
+    assert "last lines of" in str(info.value) and re.search(r"worker-ling\.log", str(info.value))
     assert still_running(process_tree([c.pid for c in stack.all_children() if c.pid])) == []
     assert all(child.exit_code() is not None for child in stack.all_children())
 
@@ -88,13 +93,11 @@ def test_a_child_that_fails_to_start_is_reported(tmp_path):
 class Up:
     """`bailing up --port 0` in a subprocess; `address` is read from its banner."""
 
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, tmp_path, *extra: str) -> None:
         self.stderr_path = tmp_path / "up.stderr"
+        argv = [sys.executable, "-m", "bailing.cli", "up", "--port", "0", "--dir", str(tmp_path / "demo")]
         with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bailing.cli", "up", "--port", "0", "--dir", str(tmp_path / "demo")],
-                stdout=subprocess.PIPE, stderr=stderr, text=True,
-            )  # fmt: skip
+            self.proc = subprocess.Popen([*argv, *extra], stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -126,13 +129,13 @@ class Up:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_bailing_up_and_all_its_children(tmp_path, sig):
-    up = Up(tmp_path)
+    up = Up(tmp_path, "--models", "ling")
     try:
         address = up.wait_up()
         with Client(address) as client:
             assert client.health() == "SERVING"
         procs = process_tree([up.proc.pid])[1:]
-        assert {"valkey-server"} <= {p.name() for p in procs} and len(procs) >= 4
+        assert {"valkey-server"} <= {p.name() for p in procs} and len(procs) >= 3
         up.proc.send_signal(sig)
         assert up.proc.wait(timeout=60) == 0, up.stderr()
     finally:
@@ -143,7 +146,7 @@ def test_a_signal_stops_bailing_up_and_all_its_children(tmp_path, sig):
 
 @pytest.mark.slow
 def test_a_dying_child_stops_bailing_up_with_exit_1(tmp_path):
-    up = Up(tmp_path)
+    up = Up(tmp_path, "--models", "ling")
     try:
         up.wait_up()
         procs = process_tree([up.proc.pid])[1:]
@@ -161,7 +164,7 @@ def test_a_dying_child_stops_bailing_up_with_exit_1(tmp_path):
 @pytest.mark.slow
 def test_api_token(tmp_path, monkeypatch):
     monkeypatch.setenv("BAILING_API_TOKEN", "s3cret")  # the gateway child inherits it
-    with Stack(port=0, dir=tmp_path, token="s3cret") as stack:
+    with Stack(port=0, dir=tmp_path, token="s3cret", models=["ling"]) as stack:
         with Client(stack.address) as anonymous, pytest.raises(BailingClientError) as denied:
             anonymous.generate("ling", "hi", max_tokens=2)
         assert denied.value.code == "UNAUTHENTICATED"
