@@ -1,8 +1,9 @@
 """LLMEngine: continuous batching over a paged KV cache, driven by `step()` or by its own loop thread.
 
 Data flow of one step (`EngineCore`-style, three lines): scheduler.schedule() -> runner.execute()
--> sample + per-token bookkeeping (stops, detokenize) -> outputs. Requests enter with `add_request`
-and leave when finished or on `abort` (their KV blocks are freed at once). Thread safety: every
+-> logits processors + sample + per-token bookkeeping (stops, detokenize) -> outputs. Requests
+enter with `add_request` and leave when finished or on `abort` (their KV blocks are freed at once);
+a request with n samples is a group whose samples fork from sample 0's prefill (`engine.groups`). Thread safety: every
 public method takes the engine lock; a step holds it from schedule to outputs, so `abort` returns
 after the blocks are free. `start()` runs steps on a background thread; `stream()` yields a
 request's outputs as they are produced and aborts it if the consumer stops early.
@@ -24,18 +25,18 @@ from typing import Protocol
 import torch
 
 from engine.block_manager import BlockManager
-from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import RequestError
+from engine.groups import fork_samples, new_group
 from engine.kv_cache import PagedKVCache
 from engine.metrics import EngineMetrics
 from engine.model_loader import generation_config, load_model, resolve_dtype
 from engine.model_runner import ModelRunner
 from engine.output_processor import apply_logits_processors, group_snapshot, process_token
 from engine.outputs import RequestOutput
-from engine.sampler import SamplingState, make_generator, sample
+from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig
-from engine.sequence import RequestGroup, Sequence, Status, TrackedRequest, sample_id
+from engine.sequence import RequestGroup, Sequence, TrackedRequest, sample_id
 from engine.tokenizer import load_tokenizer, require
 
 Prompt = str | list[int]
@@ -58,12 +59,6 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # overrides kv_cache_bytes
     enable_prefix_caching: bool = True
     max_model_len: int | None = None  # None: the model's max_position_embeddings
-
-
-def stop_strings(params: SamplingParams, family_defaults: tuple[str, ...]) -> list[str]:
-    """The request's stop strings, plus the family's (e.g. a spelled-out end-of-turn) unless ignore_eos."""
-    defaults = [] if params.ignore_eos else [s for s in family_defaults if s not in params.stop]
-    return [*params.stop, *defaults]
 
 
 class LLMEngine:
@@ -189,53 +184,18 @@ class LLMEngine:
             seq_ids = [sample_id(rid, i) for i in range(params.n)]
             if rid in self._requests or any(s in self._seqs for s in seq_ids):
                 raise RequestError(f"request id {rid!r} is already in use")
-            group = self._requests[rid] = self._track(rid, prompt, ids, params, priority, output_queue)
+            group = new_group(
+                rid, prompt, ids, params, priority, output_queue, self.tokenizer, self._eos_and_stops()
+            )
+            self._requests[rid] = group
             for member in group.members:
                 self._seqs[member.seq.seq_id] = member
             self.scheduler.add(group.members[0].seq)
             self._wake.notify_all()
         return group
 
-    def _track(
-        self,
-        rid: str,
-        prompt: Prompt,
-        ids: list[int],
-        params: SamplingParams,
-        priority: int,
-        output_queue: OutputQueue | None,
-    ) -> RequestGroup:
-        """The request's n samples: sample 0 as given, the others with `params.for_sample(i)`."""
-        members = []
-        for i in range(params.n):
-            seq = Sequence(rid, ids, params if i == 0 else params.for_sample(i), priority, index=i)
-            if i:
-                seq.status = Status.PENDING  # forked from sample 0 once the prompt is computed
-            members.append(self._track_sample(seq, prompt))
-        members[0].seq.pending_forks = params.n - 1
-        group = RequestGroup(rid, members, output_queue)
-        for member in members:
-            member.group = group
-        return group
-
-    def _track_sample(self, seq: Sequence, prompt: Prompt) -> TrackedRequest:
-        ids, params = seq.prompt_token_ids, seq.params
-        out = RequestOutput(seq.request_id, prompt if isinstance(prompt, str) else None, list(ids))
-        out.index = seq.index
-        out.metrics.prompt_tokens = len(ids)
-        eos = frozenset() if params.ignore_eos else self.eos_token_ids
-        state = SamplingState(
-            params,
-            make_generator(params.seed),
-            seq.prompt_token_ids,
-            seq.output_token_ids,
-            self.eos_token_ids,
-        )
-        req = TrackedRequest(seq, out, state, eos)
-        if self.tokenizer is not None:
-            req.detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens)
-            req.stops = stop_strings(params, self.model.default_stop_strings)
-        return req
+    def _eos_and_stops(self) -> tuple[frozenset[int], tuple[str, ...]]:
+        return self.eos_token_ids, tuple(self.model.default_stop_strings)
 
     def _check_ids(self, ids: list[int]) -> list[int]:
         rt = self.model.runtime
@@ -332,24 +292,7 @@ class LLMEngine:
         return outputs
 
     def _fork(self, parent: TrackedRequest) -> list[TrackedRequest]:
-        """Start the other samples of parent's request from its computed prompt; returns those started.
-
-        They share its full prompt blocks and get a copy of the partial last one, so the prompt's KV
-        exists once. A sample that finds no free block for its copy waits and prefills on its own
-        (the prefix cache still gives it the full blocks).
-        """
-        seq, copies, forked = parent.seq, [], []
-        seq.pending_forks = 0
-        for child in parent.group.members[1:]:
-            pairs = self.blocks.fork(seq.seq_id, child.seq.seq_id, seq.num_computed)
-            if pairs is None:
-                self.scheduler.add(child.seq)
-                continue
-            copies += pairs
-            child.seq.num_computed, child.seq.num_cached = seq.num_computed, seq.num_cached
-            self.scheduler.add_running(child.seq)
-            forked.append(child)
-        self.runner.cache.copy_blocks(copies)
+        forked = fork_samples(parent, self.blocks, self.scheduler, self.runner.cache)
         self.metrics.forked_samples += len(forked)
         return forked
 

@@ -75,7 +75,7 @@ def test_eos_ids_come_from_the_checkpoint(llm):
 
 
 def test_role_end_spelled_out_is_a_default_stop_string_unless_ignore_eos(llm):
-    from engine.engine import stop_strings
+    from engine.groups import stop_strings
 
     family = llm.model.default_stop_strings
     assert "<|role_end|>" in stop_strings(SamplingParams(), family)
