@@ -103,7 +103,9 @@ class Dispatcher:
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
-        self.redis = aioredis.Redis.from_url(cfg.redis_url)
+        # Every streaming call holds a connection in XREAD BLOCK: room for all admitted calls plus
+        # the gateway's own traffic (redis-py's asyncio pool stops at 100 connections by default).
+        self.redis = aioredis.Redis.from_url(cfg.redis_url, max_connections=cfg.max_inflight + 64)
         self._celery = _producer(cfg.redis_url)
         self._fail_script = self.redis.register_script(_FAIL_LUA)
         self._live: dict[str, tuple[float, ModelState]] = {}  # model -> (monotonic time, live state)

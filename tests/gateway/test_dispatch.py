@@ -118,3 +118,10 @@ def test_cancel_sets_the_flag_and_publishes(redis_url, model):
     assert msg is not None and msg["data"] == rid.encode()
     assert r.exists(cancel_key(rid)) and r.ttl(cancel_key(rid)) > 0
     sub.close()
+
+
+def test_redis_pool_has_room_for_every_admitted_call(redis_url):
+    """Each streaming call holds a connection in XREAD BLOCK; redis-py's asyncio pool would stop at
+    100 and fail the 101st concurrent call with "Too many connections"."""
+    d = Dispatcher(GatewayConfig(redis_url=redis_url, models=("m",), max_inflight=300))
+    assert d.redis.connection_pool.max_connections >= 300
