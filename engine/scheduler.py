@@ -6,7 +6,9 @@ of its prompt (chunked prefill), so prefill and decode share a step. When the KV
 running sequence its next slots, the lowest-order running sequence is preempted by recompute (blocks
 freed, back to waiting with num_computed 0). If no one was preempted, waiting sequences are admitted
 (best priority, then FCFS) while `max_num_seqs` and the budget allow (a sequence that will fork n - 1
-more samples counts n); admission reuses cached prefix blocks. Pure CPU logic over `Sequence` and
+more samples counts n); admission reuses cached prefix blocks. While a sequence of better priority
+has prompt left to compute, worse-priority prefills wait (decodes never do), so an interactive
+request's prefill is not slowed by background (batch) prefills in its step. Pure CPU logic over `Sequence` and
 `BlockManager`; unit-tested without a model.
 """
 
@@ -71,16 +73,32 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        budget = self._schedule_running(out, self.config.max_num_batched_tokens)
+        floor = self._prefill_floor()
+        budget = self._schedule_running(out, self.config.max_num_batched_tokens, floor)
         if not out.preempted:
-            self._admit_waiting(out, budget)
+            self._admit_waiting(out, budget, floor)
         return out
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+    def _prefill_floor(self) -> int | None:
+        """The best priority among sequences with prompt left to compute (running or waiting).
+
+        Prefill of worse-priority sequences waits while such a sequence exists: its prompt then
+        runs with the decodes only, so a latency-sensitive request is not slowed by a long
+        background prefill sharing its step. Decodes are never held back.
+        """
+        prios = [s.priority for s in self.running if s.num_uncomputed > 1]
+        if self.waiting:
+            prios.append(self.waiting[0][1].priority)  # the heap's top has the best priority
+        return min(prios) if prios else None
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int, floor: int | None) -> int:
         self.running.sort(key=lambda s: s.order)
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.num_uncomputed > 1 and floor is not None and seq.priority > floor:
+                i += 1  # its prefill waits for the better-priority one (see _prefill_floor)
+                continue
             n = min(seq.num_uncomputed, budget)
             while not self.blocks.ensure_slots(seq.seq_id, seq.num_computed + n):
                 victim = self.running.pop()  # lowest order: the latest, least important
@@ -93,11 +111,13 @@ class Scheduler:
             i += 1
         return budget
 
-    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
+    def _admit_waiting(self, out: SchedulerOutput, budget: int, floor: int | None) -> None:
         occupied = sum(s.width for s in self.running)  # samples still to fork hold their slots
         while self.waiting and budget > 0:
             seq = self.waiting[0][1]
             if occupied + seq.width > self.config.max_num_seqs:
+                return
+            if floor is not None and seq.priority > floor:
                 return
             seq.num_computed = seq.num_cached = self.blocks.allocate(seq.seq_id, seq.token_ids)
             n = min(seq.num_uncomputed, budget)

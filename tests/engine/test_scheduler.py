@@ -148,3 +148,28 @@ def test_prefix_cache_hit_skips_computed_prompt_tokens():
 def test_bad_config(bad):
     with pytest.raises(ValueError):
         SchedulerConfig(**bad)
+
+
+def test_background_prefill_waits_while_a_better_priority_prompt_is_computed():
+    s = make_scheduler(budget=64)
+    batch = [make_seq(20, max_tokens=5, priority=100, base=200 + 30 * i) for i in range(2)]
+    for q in batch:
+        s.add(q)
+    run_step(s)  # both background prompts computed: they decode from now on
+    later = make_seq(40, max_tokens=5, priority=100, base=500)
+    urgent = make_seq(30, max_tokens=5, priority=0, base=700)
+    s.add(later)
+    s.add(urgent)
+    step = dict(run_step(s))
+    # the urgent prompt runs with the background decodes only; the other background prompt waits
+    assert step == {batch[0].request_id: 1, batch[1].request_id: 1, urgent.request_id: 30}
+    step = dict(run_step(s))
+    assert step[later.request_id] == 40 and step[urgent.request_id] == 1  # then it gets its turn
+
+
+def test_equal_priorities_keep_sharing_prefill_steps():
+    s = make_scheduler(budget=64)
+    a, b = make_seq(20), make_seq(20, base=400)
+    s.add(a)
+    s.add(b)
+    assert dict(run_step(s)) == {a.request_id: 20, b.request_id: 20}
