@@ -234,7 +234,7 @@ def test_worker_loss_and_restart(procs, demo_ling, redis_url):
         b = procs.worker(demo_ling, model, "--max-num-seqs", "8")
         _wait_health(address, SERVING)
         streams = {}
-        for _ in range(8):
+        for _ in range(16):  # more than one worker's 8 slots: both take work even if b consumes late
             rid = uuid.uuid4().hex
             streams[rid] = stub.GenerateStream(request(model, n=400, rid=rid), metadata=AUTH, timeout=120)
         owners = {rid: _started_by(redis_url, rid) for rid in streams}
