@@ -1,9 +1,10 @@
 """Python client of the Bailing gateway: `Client` (blocking) and `AsyncClient` (grpc.aio).
 
 Flow: keyword options and chat messages (dicts) -> `build_request` -> the gateway -> plain dataclasses
-(`Completion` with its `Choice`s, `Chunk`, `ModelInfo`) back. No protobuf type reaches the caller; every
-failure is a `BailingClientError` carrying the gRPC status name (`BailingConnectionError` when nothing
-answers).
+(`Completion` with its `Choice`s, `Chunk`, `ModelInfo`) back; batch jobs (`create_batch` ... `batch_results`)
+go to the Jobs service and come back as `BatchInfo` / `BatchItemResult`. No protobuf type reaches the
+caller; every failure is a `BailingClientError` carrying the gRPC status name (`BailingConnectionError`
+when nothing answers).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import queue
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any, Unpack
 
 import grpc
@@ -22,6 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bailing.client_convert import (
     BailingClientError,
     BailingConnectionError,
+    BatchInfo,
+    BatchItemError,
+    BatchItemResult,
     Choice,
     Chunk,
     Completion,
@@ -29,6 +33,9 @@ from bailing.client_convert import (
     RequestOptions,
     Timing,
     Usage,
+    batch_from_pb,
+    batch_result_from_pb,
+    build_batch_request,
     build_request,
     chunk_from_pb,
     completion_from_pb,
@@ -44,6 +51,9 @@ __all__ = [
     "AsyncClient",
     "BailingClientError",
     "BailingConnectionError",
+    "BatchInfo",
+    "BatchItemError",
+    "BatchItemResult",
     "Choice",
     "Chunk",
     "ChunkStream",
@@ -139,6 +149,7 @@ class Client(_Base):
         self._channel = grpc.insecure_channel(address, options=_channel_options(max_message_bytes))
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._jobs = pb_grpc.JobsStub(self._channel)
 
     def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -200,6 +211,47 @@ class Client(_Base):
         """The grpc.health.v1 status of `service` ("" = the whole gateway): "SERVING", "NOT_SERVING", ..."""
         request = health_pb2.HealthCheckRequest(service=service)
         return health_status_name(self._unary(self._health.Check, request, timeout))
+
+    # ---- batch jobs --------------------------------------------------------------------------
+    def create_batch(
+        self,
+        model: str,
+        *,
+        jsonl: bytes | None = None,
+        items: Iterable[tuple[str, Mapping[str, Any]]] | None = None,
+        completion_window_s: float = 0.0,
+        skip_invalid_items: bool = False,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> BatchInfo:
+        """Queue a batch: `jsonl` ({"custom_id", "body": GenerateRequest JSON} per line) or `items`
+        ((custom_id, `generate` keyword fields such as prompt=..., max_tokens=...) pairs)."""
+        request = build_batch_request(model, jsonl, items, completion_window_s, skip_invalid_items, metadata)
+        return batch_from_pb(self._unary(self._jobs.CreateBatch, request, timeout))
+
+    def get_batch(self, batch_id: str, timeout: float | None = None) -> BatchInfo:
+        return batch_from_pb(self._unary(self._jobs.GetBatch, pb.GetBatchRequest(id=batch_id), timeout))
+
+    def list_batches(self, limit: int = 100, timeout: float | None = None) -> list[BatchInfo]:
+        """Newest first."""
+        response = self._unary(self._jobs.ListBatches, pb.ListBatchesRequest(limit=limit), timeout)
+        return [batch_from_pb(b) for b in response.batches]
+
+    def cancel_batch(self, batch_id: str, timeout: float | None = None) -> BatchInfo:
+        """Stop new items at once; running ones finish (status cancelling, then cancelled)."""
+        return batch_from_pb(self._unary(self._jobs.CancelBatch, pb.CancelBatchRequest(id=batch_id), timeout))
+
+    def batch_results(self, batch_id: str, timeout: float | None = None) -> Iterator[BatchItemResult]:
+        """One result per finished item, in input order; `timeout` bounds the whole download."""
+        request = pb.GetBatchResultsRequest(id=batch_id)
+        call = self._jobs.GetBatchResults(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        try:
+            for msg in call:
+                yield batch_result_from_pb(msg)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()  # no-op once the stream ended
 
     def close(self) -> None:
         self._channel.close()
@@ -273,6 +325,7 @@ class AsyncClient(_Base):
         self._channel = grpc.aio.insecure_channel(address, options=_channel_options(max_message_bytes))
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._jobs = pb_grpc.JobsStub(self._channel)
 
     async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
@@ -322,6 +375,45 @@ class AsyncClient(_Base):
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         request = health_pb2.HealthCheckRequest(service=service)
         return health_status_name(await self._unary(self._health.Check, request, timeout))
+
+    # ---- batch jobs (see `Client`) -----------------------------------------------------------
+    async def create_batch(
+        self,
+        model: str,
+        *,
+        jsonl: bytes | None = None,
+        items: Iterable[tuple[str, Mapping[str, Any]]] | None = None,
+        completion_window_s: float = 0.0,
+        skip_invalid_items: bool = False,
+        metadata: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> BatchInfo:
+        request = build_batch_request(model, jsonl, items, completion_window_s, skip_invalid_items, metadata)
+        return batch_from_pb(await self._unary(self._jobs.CreateBatch, request, timeout))
+
+    async def get_batch(self, batch_id: str, timeout: float | None = None) -> BatchInfo:
+        return batch_from_pb(await self._unary(self._jobs.GetBatch, pb.GetBatchRequest(id=batch_id), timeout))
+
+    async def list_batches(self, limit: int = 100, timeout: float | None = None) -> list[BatchInfo]:
+        response = await self._unary(self._jobs.ListBatches, pb.ListBatchesRequest(limit=limit), timeout)
+        return [batch_from_pb(b) for b in response.batches]
+
+    async def cancel_batch(self, batch_id: str, timeout: float | None = None) -> BatchInfo:
+        request = pb.CancelBatchRequest(id=batch_id)
+        return batch_from_pb(await self._unary(self._jobs.CancelBatch, request, timeout))
+
+    async def batch_results(
+        self, batch_id: str, timeout: float | None = None
+    ) -> AsyncIterator[BatchItemResult]:
+        request = pb.GetBatchResultsRequest(id=batch_id)
+        call = self._jobs.GetBatchResults(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        try:
+            async for msg in call:
+                yield batch_result_from_pb(msg)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from None
+        finally:
+            call.cancel()
 
     async def close(self) -> None:
         await self._channel.close()

@@ -3,9 +3,9 @@
 Data flow of one step (`EngineCore`-style, three lines): scheduler.schedule() -> runner.execute()
 -> logits processors + sample + per-token bookkeeping (stops, detokenize) -> outputs. Requests
 enter with `add_request` and leave when finished or on `abort` (their KV blocks are freed at once);
-a request with n samples is a group whose samples fork from sample 0's prefill (`engine.groups`). Thread safety: every
-public method takes the engine lock; a step holds it from schedule to outputs, so `abort` returns
-after the blocks are free. `start()` runs steps on a background thread; `stream()` yields a
+a request with n samples is a group whose samples fork from sample 0's prefill (`engine.groups`).
+Thread safety: every public method takes the engine lock; a step holds it from schedule to outputs,
+so `abort` returns after the blocks are free. `start()` runs steps on a background thread; `stream()` yields a
 request's outputs as they are produced and aborts it if the consumer stops early.
 """
 

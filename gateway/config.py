@@ -26,6 +26,7 @@ class GatewayConfig:
     media_ttl_s: int = MEDIA_TTL_S
     worker_dead_after_s: float = WORKER_DEAD_AFTER_S
     health_interval_s: float = 0.5  # how often health and queue depth are refreshed from Redis
+    max_batch_items: int = 50000  # items per CreateBatch at most
 
     def __post_init__(self) -> None:
         if not self.redis_url:
@@ -40,7 +41,13 @@ class GatewayConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
-        for name in ("max_inflight", "max_message_bytes", "max_media_bytes", "max_tokens_limit"):
+        for name in (
+            "max_inflight",
+            "max_message_bytes",
+            "max_media_bytes",
+            "max_tokens_limit",
+            "max_batch_items",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_stop_strings", "drain_grace_s", "media_ttl_s"):

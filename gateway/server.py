@@ -4,7 +4,8 @@ Flow of a call: draining? -> model served? (NOT_FOUND) -> admission (RESOURCE_EX
 workers (UNAVAILABLE) -> `convert.request_to_job` (INVALID_ARGUMENT) -> `Dispatcher.submit` ->
 `Dispatcher.events` relayed as chunks or collected into one response. Whenever a call ends without
 its terminal event (client cancel, deadline, error) the request is cancelled in Redis. Health,
-reflection, the bearer-token interceptor and the SIGTERM drain are wired up in `GatewayServer`.
+reflection, the bearer-token interceptor, the SIGTERM drain and the batch `JobsServicer` (gateway/jobs.py)
+are wired up in `GatewayServer`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import redis.exceptions
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.api import INFERENCE_SERVICE, pb_grpc
+from gateway.api import INFERENCE_SERVICE, JOBS_SERVICE, pb_grpc
 from gateway.auth import BearerTokenInterceptor
 from gateway.config import GatewayConfig
 from gateway.convert import (
@@ -37,6 +38,7 @@ from gateway.convert import (
 from gateway.dispatch import Dispatcher
 from gateway.errors import Rejection
 from gateway.health import HealthMonitor
+from gateway.jobs import JobsServicer
 from gateway.media import MediaBlob
 from gateway.metrics import GatewayMetrics
 from gateway.state import RequestTrace
@@ -243,6 +245,7 @@ class GatewayServer:
         self.dispatcher = Dispatcher(cfg)
         self.monitor = HealthMonitor(cfg, self.dispatcher, self.metrics)
         self.servicer = InferenceServicer(cfg, self.dispatcher, self.metrics)
+        self.jobs = JobsServicer(cfg, self.dispatcher)
         interceptors = [BearerTokenInterceptor(cfg.api_token)] if cfg.api_token else []
         self.server = grpc.aio.server(
             interceptors=interceptors,
@@ -253,8 +256,9 @@ class GatewayServer:
             ],
         )
         pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
+        pb_grpc.add_JobsServicer_to_server(self.jobs, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, self.server)
-        services = [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        services = [INFERENCE_SERVICE, JOBS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, self.server)
 
     @property
@@ -289,6 +293,7 @@ class GatewayServer:
         await self.servicer.flush_background()
         await self.monitor.stop()
         await self.dispatcher.close()
+        self.jobs.close()
 
 
 async def serve(cfg: GatewayConfig, announce: Callable[[str], None] = print) -> int:

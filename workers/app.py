@@ -2,10 +2,12 @@
 
 Flow: `run_worker(config)` loads this process's `WorkerRuntime` first (a bad checkpoint fails here,
 before Celery starts), then runs a Celery worker in-process: threads pool with one thread per engine
-slot, only the model's queue, late acks, prefetch 1. SIGTERM is Celery's warm shutdown: no new jobs
-are taken, the jobs in flight get `shutdown_grace_s` to finish (then they end with UNAVAILABLE), every
-job is acknowledged after its terminal event, and only then does the runtime stop (registry entry
-removed, engine stopped). SIGQUIT (cold) ends the jobs in flight at once.
+slot, the model's interactive queue and then its batch queue (`worker_queues`: kombu's "priority"
+queue order makes every BRPOP take an interactive job before a batch item), late acks, prefetch 1.
+SIGTERM is Celery's warm shutdown: no new jobs are taken, the jobs in flight get `shutdown_grace_s`
+to finish (then they end with UNAVAILABLE), every job is acknowledged after its terminal event, and
+only then does the runtime stop (registry entry removed, engine stopped). SIGQUIT (cold) ends the
+jobs in flight at once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
+from pipelines.batches import batch_queue_name
 from pipelines.protocol import queue_name
 from workers.config import WorkerConfig
 from workers.runtime import WorkerRuntime, close_runtime, get_runtime
@@ -26,24 +29,33 @@ from workers.tasks import register_tasks
 log = logging.getLogger(__name__)
 
 
+def worker_queues(config: WorkerConfig) -> list[str]:
+    """The queues a worker consumes, most urgent first: interactive jobs, then batch items."""
+    return [queue_name(config.name), batch_queue_name(config.name)]
+
+
 def make_app(config: WorkerConfig) -> Celery:
-    """A Celery app bound to `config.redis_url`, consuming `queue_name(config.name)`; no result backend."""
+    """A Celery app bound to `config.redis_url`, consuming `worker_queues(config)`; no result backend."""
     app = Celery(f"bailing-worker-{config.name}", broker=config.redis_url, set_as_current=False)
-    queue = queue_name(config.name)
+    queues = worker_queues(config)
     app.conf.update(
         task_ignore_result=True,
         result_backend=None,
         task_acks_late=True,  # ack after the job's terminal event is written: a killed worker loses nothing
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": config.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": config.visibility_timeout_s,
+            # BRPOP lists the queues in `queues` order (never rotated): interactive before batch
+            "queue_order_strategy": "priority",
+        },
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
         result_accept_content=["json"],
-        task_default_queue=queue,
-        task_queues=[Queue(queue, routing_key=queue)],
+        task_default_queue=queues[0],
+        task_queues=[Queue(q, routing_key=q) for q in queues],
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_send_task_events=False,
@@ -64,7 +76,7 @@ def run_worker(config: WorkerConfig, loglevel: str = "INFO") -> int:
             hostname=config.worker_id,
             pool="threads",
             concurrency=config.max_num_seqs,
-            queues=[queue_name(config.name)],
+            queues=worker_queues(config),
             without_gossip=True,
             without_mingle=True,
             without_heartbeat=True,

@@ -39,6 +39,7 @@ class WorkerConfig:
     shutdown_grace_s: float = 240.0  # on SIGTERM, requests still running after this long end UNAVAILABLE
     worker_id: str = ""  # "" = f"{name}@{hostname}:{pid}"
     logits_processors: tuple[str, ...] = ()  # "module:factory" paths; factory(tokenizer) -> processor
+    max_batch_inflight: int | None = None  # batch items running at once; None = max(1, max_num_seqs // 2)
 
     def __post_init__(self) -> None:
         if self.family not in KNOWN_FAMILIES:
@@ -61,6 +62,9 @@ class WorkerConfig:
                     f"WorkerConfig.logits_processors entries must be 'module:factory', got {path!r}"
                 )
         _positive_int("max_num_seqs", self.max_num_seqs)
+        _positive_int("max_batch_inflight", self.max_batch_inflight, allow_none=True)
+        if self.max_batch_inflight is None:
+            object.__setattr__(self, "max_batch_inflight", max(1, self.max_num_seqs // 2))
         _positive_int("kv_cache_bytes", self.kv_cache_bytes, allow_none=True)
         _positive_int("max_model_len", self.max_model_len, allow_none=True, minimum=2)
         _positive_int("default_max_tokens", self.default_max_tokens)

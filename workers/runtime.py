@@ -6,6 +6,7 @@ engine inputs with `pipelines.text`, adds the request with the emitter's queue a
 and waits until the emitter has written the request's terminal event. Cancels (pub/sub listener),
 deadlines (the waiting task thread) and shutdown end a request through `stop_request` (see
 `workers.aborts`): its KV blocks are freed within one engine step and the terminal event says why.
+Batch items go through `batches` (`workers.batch.BatchRunner`), which calls `run` for each.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pipelines.protocol import (
 from workers import redelivery
 from workers.aborts import Aborter
 from workers.background import CancelListener, Heartbeat
+from workers.batch import BatchRunner
 from workers.config import WorkerConfig
 from workers.emitter import Control, Emitter, Flight, Flights
 from workers.metrics import StepObservingMetrics, WorkerMetrics
@@ -61,6 +63,7 @@ class WorkerRuntime:
         self.engine.metrics = StepObservingMetrics(self._after_step)  # before the first step
         self.cancels = CancelListener(self)
         self.heartbeat = Heartbeat(self)
+        self.batches = BatchRunner(self)  # queued batch items (TASK_BATCH_ITEM) run through `run`
         self._metrics_server: Any = None
         self._closed = False
 

@@ -9,4 +9,5 @@ MODULES = (
     "bailing.commands.worker",  # bailing worker
     "bailing.commands.stack",  # bailing up
     "bailing.commands.client",  # bailing chat / models / healthcheck
+    "bailing.commands.batch",  # bailing batch submit / status / list / cancel / results
 )

@@ -23,6 +23,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="compute dtype")
     p.add_argument("--max-num-seqs", type=int, default=64, help="requests running at once (default 64)")
+    p.add_argument(
+        "--max-batch-inflight",
+        type=int,
+        default=None,
+        help="queued batch items running at once (default: max(1, max-num-seqs // 2))",
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="context length cap (default: model's)")
     p.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size (default: engine's)")
     p.add_argument(
@@ -68,6 +74,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         max_num_seqs=args.max_num_seqs,
+        max_batch_inflight=args.max_batch_inflight,
         kv_cache_bytes=args.kv_cache_bytes,
         max_model_len=args.max_model_len,
         default_max_tokens=args.default_max_tokens,

@@ -147,6 +147,7 @@ def test_reflection_lists_the_services(start_gateway, channel_to, model):
     names = {s.name for s in resp.list_services_response.service}
     assert names == {
         "bailing.v1.Inference",
+        "bailing.v1.Jobs",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

@@ -1,0 +1,128 @@
+"""Batch jobs through the whole service: real Redis, `bailing gateway` and `bailing worker`
+subprocesses, real gRPC; a 1,000-item batch, a worker SIGKILLed mid-batch, a gateway restarted
+mid-batch, cancel and expiry. Every check is on counts and content: each item exactly once."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+
+from gateway.api import pb, pb_grpc
+from tests.service.procs import Processes
+
+pytestmark = pytest.mark.slow
+VISIBILITY_S = "6"  # a killed worker's unacked items come back after this long
+
+
+def jsonl(n: int, max_tokens: int = 2, prefix: str = "item") -> bytes:
+    lines = []
+    for i in range(n):
+        body = {
+            "prompt": f"Item {i}: the quick brown fox",
+            "sampling": {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True},
+        }
+        lines.append(json.dumps({"custom_id": f"{prefix}-{i}", "body": body}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture(scope="module")
+def procs(redis_url, tmp_path_factory):
+    running = Processes(redis_url, tmp_path_factory.mktemp("batch-logs"))
+    yield running
+    running.close()
+
+
+def wait_batch(stub, batch_id: str, timeout: float = 600.0) -> pb.Batch:
+    terminal = {pb.COMPLETED, pb.CANCELLED, pb.EXPIRED, pb.FAILED}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = stub.GetBatch(pb.GetBatchRequest(id=batch_id), timeout=30)
+        if batch.status in terminal:
+            return batch
+        time.sleep(0.5)
+    raise AssertionError(f"batch {batch_id} not finished in {timeout} s: {batch}")
+
+
+def results(stub, batch_id: str) -> list[pb.BatchResult]:
+    return list(stub.GetBatchResults(pb.GetBatchResultsRequest(id=batch_id), timeout=120))
+
+
+def check_exactly_once(out: list[pb.BatchResult], n: int, prefix: str = "item") -> None:
+    assert [r.index for r in out] == list(range(n))
+    assert [r.custom_id for r in out] == [f"{prefix}-{i}" for i in range(n)]
+    assert all(r.WhichOneof("outcome") == "response" for r in out), [r for r in out if r.error.code][:3]
+    assert all(r.response.usage.completion_tokens == 2 for r in out)
+
+
+def test_a_thousand_items_complete_exactly_once_in_input_order(procs, demo_ling):
+    procs.worker(demo_ling, "ling-b1")
+    address = procs.gateway("ling-b1")
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.JobsStub(channel)
+        batch = stub.CreateBatch(pb.CreateBatchRequest(model="ling-b1", jsonl=jsonl(1000)), timeout=120)
+        assert batch.counts.total == 1000
+        done = wait_batch(stub, batch.id)
+        assert done.status == pb.COMPLETED and done.counts.completed == 1000 and done.counts.failed == 0
+        assert done.usage.completion_tokens == 2000
+        check_exactly_once(results(stub, batch.id), 1000)
+        inference = pb_grpc.InferenceStub(channel)  # the interactive path still answers
+        out = inference.Generate(
+            pb.GenerateRequest(model="ling-b1", prompt="hi", sampling=pb.SamplingParams(max_tokens=2)),
+            timeout=60,
+        )
+        assert out.usage.completion_tokens <= 2
+
+
+def test_sigkilled_worker_and_restarted_gateway_lose_nothing(procs, demo_ling):
+    first = procs.worker(demo_ling, "ling-b2", "--visibility-timeout", VISIBILITY_S)
+    address = procs.gateway("ling-b2")
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.JobsStub(channel)
+        batch = stub.CreateBatch(pb.CreateBatchRequest(model="ling-b2", jsonl=jsonl(300)), timeout=120)
+        while stub.GetBatch(pb.GetBatchRequest(id=batch.id)).counts.completed < 30:
+            time.sleep(0.1)
+        first.kill()  # SIGKILL: its claimed and prefetched items were never acknowledged
+    procs.worker(demo_ling, "ling-b2", "--visibility-timeout", VISIBILITY_S)
+    second_address = procs.gateway("ling-b2")  # a new gateway: the batch lives in Redis only
+    with grpc.insecure_channel(second_address) as channel:
+        stub = pb_grpc.JobsStub(channel)
+        done = wait_batch(stub, batch.id)
+        assert done.status == pb.COMPLETED and (done.counts.completed, done.counts.failed) == (300, 0)
+        check_exactly_once(results(stub, batch.id), 300)
+
+
+def test_cancel_stops_new_items_and_keeps_partial_results(procs, demo_ling):
+    procs.worker(demo_ling, "ling-b3")
+    address = procs.gateway("ling-b3")
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.JobsStub(channel)
+        batch = stub.CreateBatch(
+            pb.CreateBatchRequest(model="ling-b3", jsonl=jsonl(400, max_tokens=2)), timeout=120
+        )
+        while stub.GetBatch(pb.GetBatchRequest(id=batch.id)).counts.completed < 10:
+            time.sleep(0.05)
+        stub.CancelBatch(pb.CancelBatchRequest(id=batch.id), timeout=30)
+        done = wait_batch(stub, batch.id, timeout=120)
+        assert done.status == pb.CANCELLED
+        assert done.counts.completed + done.counts.failed == 400 and done.counts.completed < 400
+        out = results(stub, batch.id)
+        assert [r.index for r in out] == list(range(400))  # every item has exactly one outcome
+        cancelled = [r for r in out if r.WhichOneof("outcome") == "error"]
+        assert cancelled and {r.error.code for r in cancelled} == {"CANCELLED"}
+        assert len(out) - len(cancelled) == done.counts.completed >= 10
+
+
+def test_expiry_ends_unfinished_items(procs, demo_ling):
+    address = procs.gateway("ling-b4")  # no worker: nothing runs, the window passes
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.JobsStub(channel)
+        batch = stub.CreateBatch(
+            pb.CreateBatchRequest(model="ling-b4", jsonl=jsonl(5), completion_window_s=0.5), timeout=60
+        )
+        time.sleep(1.0)
+        done = stub.GetBatch(pb.GetBatchRequest(id=batch.id), timeout=30)
+        assert done.status == pb.EXPIRED and done.counts.failed == 5
+        assert {r.error.code for r in results(stub, batch.id)} == {"DEADLINE_EXCEEDED"}

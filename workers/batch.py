@@ -1,0 +1,264 @@
+"""BatchRunner: a worker runs one queued batch item (Celery task `TASK_BATCH_ITEM`) and records its result.
+
+Flow: payload -> `BatchItemJob` -> `BatchStore.claim` ('skip': done, cancelled or gone;
+'expired': `BatchStore.stop(expire=True)` gives every item not started a DEADLINE_EXCEEDED result;
+'run'), taken only with a slot of `max_batch_inflight` (none free: re-queue a copy; the Celery
+thread stays free for interactive jobs) -> `WorkerRuntime.run` on the stream
+`batch-{id}-{index}-{attempt}` at priority + BATCH_PRIORITY_OFFSET, no deadline -> XRANGE ->
+`result_from_events` -> `BatchStore.write_result` (once) or, for UNAVAILABLE / INTERNAL, a re-send
+with attempt + 1 (at most MAX_ITEM_RETRIES times). The stream is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from pipelines.batches import (
+    TASK_BATCH_ITEM,
+    BatchItemJob,
+    BatchStatus,
+    BatchStore,
+    ItemResult,
+    batch_key,
+    batch_queue_name,
+)
+from pipelines.protocol import (
+    WORKER_DEAD_AFTER_S,
+    ErrorCode,
+    Event,
+    EventType,
+    Usage,
+    stream_key,
+    workers_key,
+)
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+BATCH_PRIORITY_OFFSET = 100  # engine priority: lower runs first; interactive jobs are ~0
+MAX_ITEM_RETRIES = 3  # re-runs of an item that failed with a transient error
+TRANSIENT_CODES = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL})
+_STOP_ERRORS = {  # what BatchStore.stop writes for the items it ends
+    BatchStatus.CANCELLING: (ErrorCode.CANCELLED, "the batch was cancelled"),
+    BatchStatus.EXPIRING: (ErrorCode.DEADLINE_EXCEEDED, "the batch's completion window passed"),
+}
+REQUEUE_DELAY_S = 0.25  # an item over the in-flight cap comes back after about this long
+RETRY_BACKOFF_S = 1.0  # a transient failure is retried after 1, 2, 4 s
+
+
+class BatchRunner:
+    """Runs batch items on a `WorkerRuntime`, at most `config.max_batch_inflight` at once."""
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.runtime = runtime
+        self.store = BatchStore(runtime.redis)
+        self.worker_id = runtime.config.worker_id
+        self._slots = threading.BoundedSemaphore(runtime.config.max_batch_inflight)
+
+    def run_payload(self, payload: Any, app: Celery) -> None:
+        """The task body: decode, claim, run, record. Never raises (the task is acked either way)."""
+        item = self._decode(payload)
+        if item is None:
+            return
+        try:
+            self._run_item(item, app)
+        except Exception:
+            log.exception("batch %s item %d: failed; the item is re-queued", item.batch_id, item.index)
+            self._retry_or_fail(item, app, _error(item, ErrorCode.INTERNAL, "internal error in the worker"))
+
+    def _decode(self, payload: Any) -> BatchItemJob | None:
+        try:
+            if not isinstance(payload, dict):
+                raise ValueError("the task takes exactly one argument, the item object")
+            item = BatchItemJob.from_dict(payload)
+            _check_item(item)
+            return item
+        except Exception as exc:
+            batch_id = payload.get("batch_id") if isinstance(payload, dict) else None
+            index = payload.get("index") if isinstance(payload, dict) else None
+            log.warning("batch %s item %s: malformed payload: %s", batch_id, index, exc)
+            known = isinstance(batch_id, str) and batch_id and _is_index(index)
+            if known and self.runtime.redis.exists(batch_key(batch_id)):
+                custom_id = payload.get("custom_id")
+                custom_id = custom_id if isinstance(custom_id, str) else ""
+                error = {"code": ErrorCode.INVALID_ARGUMENT.value, "message": f"malformed item: {exc}"}
+                self._write(batch_id, ItemResult(index, custom_id, error=error), None)
+            return None
+
+    def _run_item(self, item: BatchItemJob, app: Celery) -> None:
+        if not self._slots.acquire(blocking=False):  # at the cap: never block a Celery thread
+            self._send(app, item, REQUEUE_DELAY_S * (1 + random.random()))
+            return
+        try:
+            outcome = self._claim_and_execute(item)
+        finally:
+            self._slots.release()
+        if outcome is None:
+            return
+        result, usage = outcome
+        if result.error is not None and result.error.get("code") in TRANSIENT_CODES:
+            self._retry_or_fail(item, app, result)
+        else:
+            self._write(item.batch_id, result, usage)
+
+    def _claim_and_execute(self, item: BatchItemJob) -> tuple[ItemResult, Usage] | None:
+        verdict = self.store.claim(item.batch_id, item.index, self.worker_id)
+        if verdict == "skip":
+            self._settle_skipped(item)
+            return None
+        if verdict == "expired":  # expire the whole batch: this item and every other not started
+            ended = self.store.stop(item.batch_id, expire=True)  # results: DEADLINE_EXCEEDED
+            log.info("batch %s: completion window passed; %d items expired", item.batch_id, ended)
+            return None
+        return self._execute(item)
+
+    def _settle_skipped(self, item: BatchItemJob) -> None:
+        """Nothing to run; but an item released for a retry just as the batch was cancelled (or expired)
+        has no result and no claim, so the stop passed it by: end it as the stop would have."""
+        record = self.store.get(item.batch_id)
+        stop = _STOP_ERRORS.get(record.status) if record is not None else None
+        base, index = batch_key(item.batch_id), item.index
+        if stop is None or self.runtime.redis.hexists(f"{base}:results", index):
+            log.info("batch %s item %d: already done, cancelled or gone", item.batch_id, index)
+        elif not self.runtime.redis.hexists(f"{base}:running", index):
+            log.info("batch %s item %d: ended by the batch's %s", item.batch_id, index, record.status)
+            self._write(item.batch_id, _error(item, *stop), None)
+
+    def _execute(self, item: BatchItemJob) -> tuple[ItemResult, Usage] | None:
+        """Run the item's request from scratch; None if another live worker is running it now."""
+        rid = f"batch-{item.batch_id}-{item.index}-{item.attempt}"
+        key, client = stream_key(rid), self.runtime.redis
+        if self._running_elsewhere(key):
+            log.info("batch %s item %d: running on a live worker; dropped", item.batch_id, item.index)
+            return None
+        client.delete(key)  # a redelivered message after a worker died re-runs from scratch
+        p = item.job.priority
+        priority = p + BATCH_PRIORITY_OFFSET if isinstance(p, int) and not isinstance(p, bool) else p
+        self.runtime.run(replace(item.job, request_id=rid, priority=priority, deadline=None))
+        events = [Event.decode(fields) for _, fields in client.xrange(key)]
+        client.delete(key)
+        return result_from_events(events, item.batch_id, item.index, item.custom_id, item.job.model)
+
+    def _running_elsewhere(self, key: str) -> bool:
+        """The stream was STARTED by a worker that still heartbeats (this one included)."""
+        first = self.runtime.redis.xrange(key, count=1)
+        if not first:
+            return False
+        worker_id = Event.decode(first[0][1]).worker_id
+        if not worker_id:
+            return False
+        score = self.runtime.redis.zscore(workers_key(self.runtime.config.name), worker_id)
+        return score is not None and time.time() - score < WORKER_DEAD_AFTER_S
+
+    def _retry_or_fail(self, item: BatchItemJob, app: Celery, result: ItemResult) -> None:
+        """A transient failure: re-send with attempt + 1, or record it once the retries are spent."""
+        try:
+            if item.attempt >= MAX_ITEM_RETRIES:
+                self._write(item.batch_id, result, None)
+                return
+            self.store.release(item.batch_id, item.index)
+            attempt = item.attempt + 1
+            log.info("batch %s item %d: %s; retry %d", item.batch_id, item.index, result.error, attempt)
+            self._send(app, replace(item, attempt=item.attempt + 1), RETRY_BACKOFF_S * 2**item.attempt)
+        except Exception:
+            log.exception("batch %s item %d: cannot retry or record it", item.batch_id, item.index)
+
+    def _send(self, app: Celery, item: BatchItemJob, countdown: float) -> None:
+        queue = batch_queue_name(item.job.model)
+        app.send_task(TASK_BATCH_ITEM, args=[item.to_dict()], queue=queue, countdown=countdown)
+
+    def _write(self, batch_id: str, result: ItemResult, usage: Usage | None) -> None:
+        if not self.store.write_result(batch_id, result, usage):
+            log.info("batch %s item %d already has a result; this one is dropped", batch_id, result.index)
+
+
+# ---- events -> result (pure) ------------------------------------------------------------------------
+def result_from_events(
+    events: list[Event], batch_id: str, index: int, custom_id: str, model: str
+) -> tuple[ItemResult, Usage]:
+    """An item's stream -> its result (a GenerateResponse-shaped dict, as the gateway's ResponseBuilder
+    builds it, or an error) and the usage to add to the batch (zero for an error)."""
+    last = events[-1] if events and events[-1].terminal else None
+    if last is None:
+        error = {"code": ErrorCode.INTERNAL.value, "message": "the request ended without a terminal event"}
+        return ItemResult(index, custom_id, error=error), Usage()
+    if last.type is not EventType.DONE:
+        code = last.error_code or ErrorCode.CANCELLED.value
+        text = (last.message or "").strip()
+        message = text.splitlines()[0] if text else code.lower()
+        return ItemResult(index, custom_id, error={"code": code, "message": message}), Usage()
+    usage = last.usage or Usage()
+    choices = _choices(events, last, usage)
+    first = choices[0]
+    response = {
+        "request_id": f"{batch_id}-{index}",
+        "model": model,
+        "text": first["text"],
+        "reasoning_text": first["reasoning_text"],
+        "finish_reason": first["finish_reason"],
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "cached_prompt_tokens": usage.cached_prompt_tokens,
+        },
+        "choices": choices,
+    }
+    return ItemResult(index, custom_id, response=response), usage
+
+
+def _choices(events: list[Event], done: Event, usage: Usage) -> list[dict[str, Any]]:
+    """One choice per DONE `choices` summary (n > 1), else a single choice with the request's tokens."""
+    texts: dict[int, list[str]] = {}
+    reasoning: dict[int, list[str]] = {}
+    for e in events:
+        if e.text:
+            texts.setdefault(e.index, []).append(e.text)
+        if e.reasoning_text:
+            reasoning.setdefault(e.index, []).append(e.reasoning_text)
+
+    def choice(i: int, finish: str, completion: int, reasoning_tokens: int) -> dict[str, Any]:
+        return {
+            "index": i,
+            "text": "".join(texts.get(i, ())),
+            "reasoning_text": "".join(reasoning.get(i, ())),
+            "finish_reason": finish or "stop",
+            "completion_tokens": completion,
+            "reasoning_tokens": reasoning_tokens,
+        }
+
+    if done.choices:
+        return [
+            choice(c.index, c.finish_reason, c.completion_tokens, c.reasoning_tokens) for c in done.choices
+        ]
+    return [choice(0, done.finish_reason, usage.completion_tokens, usage.reasoning_tokens)]
+
+
+def _error(item: BatchItemJob, code: ErrorCode, message: str) -> ItemResult:
+    return ItemResult(item.index, item.custom_id, error={"code": code.value, "message": message})
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_item(item: BatchItemJob) -> None:
+    if not isinstance(item.batch_id, str) or not item.batch_id:
+        raise ValueError("batch_id must be a non-empty string")
+    if not _is_index(item.index):
+        raise ValueError(f"index must be an integer >= 0, got {item.index!r}")
+    if not isinstance(item.custom_id, str):
+        raise ValueError(f"custom_id must be a string, got {item.custom_id!r}")
+    if not _is_index(item.attempt):
+        raise ValueError(f"attempt must be an integer >= 0, got {item.attempt!r}")
+    if not isinstance(item.job.model, str) or not item.job.model:
+        raise ValueError("job.model must be a non-empty string")
