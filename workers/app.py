@@ -20,8 +20,8 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
-from pipelines.batches import batch_queue_name
 from pipelines.protocol import queue_name
+from workers.batch_feeder import BatchFeeder
 from workers.config import WorkerConfig
 from workers.runtime import WorkerRuntime, close_runtime, get_runtime
 from workers.tasks import register_tasks
@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 
 def worker_queues(config: WorkerConfig) -> list[str]:
-    """The queues a worker consumes, most urgent first: interactive jobs, then batch items."""
-    return [queue_name(config.name), batch_queue_name(config.name)]
+    """The queues Celery consumes: interactive jobs only. Batch items are pulled from
+    `batch_queue_name(name)` by the `BatchFeeder`, one per free batch slot."""
+    return [queue_name(config.name)]
 
 
 def make_app(config: WorkerConfig) -> Celery:
@@ -46,8 +47,10 @@ def make_app(config: WorkerConfig) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={
             "visibility_timeout": config.visibility_timeout_s,
-            # BRPOP lists the queues in `queues` order (never rotated): interactive before batch
-            "queue_order_strategy": "priority",
+            # look for overdue unacked jobs (a killed worker's) every few seconds: kombu's default
+            # scans only every 10 x 10 s, which added up to 100 s to every redelivery
+            "unacked_restore_interval": max(1, min(10, config.visibility_timeout_s // 2)),
+            "unacked_restore_throttle": 1,
         },
         broker_connection_retry_on_startup=True,
         task_serializer="json",
@@ -72,6 +75,9 @@ def run_worker(config: WorkerConfig, loglevel: str = "INFO") -> int:
     signals.worker_shutting_down.connect(on_shutdown, weak=False)  # one worker per process
     try:
         app = make_app(config)
+        feeder = BatchFeeder(runtime, app)
+        feeder.start()
+        signals.worker_shutting_down.connect(lambda **_: feeder.stop(timeout=0), weak=False)
         worker = app.Worker(
             hostname=config.worker_id,
             pool="threads",

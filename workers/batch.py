@@ -1,9 +1,9 @@
 """BatchRunner: a worker runs one queued batch item (Celery task `TASK_BATCH_ITEM`) and records its result.
 
-Flow: payload -> `BatchItemJob` -> `BatchStore.claim` ('skip': done, cancelled or gone;
-'expired': `BatchStore.stop(expire=True)` gives every item not started a DEADLINE_EXCEEDED result;
-'run'), taken only with a slot of `max_batch_inflight` (none free: re-queue a copy; the Celery
-thread stays free for interactive jobs) -> `WorkerRuntime.run` on the stream
+Flow: payload (from the `BatchFeeder`, which holds one of the `max_batch_inflight` slots; a Celery
+thread without a free slot re-queues a copy instead) -> `BatchItemJob` -> `BatchStore.claim`
+('skip': done, cancelled or gone; 'expired': `BatchStore.stop(expire=True)` gives every item not
+started a DEADLINE_EXCEEDED result; 'run') -> `WorkerRuntime.run` on the stream
 `batch-{id}-{index}-{attempt}` at priority + BATCH_PRIORITY_OFFSET, no deadline -> XRANGE ->
 `result_from_events` -> `BatchStore.write_result` (once) or, for UNAVAILABLE / INTERNAL, a re-send
 with attempt + 1 (at most MAX_ITEM_RETRIES times). The stream is deleted afterwards.
@@ -64,13 +64,16 @@ class BatchRunner:
         self.worker_id = runtime.config.worker_id
         self._slots = threading.BoundedSemaphore(runtime.config.max_batch_inflight)
 
-    def run_payload(self, payload: Any, app: Celery) -> None:
-        """The task body: decode, claim, run, record. Never raises (the task is acked either way)."""
+    def run_payload(self, payload: Any, app: Celery, slot_held: bool = False) -> None:
+        """Decode, claim, run, record. Never raises (the message is acked either way).
+
+        `slot_held`: the caller (the `BatchFeeder`) already holds one of the in-flight slots.
+        """
         item = self._decode(payload)
         if item is None:
             return
         try:
-            self._run_item(item, app)
+            self._run_item(item, app, slot_held)
         except Exception:
             log.exception("batch %s item %d: failed; the item is re-queued", item.batch_id, item.index)
             self._retry_or_fail(item, app, _error(item, ErrorCode.INTERNAL, "internal error in the worker"))
@@ -94,14 +97,17 @@ class BatchRunner:
                 self._write(batch_id, ItemResult(index, custom_id, error=error), None)
             return None
 
-    def _run_item(self, item: BatchItemJob, app: Celery) -> None:
-        if not self._slots.acquire(blocking=False):  # at the cap: never block a Celery thread
-            self._send(app, item, REQUEUE_DELAY_S * (1 + random.random()))
-            return
-        try:
+    def _run_item(self, item: BatchItemJob, app: Celery, slot_held: bool) -> None:
+        if slot_held:
             outcome = self._claim_and_execute(item)
-        finally:
-            self._slots.release()
+        else:
+            if not self._slots.acquire(blocking=False):  # at the cap: never block a Celery thread
+                self._send(app, item, REQUEUE_DELAY_S * (1 + random.random()))
+                return
+            try:
+                outcome = self._claim_and_execute(item)
+            finally:
+                self._slots.release()
         if outcome is None:
             return
         result, usage = outcome

@@ -1,0 +1,131 @@
+"""BatchFeeder: pulls batch items from the model's batch queue only while a batch slot is free.
+
+Why not let Celery consume the batch queue: its threads fetch whatever arrives, so a worker either
+blocks threads on the batch cap (and interactive jobs starve) or keeps re-queueing items it cannot
+run yet (a busy loop that ate the CPU the engine needed). The feeder is one thread with its own
+kombu connection: free slot -> `basic_get` one message (kombu records it as unacked, so a killed
+worker's items come back after the visibility timeout) -> run it on a small thread pool
+(`BatchRunner.run_payload`, slot held) -> the feeder acks it afterwards (only the feeder thread
+touches the channel). Messages sent with a countdown (retries) wait in a local heap until due.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from kombu import Connection, Exchange
+from kombu import Queue as KombuQueue
+
+from pipelines.batches import batch_queue_name
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+_IDLE_POLL_S = 0.05  # empty queue or no free slot: look again after this long
+
+
+class BatchFeeder:
+    def __init__(self, runtime: WorkerRuntime, app: Celery) -> None:
+        self.runtime, self.app = runtime, app
+        self.cap = runtime.config.max_batch_inflight
+        self._slots = threading.Semaphore(self.cap)
+        self._acks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._due: list[tuple[float, int, Any]] = []  # (due time, tie-break, message) held until due
+        self._ties = itertools.count()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(self.cap, thread_name_prefix="bailing-batch")
+        self._thread = threading.Thread(target=self._loop, name="bailing-batch-feeder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop fetching; items running finish on their own (the runtime ends them at shutdown)."""
+        self._stop.set()
+        self._thread.join(timeout)
+        self._pool.shutdown(wait=False)
+
+    def _loop(self) -> None:
+        name = batch_queue_name(self.runtime.config.name)
+        options = {"visibility_timeout": self.runtime.config.visibility_timeout_s}
+        while not self._stop.is_set():
+            try:
+                with Connection(self.runtime.config.redis_url, transport_options=options) as conn:
+                    channel = conn.channel()
+                    kq = KombuQueue(name, Exchange(name, "direct"), routing_key=name)(channel)
+                    kq.declare()
+                    self._feed(kq)
+            except Exception:  # Redis restarting, network: reconnect (unacked items are restored)
+                log.exception("batch feeder: connection failed; retrying in 1 s")
+                self._stop.wait(1.0)
+
+    def _feed(self, kq: Any) -> None:
+        while not self._stop.is_set():
+            self._flush_acks()
+            if not self._slots.acquire(timeout=_IDLE_POLL_S):
+                continue
+            message = self._next(kq)
+            if message is None:
+                self._slots.release()
+                self._stop.wait(_IDLE_POLL_S)
+                continue
+            self._pool.submit(self._run, message)
+        self._flush_acks()
+
+    def _next(self, kq: Any) -> Any:
+        """The next message to run now: a held one that is due, else a fresh one (held if not due)."""
+        now = time.time()
+        if self._due and self._due[0][0] <= now:
+            return heapq.heappop(self._due)[2]
+        message = kq.get(no_ack=False, accept=["json"])
+        if message is None:
+            return None
+        due = _eta(message)
+        if due is not None and due > now:
+            heapq.heappush(self._due, (due, next(self._ties), message))
+            return None
+        return message
+
+    def _run(self, message: Any) -> None:
+        try:
+            body = message.decode()  # Celery task protocol 2: [args, kwargs, embed]
+            payload = body[0][0] if isinstance(body, list) and body and body[0] else None
+            self.runtime.batches.run_payload(payload, self.app, slot_held=True)
+        except Exception:
+            log.exception("batch feeder: item failed outside the runner")
+        finally:
+            self._acks.put(message)
+            self._slots.release()
+
+    def _flush_acks(self) -> None:
+        while True:
+            try:
+                message = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                message.ack()
+            except Exception:
+                log.exception("batch feeder: ack failed (the item may run again; its result is written once)")
+
+
+def _eta(message: Any) -> float | None:
+    """The unix time a Celery message with a countdown is due, or None."""
+    eta = (message.headers or {}).get("eta")
+    if not eta:
+        return None
+    try:
+        return datetime.fromisoformat(eta).timestamp()
+    except (TypeError, ValueError):
+        return None
