@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
-.PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling
+.PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -49,3 +49,6 @@ bench-service: $(STAMP)
 
 bench-sampling: $(STAMP)
 	$(PY) -m bench.sampling
+
+bench-batch: $(STAMP)
+	$(PY) -m bench.batch
