@@ -27,8 +27,8 @@ from bailing.commands.client import (
     EXIT_SERVER_ERROR,
     EXIT_USAGE,
     _add_connection_args,
-    _connect,
 )
+from bailing.commands.client import _run as run_client_command
 
 EXIT_NOT_FOUND = 4
 RESULTS_TIMEOUT_S = 3600.0  # deadline of one results download (--timeout bounds the other calls)
@@ -125,16 +125,7 @@ def write_results(results: Any, out: str) -> tuple[int, int]:
 # ---- commands --------------------------------------------------------------------------------
 def _run(command: Any, args: argparse.Namespace) -> int:
     """Run `command(client, args)`, mapping client errors to the batch exit codes."""
-    from bailing.client import BailingClientError
-
-    try:
-        with _connect(args) as client:
-            return command(client, args)
-    except BailingClientError as exc:
-        print(f"error: {exc.code}: {exc.details}", file=sys.stderr)
-        return exit_code_for_error(exc)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    return run_client_command(command, args, exit_code_for_error)
 
 
 def _wait(client: Any, batch_id: str, poll_s: float) -> Any:

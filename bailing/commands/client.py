@@ -47,8 +47,9 @@ def _connect(args: argparse.Namespace) -> Any:
     return client
 
 
-def _run(command: Any, args: argparse.Namespace) -> int:
-    """Run `command(client, args)`, mapping client errors to exit codes with a one-line message."""
+def _run(command: Any, args: argparse.Namespace, exit_code: Any = None) -> int:
+    """Run `command(client, args)`, mapping client errors to exit codes (`exit_code(error)`, default
+    `_exit_code`) with a one-line message."""
     from bailing.client import BailingClientError
 
     try:
@@ -56,7 +57,7 @@ def _run(command: Any, args: argparse.Namespace) -> int:
             return command(client, args)
     except BailingClientError as exc:
         print(f"error: {exc.code}: {exc.details}", file=sys.stderr)
-        return _exit_code(exc)
+        return (exit_code or _exit_code)(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
