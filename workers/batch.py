@@ -1,7 +1,7 @@
 """BatchRunner: a worker runs one queued batch item (Celery task `TASK_BATCH_ITEM`) and records its result.
 
-Flow: payload (from the `BatchFeeder`, which holds one of the `max_batch_inflight` slots; a Celery
-thread without a free slot re-queues a copy instead) -> `BatchItemJob` -> `BatchStore.claim`
+Flow: payload (from the `BatchFeeder`, which holds one of the `max_batch_inflight` slots while the
+item runs) -> `BatchItemJob` -> `BatchStore.claim`
 ('skip': done, cancelled or gone; 'expired': `BatchStore.stop(expire=True)` gives every item not
 started a DEADLINE_EXCEEDED result; 'run') -> `WorkerRuntime.run` on the stream
 `batch-{id}-{index}-{attempt}` at priority + BATCH_PRIORITY_OFFSET, no deadline -> XRANGE ->
@@ -12,8 +12,6 @@ with attempt + 1 (at most MAX_ITEM_RETRIES times). The stream is deleted afterwa
 from __future__ import annotations
 
 import logging
-import random
-import threading
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -51,29 +49,24 @@ _STOP_ERRORS = {  # what BatchStore.stop writes for the items it ends
     BatchStatus.CANCELLING: (ErrorCode.CANCELLED, "the batch was cancelled"),
     BatchStatus.EXPIRING: (ErrorCode.DEADLINE_EXCEEDED, "the batch's completion window passed"),
 }
-REQUEUE_DELAY_S = 0.25  # an item over the in-flight cap comes back after about this long
 RETRY_BACKOFF_S = 1.0  # a transient failure is retried after 1, 2, 4 s
 
 
 class BatchRunner:
-    """Runs batch items on a `WorkerRuntime`, at most `config.max_batch_inflight` at once."""
+    """Runs batch items on a `WorkerRuntime` (the `BatchFeeder` bounds how many at once)."""
 
     def __init__(self, runtime: WorkerRuntime) -> None:
         self.runtime = runtime
         self.store = BatchStore(runtime.redis)
         self.worker_id = runtime.config.worker_id
-        self._slots = threading.BoundedSemaphore(runtime.config.max_batch_inflight)
 
-    def run_payload(self, payload: Any, app: Celery, slot_held: bool = False) -> None:
-        """Decode, claim, run, record. Never raises (the message is acked either way).
-
-        `slot_held`: the caller (the `BatchFeeder`) already holds one of the in-flight slots.
-        """
+    def run_payload(self, payload: Any, app: Celery) -> None:
+        """Decode, claim, run, record (`app` re-sends retries). Never raises: the message is acked."""
         item = self._decode(payload)
         if item is None:
             return
         try:
-            self._run_item(item, app, slot_held)
+            self._run_item(item, app)
         except Exception:
             log.exception("batch %s item %d: failed; the item is re-queued", item.batch_id, item.index)
             self._retry_or_fail(item, app, _error(item, ErrorCode.INTERNAL, "internal error in the worker"))
@@ -97,17 +90,8 @@ class BatchRunner:
                 self._write(batch_id, ItemResult(index, custom_id, error=error), None)
             return None
 
-    def _run_item(self, item: BatchItemJob, app: Celery, slot_held: bool) -> None:
-        if slot_held:
-            outcome = self._claim_and_execute(item)
-        else:
-            if not self._slots.acquire(blocking=False):  # at the cap: never block a Celery thread
-                self._send(app, item, REQUEUE_DELAY_S * (1 + random.random()))
-                return
-            try:
-                outcome = self._claim_and_execute(item)
-            finally:
-                self._slots.release()
+    def _run_item(self, item: BatchItemJob, app: Celery) -> None:
+        outcome = self._claim_and_execute(item)
         if outcome is None:
             return
         result, usage = outcome

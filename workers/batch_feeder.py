@@ -5,7 +5,7 @@ blocks threads on the batch cap (and interactive jobs starve) or keeps re-queuei
 run yet (a busy loop that ate the CPU the engine needed). The feeder is one thread with its own
 kombu connection: free slot -> `basic_get` one message (kombu records it as unacked, so a killed
 worker's items come back after the visibility timeout) -> run it on a small thread pool
-(`BatchRunner.run_payload`, slot held) -> the feeder acks it afterwards (only the feeder thread
+(`BatchRunner.run_payload`, its slot held) -> the feeder acks it afterwards (only the feeder thread
 touches the channel). Messages sent with a countdown (retries) wait in a local heap until due.
 """
 
@@ -101,7 +101,7 @@ class BatchFeeder:
         try:
             body = message.decode()  # Celery task protocol 2: [args, kwargs, embed]
             payload = body[0][0] if isinstance(body, list) and body and body[0] else None
-            self.runtime.batches.run_payload(payload, self.app, slot_held=True)
+            self.runtime.batches.run_payload(payload, self.app)
         except Exception:
             log.exception("batch feeder: item failed outside the runner")
         finally:

@@ -63,7 +63,7 @@ class WorkerRuntime:
         self.engine.metrics = StepObservingMetrics(self._after_step)  # before the first step
         self.cancels = CancelListener(self)
         self.heartbeat = Heartbeat(self)
-        self.batches = BatchRunner(self)  # queued batch items (TASK_BATCH_ITEM) run through `run`
+        self.batches = BatchRunner(self)  # queued batch items (pulled by the BatchFeeder) run through `run`
         self._metrics_server: Any = None
         self._closed = False
 
