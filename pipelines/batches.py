@@ -160,7 +160,8 @@ end
 return 1
 """
 
-# KEYS: batch, ids, results, running. ARGV: index, worker id, now. -> 'run' | 'skip' | 'expired'
+# KEYS: batch, ids, results, running, live workers (ZSET id -> last heartbeat).
+# ARGV: index, worker id, now, dead-after seconds. -> 'run' | 'skip' | 'expired' | 'busy'
 _CLAIM = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 'skip' end
@@ -169,6 +170,11 @@ if status == 'cancelling' or status == 'cancelled' or status == 'expiring' or st
 end
 local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0')
 if expires > 0 and tonumber(ARGV[3]) >= expires then return 'expired' end
+local holder = redis.call('HGET', KEYS[4], ARGV[1])
+if holder and holder ~= ARGV[2] then
+  local beat = redis.call('ZSCORE', KEYS[5], holder)
+  if beat and tonumber(beat) > tonumber(ARGV[3]) - tonumber(ARGV[4]) then return 'busy' end
+end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
 if status == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3]) end
 return 'run'
@@ -260,9 +266,12 @@ class BatchStore:
             self.redis.zrem(BATCHES_KEY, *gone)
         return records
 
-    def claim(self, batch_id: str, index: int, worker_id: str) -> str:
-        """'run' (claimed: go), 'skip' (done, cancelled or gone) or 'expired' (window passed)."""
-        out = self._claim(keys=_keys(batch_id), args=[index, worker_id, time.time()])
+    def claim(self, batch_id: str, index: int, worker_id: str, workers: str, dead_after_s: float) -> str:
+        """'run' (claimed: go), 'skip' (done, cancelled or gone), 'expired' (window passed) or 'busy'
+        (another worker that still heartbeats in the `workers` ZSET holds the claim: a duplicate
+        delivery, e.g. the visibility timeout passed while it runs; look again later)."""
+        keys = [*_keys(batch_id), workers]
+        out = self._claim(keys=keys, args=[index, worker_id, time.time(), dead_after_s])
         return out.decode() if isinstance(out, bytes) else out
 
     def release(self, batch_id: str, index: int) -> None:

@@ -3,7 +3,9 @@
 Flow: payload (from the `BatchFeeder`, which holds one of the `max_batch_inflight` slots while the
 item runs) -> `BatchItemJob` -> `BatchStore.claim`
 ('skip': done, cancelled or gone; 'expired': `BatchStore.stop(expire=True)` gives every item not
-started a DEADLINE_EXCEEDED result; 'run') -> `WorkerRuntime.run` on the stream
+started a DEADLINE_EXCEEDED result; 'busy': a live worker, maybe this one, runs it now - a duplicate
+delivery after the visibility timeout - so it is re-sent to be looked at again in BUSY_RECHECK_S
+(never dropped: should that worker die, the re-sent copy runs it); 'run') -> `WorkerRuntime.run` on the stream
 `batch-{id}-{index}-{attempt}` at priority + BATCH_PRIORITY_OFFSET, no deadline -> XRANGE ->
 `result_from_events` -> `BatchStore.write_result` (once) or, for UNAVAILABLE / INTERNAL, a re-send
 with attempt + 1 (at most MAX_ITEM_RETRIES times). The stream is deleted afterwards.
@@ -12,7 +14,7 @@ with attempt + 1 (at most MAX_ITEM_RETRIES times). The stream is deleted afterwa
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,7 @@ _STOP_ERRORS = {  # what BatchStore.stop writes for the items it ends
     BatchStatus.EXPIRING: (ErrorCode.DEADLINE_EXCEEDED, "the batch's completion window passed"),
 }
 RETRY_BACKOFF_S = 1.0  # a transient failure is retried after 1, 2, 4 s
+BUSY_RECHECK_S = WORKER_DEAD_AFTER_S + 1.0  # a duplicate of a running item looks again after this long
 
 
 class BatchRunner:
@@ -59,6 +62,9 @@ class BatchRunner:
         self.runtime = runtime
         self.store = BatchStore(runtime.redis)
         self.worker_id = runtime.config.worker_id
+        self._workers = workers_key(runtime.config.name)
+        self._active: set[tuple[str, int]] = set()  # items running on this worker now
+        self._active_lock = threading.Lock()
 
     def run_payload(self, payload: Any, app: Celery) -> None:
         """Decode, claim, run, record (`app` re-sends retries). Never raises: the message is acked."""
@@ -91,7 +97,18 @@ class BatchRunner:
             return None
 
     def _run_item(self, item: BatchItemJob, app: Celery) -> None:
-        outcome = self._claim_and_execute(item)
+        key = (item.batch_id, item.index)
+        with self._active_lock:
+            mine = key in self._active
+            self._active.add(key)
+        if mine:  # a duplicate delivery of an item this worker is running
+            self._defer(item, app)
+            return
+        try:
+            outcome = self._claim_and_execute(item, app)
+        finally:
+            with self._active_lock:
+                self._active.discard(key)
         if outcome is None:
             return
         result, usage = outcome
@@ -100,10 +117,15 @@ class BatchRunner:
         else:
             self._write(item.batch_id, result, usage)
 
-    def _claim_and_execute(self, item: BatchItemJob) -> tuple[ItemResult, Usage] | None:
-        verdict = self.store.claim(item.batch_id, item.index, self.worker_id)
+    def _claim_and_execute(self, item: BatchItemJob, app: Celery) -> tuple[ItemResult, Usage] | None:
+        verdict = self.store.claim(
+            item.batch_id, item.index, self.worker_id, self._workers, WORKER_DEAD_AFTER_S
+        )
         if verdict == "skip":
             self._settle_skipped(item)
+            return None
+        if verdict == "busy":
+            self._defer(item, app)
             return None
         if verdict == "expired":  # expire the whole batch: this item and every other not started
             ended = self.store.stop(item.batch_id, expire=True)  # results: DEADLINE_EXCEEDED
@@ -123,13 +145,10 @@ class BatchRunner:
             log.info("batch %s item %d: ended by the batch's %s", item.batch_id, index, record.status)
             self._write(item.batch_id, _error(item, *stop), None)
 
-    def _execute(self, item: BatchItemJob) -> tuple[ItemResult, Usage] | None:
-        """Run the item's request from scratch; None if another live worker is running it now."""
+    def _execute(self, item: BatchItemJob) -> tuple[ItemResult, Usage]:
+        """Run the item's request from scratch (this worker holds its claim)."""
         rid = f"batch-{item.batch_id}-{item.index}-{item.attempt}"
         key, client = stream_key(rid), self.runtime.redis
-        if self._running_elsewhere(key):
-            log.info("batch %s item %d: running on a live worker; dropped", item.batch_id, item.index)
-            return None
         client.delete(key)  # a redelivered message after a worker died re-runs from scratch
         p = item.job.priority
         priority = p + BATCH_PRIORITY_OFFSET if isinstance(p, int) and not isinstance(p, bool) else p
@@ -138,16 +157,13 @@ class BatchRunner:
         client.delete(key)
         return result_from_events(events, item.batch_id, item.index, item.custom_id, item.job.model)
 
-    def _running_elsewhere(self, key: str) -> bool:
-        """The stream was STARTED by a worker that still heartbeats (this one included)."""
-        first = self.runtime.redis.xrange(key, count=1)
-        if not first:
-            return False
-        worker_id = Event.decode(first[0][1]).worker_id
-        if not worker_id:
-            return False
-        score = self.runtime.redis.zscore(workers_key(self.runtime.config.name), worker_id)
-        return score is not None and time.time() - score < WORKER_DEAD_AFTER_S
+    def _defer(self, item: BatchItemJob, app: Celery) -> None:
+        """Another copy of this item runs on a live worker: look again later rather than drop it."""
+        log.info("batch %s item %d: running on a live worker; looking again later", item.batch_id, item.index)
+        try:
+            self._send(app, item, BUSY_RECHECK_S)
+        except Exception:
+            log.exception("batch %s item %d: cannot re-send a duplicate", item.batch_id, item.index)
 
     def _retry_or_fail(self, item: BatchItemJob, app: Celery, result: ItemResult) -> None:
         """A transient failure: re-send with attempt + 1, or record it once the retries are spent."""

@@ -3,16 +3,19 @@
 Why not let Celery consume the batch queue: its threads fetch whatever arrives, so a worker either
 blocks threads on the batch cap (and interactive jobs starve) or keeps re-queueing items it cannot
 run yet (a busy loop that ate the CPU the engine needed). The feeder is one thread with its own
-kombu connection: free slot -> `basic_get` one message (kombu records it as unacked, so a killed
-worker's items come back after the visibility timeout) -> run it on a small thread pool
-(`BatchRunner.run_payload`, its slot held) -> the feeder acks it afterwards (only the feeder thread
-touches the channel). Messages sent with a countdown (retries) wait in a local heap until due.
+kombu connection: free slot -> `take` one message (pop it and record it in kombu's unacked set
+in one Lua script, so a killed worker's items come back after the visibility timeout; kombu's own
+`basic_get` pops first and records second, and a SIGKILL between the two lost the item) -> run it
+on a small thread pool (`BatchRunner.run_payload`, its slot held) -> the feeder acks it afterwards
+(only the feeder thread touches the channel). Messages sent with a countdown (retries) wait in a
+local heap until due.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -23,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Exchange
 from kombu import Queue as KombuQueue
+from kombu.serialization import prepare_accept_content
+from kombu.transport import virtual
 
 from pipelines.batches import batch_queue_name
 
@@ -33,6 +38,36 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _IDLE_POLL_S = 0.05  # empty queue or no free slot: look again after this long
+
+# KEYS: queue, kombu's unacked index (ZSET tag -> time), kombu's unacked hash (tag -> [message,
+# exchange, routing key], the layout kombu's QoS writes and restores from). ARGV: now.
+_TAKE = """
+local raw = redis.call('RPOP', KEYS[1])
+if not raw then return false end
+local message = cjson.decode(raw)
+local props = message['properties']
+local tag, info = props['delivery_tag'], props['delivery_info']
+redis.call('ZADD', KEYS[2], ARGV[1], tag)
+redis.call('HSET', KEYS[3], tag,
+  '[' .. raw .. ',' .. cjson.encode(info['exchange']) .. ',' .. cjson.encode(info['routing_key']) .. ']')
+return raw
+"""
+
+
+def take(channel: Any, queue: str) -> Any:
+    """Pop the next message of `queue` and mark it unacked atomically; None when the queue is empty.
+
+    The message is the one kombu's `basic_get(no_ack=False)` returns: ack it with `message.ack()`;
+    left unacked, kombu's visibility-timeout restore puts it back on its queue.
+    """
+    keys = [queue, channel.unacked_index_key, channel.unacked_key]
+    raw = channel.client.eval(_TAKE, len(keys), *keys, time.time())
+    if raw is None:
+        return None
+    message = channel.Message(json.loads(raw), channel=channel)
+    virtual.QoS.append(channel.qos, message, message.delivery_tag)  # kombu's local bookkeeping only
+    message.accept = prepare_accept_content(["json"])
+    return message
 
 
 class BatchFeeder:
@@ -88,7 +123,7 @@ class BatchFeeder:
         now = time.time()
         if self._due and self._due[0][0] <= now:
             return heapq.heappop(self._due)[2]
-        message = kq.get(no_ack=False, accept=["json"])
+        message = take(kq.channel, kq.name)
         if message is None:
             return None
         due = _eta(message)

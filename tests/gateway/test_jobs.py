@@ -21,6 +21,8 @@ from pipelines.batches import TASK_BATCH_ITEM, BatchItemJob, BatchStore, ItemRes
 from pipelines.protocol import Usage
 from tests.gateway.conftest import GatewayThread
 
+LIVE = "bailing:test:live-workers"  # heartbeat ZSET the claims check
+
 S = pb.BatchStatus
 
 
@@ -219,7 +221,7 @@ def test_skip_invalid_items_fail_alone(jobs, store, model):
     assert "sampling.temperature must be >= 0" in got[0].error.message
     assert "repeats items[0]" in got[1].error.message
     for index, custom_id in ((0, "a"), (3, "c")):
-        assert store.claim(batch.id, index, "w1") == "run"
+        assert store.claim(batch.id, index, "w1", LIVE, 3.0) == "run"
         store.write_result(batch.id, answer(index, custom_id), Usage(3, 2))
     done = jobs.GetBatch(pb.GetBatchRequest(id=batch.id), timeout=5)
     assert done.status == S.COMPLETED and (done.counts.completed, done.counts.failed) == (2, 2)
@@ -303,11 +305,11 @@ def test_cancel_without_running_items(jobs, model):
 def test_cancel_waits_for_the_running_item(jobs, store, model):
     req = pb.CreateBatchRequest(model=model, items=[item("a"), item("b"), item("c")])
     batch = jobs.CreateBatch(req, timeout=10)
-    assert store.claim(batch.id, 1, "w1") == "run"
+    assert store.claim(batch.id, 1, "w1", LIVE, 3.0) == "run"
     assert jobs.GetBatch(pb.GetBatchRequest(id=batch.id), timeout=5).status == S.RUNNING
     cancelling = jobs.CancelBatch(pb.CancelBatchRequest(id=batch.id), timeout=5)
     assert cancelling.status == S.CANCELLING and cancelling.counts.failed == 2
-    assert store.claim(batch.id, 2, "w2") == "skip"  # a later delivery of an ended item
+    assert store.claim(batch.id, 2, "w2", LIVE, 3.0) == "skip"  # a later delivery of an ended item
     store.write_result(batch.id, answer(1, "b"), Usage(3, 2))
     done = jobs.GetBatch(pb.GetBatchRequest(id=batch.id), timeout=5)
     assert done.status == S.CANCELLED and (done.counts.completed, done.counts.failed) == (1, 2)

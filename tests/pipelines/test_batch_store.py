@@ -17,6 +17,8 @@ from pipelines.batches import (
 )
 from pipelines.protocol import GenerateJob, Sampling, Usage
 
+LIVE = "bailing:test:live-workers"  # heartbeat ZSET the claims check
+
 
 @pytest.fixture()
 def store(redis_url):
@@ -40,11 +42,11 @@ def ok(i: int) -> ItemResult:
 
 def test_results_are_written_once_and_finish_the_batch(store):
     batch_id = new_batch(store, 3)
-    assert store.claim(batch_id, 0, "w1") == "run"
+    assert store.claim(batch_id, 0, "w1", LIVE, 3.0) == "run"
     assert store.get(batch_id).status is BatchStatus.RUNNING and store.get(batch_id).started_at > 0
     assert store.write_result(batch_id, ok(0), Usage(5, 7, 2, 1))
     assert not store.write_result(batch_id, ItemResult(0, "c0", error={"code": "X", "message": "dup"}))
-    assert store.claim(batch_id, 0, "w2") == "skip"  # done: a redelivery is dropped
+    assert store.claim(batch_id, 0, "w2", LIVE, 3.0) == "skip"  # done: a redelivery is dropped
     invalid = ItemResult(1, "c1", error={"code": "INVALID_ARGUMENT", "message": "m"})
     assert store.write_result(batch_id, invalid)
     record = store.get(batch_id)
@@ -58,13 +60,25 @@ def test_results_are_written_once_and_finish_the_batch(store):
     assert results[1].error["code"] == "INVALID_ARGUMENT"
 
 
+def test_an_item_claimed_by_a_live_worker_is_busy_until_that_worker_stops_heartbeating(store):
+    batch_id = new_batch(store, 2)
+    live = f"{LIVE}:{uuid.uuid4().hex[:6]}"
+    store.redis.zadd(live, {"w1": time.time()})
+    assert store.claim(batch_id, 0, "w1", live, 3.0) == "run"
+    assert store.claim(batch_id, 0, "w2", live, 3.0) == "busy"  # a duplicate delivery while w1 runs it
+    store.redis.zadd(live, {"w1": time.time() - 5})  # w1 died: its claim no longer counts
+    assert store.claim(batch_id, 0, "w2", live, 3.0) == "run"
+    assert store.redis.hget(f"bailing:batch:{batch_id}:running", 0) == b"w2"
+    assert store.claim(batch_id, 1, "w2", live, 3.0) == "run"  # unclaimed items are not affected
+
+
 def test_cancel_ends_unclaimed_items_and_waits_for_running_ones(store):
     batch_id = new_batch(store, 4)
-    assert store.claim(batch_id, 1, "w1") == "run"
+    assert store.claim(batch_id, 1, "w1", LIVE, 3.0) == "run"
     assert store.write_result(batch_id, ok(0))
     assert store.stop(batch_id) == 2  # items 2 and 3; item 1 is running
     assert store.get(batch_id).status is BatchStatus.CANCELLING
-    assert store.claim(batch_id, 2, "w1") == "skip"
+    assert store.claim(batch_id, 2, "w1", LIVE, 3.0) == "skip"
     assert store.write_result(batch_id, ok(1))  # the running item still reports
     record = store.get(batch_id)
     assert record.status is BatchStatus.CANCELLED and (record.completed, record.failed) == (2, 2)
@@ -74,7 +88,7 @@ def test_cancel_ends_unclaimed_items_and_waits_for_running_ones(store):
 
 def test_expiry_on_claim_and_when_looked_at(store):
     batch_id = new_batch(store, 2, expires_at=time.time() - 1)
-    assert store.claim(batch_id, 0, "w1") == "expired"
+    assert store.claim(batch_id, 0, "w1", LIVE, 3.0) == "expired"
     record = store.expire_if_due(store.get(batch_id))
     assert record.status is BatchStatus.EXPIRED and record.failed == 2
     assert {r.error["code"] for r in store.results(batch_id, 0, 2)} == {"DEADLINE_EXCEEDED"}

@@ -27,9 +27,12 @@ from pipelines.protocol import (
     GenerateJob,
     Sampling,
     Usage,
+    workers_key,
 )
 from tests.workers.helpers import WorkerProcess, new_id, read_events, send
 from workers.batch import result_from_events
+
+LIVE = "bailing:test:live-workers"  # heartbeat ZSET the claims check
 
 NAME = "ling-batch"  # a queue pair of this module's own
 SEQS, CAP = 8, 4  # --max-num-seqs 8 -> max_batch_inflight 4 by default
@@ -119,6 +122,25 @@ def test_twenty_items_complete_with_one_result_each(worker, sender, store):
     assert not store.redis.keys(f"bailing:out:batch-{batch_id}-*")  # streams deleted
 
 
+def test_a_duplicate_of_an_item_a_live_worker_runs_is_deferred_not_dropped(worker, sender, store):
+    """A second copy of an item arrives while another worker (still heartbeating) holds its claim, as
+    after a visibility-timeout redelivery: the copy is re-sent for later, and once that worker stops
+    heartbeating without a result (it died), the re-sent copy runs the item."""
+    items = create(store, [job()])
+    batch_id = items[0].batch_id
+    live = workers_key(NAME)
+    store.redis.zadd(live, {"other-worker": time.time() + 3600})  # heartbeats far into the future
+    try:
+        assert store.claim(batch_id, 0, "other-worker", live, 3.0) == "run"
+        send_items(sender, items)
+        wait_log(worker, f"batch {batch_id} item 0: running on a live worker; looking again later")
+        assert store.get(batch_id).completed == 0
+    finally:
+        store.redis.zrem(live, "other-worker")  # it died with the item unfinished
+    record = wait_finished(store, batch_id, timeout=60)
+    assert (record.status, record.completed, record.failed) == (BatchStatus.COMPLETED, 1, 0)
+
+
 def test_redelivered_duplicate_is_skipped(worker, sender, store):
     items = create(store, [job()])
     batch_id = items[0].batch_id
@@ -170,7 +192,7 @@ def test_item_released_for_a_retry_during_a_cancel_still_ends(worker, sender, st
     re-sent message finds the batch cancelling and ends it, so the batch still reaches cancelled."""
     items = create(store, [job(), job()])
     batch_id = items[0].batch_id
-    assert store.claim(batch_id, 0, "elsewhere") == "run"
+    assert store.claim(batch_id, 0, "elsewhere", LIVE, 3.0) == "run"
     assert store.stop(batch_id) == 1  # item 1 ended; item 0 is running
     store.release(batch_id, 0)  # what a transient failure does before re-sending the item
     send_items(sender, [replace(items[0], attempt=1)])
