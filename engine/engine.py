@@ -59,6 +59,10 @@ class EngineConfig:
     num_kv_blocks: int | None = None  # overrides kv_cache_bytes
     enable_prefix_caching: bool = True
     max_model_len: int | None = None  # None: the model's max_position_embeddings
+    # Priorities >= background_priority are background work (e.g. batch jobs): their prompts get at
+    # most background_prefill_tokens per step, so a step never grows long under a burst of them.
+    background_priority: int | None = None
+    background_prefill_tokens: int = 256
 
 
 class LLMEngine:
@@ -90,7 +94,13 @@ class LLMEngine:
         )
         self.runner = ModelRunner(self.model, cache, self.blocks, self.device)
         self.scheduler = Scheduler(
-            SchedulerConfig(self.config.max_num_seqs, self.config.max_num_batched_tokens), self.blocks
+            SchedulerConfig(
+                self.config.max_num_seqs,
+                self.config.max_num_batched_tokens,
+                self.config.background_priority,
+                self.config.background_prefill_tokens,
+            ),
+            self.blocks,
         )
         self.metrics = EngineMetrics()
         self._requests: dict[str, RequestGroup] = {}  # by request id

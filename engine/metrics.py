@@ -39,6 +39,7 @@ class EngineMetrics:
     shared_kv_blocks: int = 0  # blocks referenced by more than one sequence now
     peak_shared_kv_blocks: int = 0
     forked_samples: int = 0  # samples of n > 1 requests started from sample 0's prompt KV
+    held_decodes: int = 0  # decodes that sat out a step for a better-priority prefill
     ttft_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     itl_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
     step_s: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
@@ -53,6 +54,7 @@ class EngineMetrics:
             prompt_len = len(seq.prompt_token_ids)
             self.prompt_tokens += max(0, min(seq.num_computed, prompt_len) - (seq.num_computed - n))
         self.generation_tokens += sampled
+        self.held_decodes += sched.held
         self.num_running, self.num_waiting = len(scheduler.running), scheduler.num_waiting
         self.num_preemptions = scheduler.num_preemptions
         stats = blocks.stats()
@@ -89,6 +91,7 @@ class EngineMetrics:
             "shared_kv_blocks": self.shared_kv_blocks,
             "peak_shared_kv_blocks": self.peak_shared_kv_blocks,
             "forked_samples": self.forked_samples,
+            "held_decodes": self.held_decodes,
             "mean_ttft_s": _mean(self.ttft_s),
             "mean_itl_s": _mean(self.itl_s),
             "mean_step_s": _mean(self.step_s),

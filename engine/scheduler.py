@@ -6,10 +6,16 @@ of its prompt (chunked prefill), so prefill and decode share a step. When the KV
 running sequence its next slots, the lowest-order running sequence is preempted by recompute (blocks
 freed, back to waiting with num_computed 0). If no one was preempted, waiting sequences are admitted
 (best priority, then FCFS) while `max_num_seqs` and the budget allow (a sequence that will fork n - 1
-more samples counts n); admission reuses cached prefix blocks. While a sequence of better priority
-has prompt left to compute, worse-priority prefills wait (decodes never do), so an interactive
-request's prefill is not slowed by background (batch) prefills in its step. Pure CPU logic over `Sequence` and
-`BlockManager`; unit-tested without a model.
+more samples counts n); admission reuses cached prefix blocks.
+Priority between steps' contents: while a sequence of better priority has prompt left to compute,
+worse-priority prefills wait; and in a step that does compute such a prompt, worse-priority decodes
+sit out that one step (they keep their KV and decode in the next step without a better prefill).
+So an interactive request's prefill step is as short as on an idle engine even while a batch job
+decodes many sequences (issue #6); background work still runs in every other step. Sequences of
+priority >= `background_priority` (when set) get at most `background_prefill_tokens` prompt tokens
+per step all together, so a burst of background prompts cannot make one step long (a step being
+computed when an interactive request arrives is what that request waits for first).
+Pure CPU logic over `Sequence` and `BlockManager`; unit-tested without a model.
 """
 
 from __future__ import annotations
@@ -25,18 +31,23 @@ from engine.sequence import Sequence, Status
 class SchedulerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
+    background_priority: int | None = None  # priorities >= this are background work
+    background_prefill_tokens: int = 256  # prompt tokens per step for all background sequences
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.background_prefill_tokens < 1:
+            raise ValueError(f"background_prefill_tokens must be >= 1, got {self.background_prefill_tokens}")
 
 
 @dataclass
 class SchedulerOutput:
     scheduled: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, new tokens)
     preempted: list[Sequence] = field(default_factory=list)
+    held: int = 0  # decodes that sat out this step for a better-priority prefill
 
     @property
     def num_tokens(self) -> int:
@@ -49,6 +60,7 @@ class Scheduler:
         self.waiting: list[tuple[tuple[int, int], Sequence]] = []  # heap by (priority, arrival)
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self._background_left = config.background_prefill_tokens  # reset every step
 
     def add(self, seq: Sequence) -> None:
         seq.status = Status.WAITING
@@ -73,18 +85,37 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
+        self._background_left = self.config.background_prefill_tokens
         floor = self._prefill_floor()
         budget = self._schedule_running(out, self.config.max_num_batched_tokens, floor)
         if not out.preempted:
             self._admit_waiting(out, budget, floor)
+        self._hold_worse_decodes(out)
         return out
+
+    def _hold_worse_decodes(self, out: SchedulerOutput) -> None:
+        """Drop this step's decodes of priority worse than the best prefill scheduled in it.
+
+        Only a prefill that is actually scheduled holds anyone back (a prompt that cannot be admitted
+        never stalls the running sequences), and a held decode loses nothing: its slot stays
+        reserved and it runs in the next step without a better-priority prefill.
+        """
+        prefills = [seq.priority for seq, n in out.scheduled if seq.num_uncomputed > 1 or n > 1]
+        if not prefills:
+            return
+        best = min(prefills)
+        kept = [
+            (seq, n) for seq, n in out.scheduled if seq.priority <= best or seq.num_uncomputed > 1 or n > 1
+        ]
+        out.held = len(out.scheduled) - len(kept)
+        out.scheduled = kept
 
     def _prefill_floor(self) -> int | None:
         """The best priority among sequences with prompt left to compute (running or waiting).
 
-        Prefill of worse-priority sequences waits while such a sequence exists: its prompt then
-        runs with the decodes only, so a latency-sensitive request is not slowed by a long
-        background prefill sharing its step. Decodes are never held back.
+        Prefill of worse-priority sequences waits while such a sequence exists: a latency-sensitive
+        request is not slowed by a long background prefill sharing its step (worse-priority decodes
+        are held by `_hold_worse_decodes` only in a step that runs the better prompt).
         """
         prios = [s.priority for s in self.running if s.num_uncomputed > 1]
         if self.waiting:
@@ -99,7 +130,10 @@ class Scheduler:
             if seq.num_uncomputed > 1 and floor is not None and seq.priority > floor:
                 i += 1  # its prefill waits for the better-priority one (see _prefill_floor)
                 continue
-            n = min(seq.num_uncomputed, budget)
+            n = self._chunk(seq, budget)
+            if n == 0:
+                i += 1  # a background prompt past this step's background share
+                continue
             while not self.blocks.ensure_slots(seq.seq_id, seq.num_computed + n):
                 victim = self.running.pop()  # lowest order: the latest, least important
                 self._preempt(victim)
@@ -107,9 +141,25 @@ class Scheduler:
                 if victim is seq:
                     return budget
             out.scheduled.append((seq, n))
+            self._spend(seq, n)
             budget -= n
             i += 1
         return budget
+
+    def _is_background(self, seq: Sequence) -> bool:
+        bg = self.config.background_priority
+        return bg is not None and seq.priority >= bg
+
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        """Tokens `seq` may compute this step: its next prompt chunk or decode token, within budget."""
+        n = min(seq.num_uncomputed, budget)
+        if n > 1 and self._is_background(seq):
+            n = min(n, self._background_left)
+        return n
+
+    def _spend(self, seq: Sequence, n: int) -> None:
+        if n > 1 and self._is_background(seq):
+            self._background_left -= n
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int, floor: int | None) -> None:
         occupied = sum(s.width for s in self.running)  # samples still to fork hold their slots
@@ -119,9 +169,11 @@ class Scheduler:
                 return
             if floor is not None and seq.priority > floor:
                 return
+            if self._is_background(seq) and self._background_left <= 0:
+                return  # the heap's later entries are background too
             seq.num_computed = seq.num_cached = self.blocks.allocate(seq.seq_id, seq.token_ids)
-            n = min(seq.num_uncomputed, budget)
-            if not self.blocks.ensure_slots(seq.seq_id, seq.num_computed + n):
+            n = self._chunk(seq, budget)
+            if n == 0 or not self.blocks.ensure_slots(seq.seq_id, seq.num_computed + n):
                 self.blocks.free(seq.seq_id)
                 seq.num_computed = 0
                 return
@@ -129,6 +181,7 @@ class Scheduler:
             seq.status = Status.RUNNING
             self.running.append(seq)
             out.scheduled.append((seq, n))
+            self._spend(seq, n)
             budget -= n
             occupied += seq.width
 

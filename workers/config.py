@@ -40,6 +40,7 @@ class WorkerConfig:
     worker_id: str = ""  # "" = f"{name}@{hostname}:{pid}"
     logits_processors: tuple[str, ...] = ()  # "module:factory" paths; factory(tokenizer) -> processor
     max_batch_inflight: int | None = None  # batch items running at once; None = max(1, max_num_seqs // 2)
+    batch_prefill_tokens: int = 256  # prompt tokens per engine step for all batch items together
 
     def __post_init__(self) -> None:
         if self.family not in KNOWN_FAMILIES:
@@ -63,6 +64,7 @@ class WorkerConfig:
                 )
         _positive_int("max_num_seqs", self.max_num_seqs)
         _positive_int("max_batch_inflight", self.max_batch_inflight, allow_none=True)
+        _positive_int("batch_prefill_tokens", self.batch_prefill_tokens)
         if self.max_batch_inflight is None:
             object.__setattr__(self, "max_batch_inflight", max(1, self.max_num_seqs // 2))
         _positive_int("kv_cache_bytes", self.kv_cache_bytes, allow_none=True)

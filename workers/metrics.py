@@ -67,6 +67,10 @@ class WorkerMetrics:
             "bailing_worker_forked_samples",
             "Samples of n > 1 requests started from sample 0's prompt KV (no prefill of their own)",
         )
+        self.held_decodes = self._gauge(
+            "bailing_worker_held_decodes",
+            "Decodes that sat out a step so a better-priority (interactive) prompt ran alone",
+        )
         self.engine_prompt_tokens = self._gauge(
             "bailing_worker_engine_prompt_tokens",
             "Prompt tokens the engine computed (prefix-cache hits and forked samples excluded)",
@@ -120,6 +124,7 @@ class WorkerMetrics:
         self.shared_blocks_peak.set(snap.get("peak_shared_kv_blocks", 0))
         self.forked_samples.set(snap.get("forked_samples", 0))
         self.engine_prompt_tokens.set(snap.get("prompt_tokens", 0))
+        self.held_decodes.set(snap.get("held_decodes", 0))
 
     def serve(self, port: int) -> Any:
         """Start the /metrics HTTP server on `port` (all interfaces); returns the server."""

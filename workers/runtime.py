@@ -34,7 +34,7 @@ from pipelines.protocol import (
 from workers import redelivery
 from workers.aborts import Aborter
 from workers.background import CancelListener, Heartbeat
-from workers.batch import BatchRunner
+from workers.batch import BATCH_PRIORITY_OFFSET, BatchRunner
 from workers.config import WorkerConfig
 from workers.emitter import Control, Emitter, Flight, Flights
 from workers.metrics import StepObservingMetrics, WorkerMetrics
@@ -72,6 +72,8 @@ class WorkerRuntime:
             max_num_seqs=config.max_num_seqs,
             kv_cache_bytes=config.kv_cache_bytes,
             max_model_len=config.max_model_len,
+            background_priority=BATCH_PRIORITY_OFFSET,  # batch items (and interactive priority >= it)
+            background_prefill_tokens=config.batch_prefill_tokens,
         )
         return LLMEngine(config.model_dir, config.device, config.dtype, engine_config)
 

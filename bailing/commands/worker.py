@@ -29,6 +29,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="queued batch items running at once (default: max(1, max-num-seqs // 2))",
     )
+    p.add_argument(
+        "--batch-prefill-tokens",
+        type=int,
+        default=256,
+        help="prompt tokens per engine step for all batch items together, so interactive requests never "
+        "wait behind a long batch prefill step (default 256)",
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="context length cap (default: model's)")
     p.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size (default: engine's)")
     p.add_argument(
@@ -75,6 +82,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         max_num_seqs=args.max_num_seqs,
         max_batch_inflight=args.max_batch_inflight,
+        batch_prefill_tokens=args.batch_prefill_tokens,
         kv_cache_bytes=args.kv_cache_bytes,
         max_model_len=args.max_model_len,
         default_max_tokens=args.default_max_tokens,

@@ -160,11 +160,33 @@ def test_background_prefill_waits_while_a_better_priority_prompt_is_computed():
     urgent = make_seq(30, max_tokens=5, priority=0, base=700)
     s.add(later)
     s.add(urgent)
-    step = dict(run_step(s))
-    # the urgent prompt runs with the background decodes only; the other background prompt waits
-    assert step == {batch[0].request_id: 1, batch[1].request_id: 1, urgent.request_id: 30}
-    step = dict(run_step(s))
-    assert step[later.request_id] == 40 and step[urgent.request_id] == 1  # then it gets its turn
+    out = s.schedule()
+    # the urgent prompt runs alone: the background prompt waits, the background decodes sit out
+    assert {seq.request_id: n for seq, n in out.scheduled} == {urgent.request_id: 30}
+    assert out.held == 2
+    for seq, n in out.scheduled:
+        seq.num_computed += n
+        seq.append(7)
+    step = dict(run_step(s))  # then everyone gets their turn, the held decodes lost nothing
+    assert step == {
+        batch[0].request_id: 1,
+        batch[1].request_id: 1,
+        later.request_id: 40,
+        urgent.request_id: 1,
+    }
+
+
+def test_a_prompt_that_cannot_be_admitted_holds_no_decode_back():
+    s = make_scheduler(budget=64, max_seqs=2)
+    batch = [make_seq(8, max_tokens=5, priority=100, base=200 + 30 * i) for i in range(2)]
+    for q in batch:
+        s.add(q)
+    run_step(s)
+    urgent = make_seq(10, max_tokens=5, priority=0, base=700)
+    s.add(urgent)  # no free slot (max_num_seqs 2): it waits, the background keeps decoding
+    out = s.schedule()
+    assert {seq.request_id: n for seq, n in out.scheduled} == {q.request_id: 1 for q in batch}
+    assert out.held == 0
 
 
 def test_equal_priorities_keep_sharing_prefill_steps():
@@ -173,3 +195,24 @@ def test_equal_priorities_keep_sharing_prefill_steps():
     s.add(a)
     s.add(b)
     assert dict(run_step(s)) == {a.request_id: 20, b.request_id: 20}
+
+
+def test_background_prompts_share_a_per_step_token_cap_and_foreground_ones_do_not():
+    s = Scheduler(SchedulerConfig(8, 512, background_priority=100, background_prefill_tokens=50),
+                  BlockManager(128, 4, True))  # fmt: skip
+    batch = [make_seq(40, priority=100, base=1000 + 50 * i) for i in range(3)]
+    for q in batch:
+        s.add(q)
+    assert dict(run_step(s)) == {batch[0].request_id: 40, batch[1].request_id: 10}  # 50 in all
+    assert dict(run_step(s)) == {batch[0].request_id: 1, batch[1].request_id: 30, batch[2].request_id: 20}
+    fg = make_seq(300, priority=0, base=3000)
+    s.add(fg)
+    step = dict(run_step(s))
+    assert step == {fg.request_id: 300}  # a foreground prompt is not capped (background decodes held)
+    step = dict(run_step(s))
+    assert step[batch[2].request_id] == 20 and step[fg.request_id] == 1
+
+
+def test_background_prefill_tokens_must_be_positive():
+    with pytest.raises(ValueError, match="background_prefill_tokens"):
+        SchedulerConfig(background_prefill_tokens=0)
