@@ -153,15 +153,18 @@ class LLMEngine:
         *,
         stream: bool = False,
         output_queue: OutputQueue | None = None,
+        final_only: bool = False,
     ) -> str:
         """Queue a request; returns its id. Raises RequestError for an invalid prompt or a duplicate id.
 
         With `output_queue`, every output of the request (the final one included, also after an
         abort or a failed step) is `put` there from the engine thread; several requests may share
-        one queue, which is how a server drains all of them with one consumer.
+        one queue, which is how a server drains all of them with one consumer. `final_only` sends only
+        the final output (for a consumer nobody streams to, e.g. a batch item): no snapshot per step.
         """
         queue_ = output_queue if output_queue is not None else (queue.SimpleQueue() if stream else None)
-        return self._add(prompt, params, request_id, priority, queue_).request_id
+        group = self._add(prompt, params, request_id, priority, queue_, final_only)
+        return group.request_id
 
     @contextlib.contextmanager
     def holding_steps(self) -> Iterator[None]:
@@ -180,6 +183,7 @@ class LLMEngine:
         request_id: str | None,
         priority: int,
         output_queue: OutputQueue | None,
+        final_only: bool = False,
     ) -> RequestGroup:
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
@@ -197,6 +201,7 @@ class LLMEngine:
             group = new_group(
                 rid, prompt, ids, params, priority, output_queue, self.tokenizer, self._eos_and_stops()
             )
+            group.final_only = final_only
             self._requests[rid] = group
             for member in group.members:
                 self._seqs[member.seq.seq_id] = member
@@ -295,6 +300,8 @@ class LLMEngine:
             progressed[req.group.request_id] = req.group
         outputs = []
         for group in progressed.values():
+            if group.final_only and not group.finished:
+                continue
             snap = group_snapshot(group)
             if group.queue is not None:
                 group.queue.put(snap)

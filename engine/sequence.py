@@ -104,6 +104,7 @@ class RequestGroup:
     members: list[TrackedRequest]
     queue: Any = None  # receives every output snapshot of the request (OutputQueue), or None
     num_finished: int = 0
+    final_only: bool = False  # the queue gets (and a step returns) only the final output
 
     @property
     def finished(self) -> bool:

@@ -152,7 +152,8 @@ class BatchRunner:
         client.delete(key)  # a redelivered message after a worker died re-runs from scratch
         p = item.job.priority
         priority = p + BATCH_PRIORITY_OFFSET if isinstance(p, int) and not isinstance(p, bool) else p
-        self.runtime.run(replace(item.job, request_id=rid, priority=priority, deadline=None))
+        job = replace(item.job, request_id=rid, priority=priority, deadline=None)
+        self.runtime.run(job, final_only=True)  # nobody streams a batch item: one write at the end
         events = [Event.decode(fields) for _, fields in client.xrange(key)]
         client.delete(key)
         return result_from_events(events, item.batch_id, item.index, item.custom_id, item.job.model)

@@ -151,8 +151,12 @@ class WorkerRuntime:
             return
         self.run(job)
 
-    def run(self, job: GenerateJob) -> None:
-        """Serve one job; returns once its terminal event is in the stream. Never raises."""
+    def run(self, job: GenerateJob, final_only: bool = False) -> None:
+        """Serve one job; returns once its terminal event is in the stream. Never raises.
+
+        `final_only` (batch items: nobody streams them) writes the text once, at the end, rather than
+        per step: the emitter's work per step then scales with the interactive requests only.
+        """
         rid = job.request_id
         try:
             run_it, written = redelivery.check(self.redis, job, self.config.name)
@@ -168,18 +172,18 @@ class WorkerRuntime:
             log.exception("request %s: cannot start it", rid)
             return
         try:
-            self._serve(job, flight)
+            self._serve(job, flight, final_only)
         finally:
             self.flights.pop(rid)
 
-    def _serve(self, job: GenerateJob, flight: Flight) -> None:
+    def _serve(self, job: GenerateJob, flight: Flight, final_only: bool = False) -> None:
         rid = job.request_id
         self.emitter.put(Control(rid, EventType.STARTED, {"worker_id": self.config.worker_id}))
         try:
             if self.redis.exists(cancel_key(rid)):  # after registering: a later cancel finds the flight
                 self.stop_request(flight, EventType.CANCELLED, ErrorCode.CANCELLED, "cancelled by the client")
             else:
-                self._submit(job, flight)
+                self._submit(job, flight, final_only)
         except (BailingError, ValueError, TypeError) as exc:
             self._fail(flight, ErrorCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:
@@ -189,7 +193,7 @@ class WorkerRuntime:
             )
         self._wait(job, flight)
 
-    def _submit(self, job: GenerateJob, flight: Flight) -> None:
+    def _submit(self, job: GenerateJob, flight: Flight, final_only: bool = False) -> None:
         if job.model != self.config.name:
             raise RequestError(f"model {job.model!r} sent to the queue of {self.config.name!r}")
         prepared = text.prepare(
@@ -212,6 +216,7 @@ class WorkerRuntime:
                 request_id=job.request_id,
                 priority=job.priority,
                 output_queue=self.emitter.queue,
+                final_only=final_only,
             )
             flight.added = True
         self.metrics.prompt_tokens.inc(len(prepared.prompt_ids))

@@ -103,6 +103,27 @@ def test_stream_yields_deltas_and_closing_aborts(golden_copy):
         engine.shutdown()
 
 
+def test_final_only_requests_send_one_output_and_the_same_tokens(golden_copy, reference, prompts):
+    """A final_only request (a batch item) puts nothing on its queue until it finishes, then its final
+    output, with the tokens a streamed request gets; streamed requests sharing the queue still get
+    one output per step."""
+    import queue
+
+    engine = LLMEngine(golden_copy)
+    shared: queue.SimpleQueue = queue.SimpleQueue()
+    engine.add_request(prompts[0], GREEDY, request_id="quiet", output_queue=shared, final_only=True)
+    engine.add_request(prompts[1], GREEDY, request_id="loud", output_queue=shared)
+    while engine.has_unfinished():
+        engine.step()
+    got: list = []
+    while not shared.empty():
+        got.append(shared.get())
+    quiet = [o for o in got if o.request_id == "quiet"]
+    loud = [o for o in got if o.request_id == "loud"]
+    assert len(quiet) == 1 and quiet[0].finished and quiet[0].token_ids == reference[0]
+    assert len(loud) == GREEDY.max_tokens and loud[-1].token_ids == reference[1]
+
+
 def test_concurrent_clients_on_the_loop_thread(golden_copy, reference, prompts):
     engine = LLMEngine(golden_copy)
     engine.start()

@@ -225,6 +225,26 @@ def test_n2_item_has_two_choices(worker, sender, store):
     assert response["usage"]["completion_tokens"] == 20
 
 
+def test_a_batch_item_answers_exactly_what_the_same_interactive_request_streams(worker, sender, store, rds):
+    """Batch items are run final-only (no per-step events); their text and usage still equal a
+    streamed interactive run of the same request, for one and for n = 2 choices."""
+    for sampling in (SHORT, Sampling(max_tokens=10, temperature=1.0, seed=3, n=2)):
+        items = create(store, [job(sampling=sampling, prompt="Same answer either way")])
+        send_items(sender, items)
+        interactive = job(sampling=sampling, prompt="Same answer either way")
+        events = read_events(rds, send(sender, interactive))
+        record = wait_finished(store, items[0].batch_id)
+        assert record.completed == 1
+        (result,) = store.results(items[0].batch_id, 0, 1)
+        response = result.response
+        for choice in response["choices"]:
+            streamed = "".join(
+                e.text for e in events if e.type is EventType.DELTA and e.index == choice["index"]
+            )
+            assert choice["text"] == streamed != ""
+        assert response["usage"]["completion_tokens"] == events[-1].usage.completion_tokens
+
+
 def test_interactive_job_overtakes_queued_batch_items(worker, sender, store, rds):
     long = Sampling(max_tokens=96, temperature=0.0, ignore_eos=True)
     items = create(store, [job(sampling=long, prompt=f"Long item {i}") for i in range(40)])
