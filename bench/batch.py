@@ -39,6 +39,8 @@ class Sizes:
     concurrency: int = 128
 
 
+# every generated token decodes to text (see bench/visible.py): the first text chunk marks the first token
+VISIBLE_TEXT = ("--logits-processor", "bench.visible:make")
 FULL = Sizes()
 QUICK = Sizes(items=60, new_tokens=8, probes=6)
 
@@ -142,7 +144,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
 
     checkpoint = ensure_bench_checkpoint(CHECKPOINT, BENCH_SPEC, with_tokenizer=True)
     tok = load_tokenizer(checkpoint)
-    service = Service(checkpoint)
+    service = Service(checkpoint, worker_args=VISIBLE_TEXT)
     log("starting valkey + worker + gateway")
     service.start()
     try:
