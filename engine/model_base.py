@@ -23,6 +23,9 @@ class CausalLM(nn.Module):
     runtime: ModelRuntimeConfig
     # Families may declare stop strings the model is known to spell out instead of its control token.
     default_stop_strings: ClassVar[tuple[str, ...]] = ()
+    # True for masked-diffusion LMs (LLaDA2): logits predict their own position and decoding runs the
+    # block-diffusion loop (engine.diffusion) instead of next-token sampling.
+    diffusion: ClassVar[bool] = False
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any]) -> CausalLM:

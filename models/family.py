@@ -40,9 +40,10 @@ class Family:
 def known_families() -> dict[str, Family]:
     """Every family this installation can serve, by name."""
     from models.ling.family import LING
+    from models.llada2.family import LLADA2
     from models.ring.family import RING
 
-    return {f.name: f for f in (LING, RING)}
+    return {f.name: f for f in (LING, RING, LLADA2)}
 
 
 def get_family(name: str) -> Family:

@@ -122,19 +122,21 @@ def write_tokenizer_files(
     *,
     eos_token: str,
     model_max_length: int = 32768,
+    extra_special_tokens: tuple[str, ...] = (),
 ) -> list[Path]:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`.
 
     `eos_token` must be one of the tokenizer's tokens (Ling chat uses `<|role_end|>`, Ring
-    `<|endoftext|>`).
+    `<|endoftext|>`). `extra_special_tokens` (e.g. LLaDA2's `<|mask|>`) must be in the tokenizer
+    too; they are listed after the Ling specials.
     Returns the written paths.
     """
-    for token in (BOS_TOKEN, PAD_TOKEN, eos_token):
+    for token in (BOS_TOKEN, PAD_TOKEN, eos_token, *extra_special_tokens):
         special_token_id(tokenizer, token)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     named = {"bos_token": BOS_TOKEN, "eos_token": eos_token, "pad_token": PAD_TOKEN}
-    extra = [t for t in SPECIAL_TOKENS if t not in named.values()]
+    extra = [t for t in (*SPECIAL_TOKENS, *extra_special_tokens) if t not in named.values()]
     config = {
         "add_bos_token": False,
         "add_eos_token": False,

@@ -1,4 +1,5 @@
 """Write complete random-weight Ling and Ring checkpoints: Hugging Face folders in the upstream layout.
+(LLaDA2's writer lives in bailing/demo/llada2.py; it is re-exported here.)
 
 Flow: `LingDemoSpec` -> demo tokenizer (ids) -> config.json (+ overrides) -> generation_config.json,
 tokenizer files (the family's chat template) and seeded random weights (sharded safetensors).
@@ -27,6 +28,7 @@ from bailing.demo.ling_config import (
     padded_vocab_size,
 )
 from bailing.demo.ling_weights import TensorSpec, ling_tensor_layout, random_ling_state_dict
+from bailing.demo.llada2 import write_llada2_checkpoint
 from bailing.demo.safetensors_writer import write_safetensors_checkpoint
 from bailing.demo.tokenizer import (
     BASE_EOS_TOKEN,
@@ -55,6 +57,7 @@ __all__ = [
     "random_ling_state_dict",
     "write_demo_models",
     "write_ling_checkpoint",
+    "write_llada2_checkpoint",
     "write_ring_checkpoint",
     "write_safetensors_checkpoint",
 ]
@@ -182,6 +185,7 @@ DEMO_MODELS: tuple[DemoModel, ...] = (DemoModel("ling", "ling", seed=0), DemoMod
 _FAMILY_WRITERS: dict[str, Callable[..., Path]] = {
     "ling": write_ling_checkpoint,
     "ring": write_ring_checkpoint,
+    "llada2": write_llada2_checkpoint,  # not in DEMO_MODELS yet: the served stack cannot decode it
 }
 
 

@@ -1,0 +1,1 @@
+"""LLaDA2 (`llada2_moe`): the masked-diffusion BailingMoeV2 family."""

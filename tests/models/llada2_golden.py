@@ -1,0 +1,42 @@
+"""The shared LLaDA2 golden set (`shared/golden/llada2-tiny`): paths and loaders for the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.model_base import CausalLM
+from engine.model_loader import load_model
+from tests.conftest import SHARED
+
+GOLDEN_LLADA2 = SHARED / "golden" / "llada2-tiny"
+CHECKPOINT = GOLDEN_LLADA2 / "tiny-llada2"
+
+
+def require_golden() -> Path:
+    if not CHECKPOINT.is_dir():
+        pytest.skip(f"shared LLaDA2 golden data not found at {GOLDEN_LLADA2}")
+    return GOLDEN_LLADA2
+
+
+def expected() -> dict[str, Any]:
+    return json.loads((require_golden() / "expected.json").read_text())
+
+
+def reference_tensors() -> dict[str, torch.Tensor]:
+    return load_file(require_golden() / "logits.safetensors")
+
+
+def load_tiny(folder: Path = CHECKPOINT, lm_head_scale: float = 1.0) -> CausalLM:
+    """Load through config.json -> registry -> strict loader, in float32 on the CPU."""
+    require_golden()
+    model = load_model(folder, torch.device("cpu"), torch.float32)
+    if lm_head_scale != 1.0:  # the golden "confident" runs: lm_head.weight * scale, in float32
+        with torch.no_grad():
+            model.lm_head.weight.mul_(lm_head_scale)
+    return model
