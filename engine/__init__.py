@@ -4,6 +4,7 @@ It knows no model family, queue or transport: families plug in through `engine.m
 and the `bailing.model_registries` entry point.
 """
 
+from engine.diffusion.params import DiffusionParams
 from engine.errors import BailingError, CheckpointError, RequestError, TokenizerError
 from engine.llm import LLM
 from engine.outputs import RequestOutput
@@ -13,6 +14,7 @@ __all__ = [
     "LLM",
     "BailingError",
     "CheckpointError",
+    "DiffusionParams",
     "RequestError",
     "RequestOutput",
     "SamplingParams",

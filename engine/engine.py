@@ -12,6 +12,7 @@ request's outputs as they are produced and aborts it if the consumer stops early
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import queue
@@ -25,6 +26,8 @@ from typing import Protocol
 import torch
 
 from engine.block_manager import BlockManager
+from engine.diffusion.params import DiffusionParams
+from engine.diffusion.run import MASK_TOKEN, DiffusionRun, diffuse_step, start_diffusion
 from engine.errors import RequestError
 from engine.groups import fork_samples, new_group
 from engine.kv_cache import PagedKVCache
@@ -82,7 +85,9 @@ class LLMEngine:
         rt = self.model.runtime
         self.max_model_len = min(self.config.max_model_len or rt.max_position, rt.max_position)
         num_blocks = self._num_kv_blocks()
-        self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        # A diffusion model's KV depends on its block length and on still-masked tokens: no prefix cache.
+        caching = self.config.enable_prefix_caching and not self.model.diffusion
+        self.blocks = BlockManager(num_blocks, self.config.block_size, caching)
         cache = PagedKVCache(
             rt.num_layers,
             num_blocks,
@@ -187,7 +192,8 @@ class LLMEngine:
     ) -> RequestGroup:
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
-        self._check_fits(ids, params)
+        diffusion = self._diffusion_params(params)
+        self._check_fits(ids, params, diffusion)
         if params.n > self.config.max_num_seqs:
             raise RequestError(
                 f"n={params.n} samples cannot run at once: the engine runs at most "
@@ -202,6 +208,8 @@ class LLMEngine:
                 rid, prompt, ids, params, priority, output_queue, self.tokenizer, self._eos_and_stops()
             )
             group.final_only = final_only
+            if diffusion is not None:
+                start_diffusion(group.members[0], diffusion)
             self._requests[rid] = group
             for member in group.members:
                 self._seqs[member.seq.seq_id] = member
@@ -223,10 +231,49 @@ class LLMEngine:
             raise RequestError(f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len}")
         return ids
 
-    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
+    def _diffusion_params(self, params: SamplingParams) -> DiffusionParams | None:
+        """The request's block-diffusion settings with mask/eos ids resolved; None for an AR model."""
+        if not self.model.diffusion:
+            if params.diffusion is not None:
+                raise RequestError(
+                    "diffusion options need a diffusion model (e.g. LLaDA2); this one is autoregressive"
+                )
+            return None
+        if params.n != 1 or params.logprobs is not None or params.logits_processors:
+            raise RequestError("a diffusion model takes n=1 and no logprobs or logits processors")
+        d = params.diffusion or DiffusionParams()
+        mask = d.mask_token_id if d.mask_token_id is not None else self._mask_token_id()
+        vocab = self.model.runtime.vocab_size
+        for name, value in (("mask_token_id", mask), ("eos_token_id", d.eos_token_id)):
+            if value is not None and not 0 <= value < vocab:
+                raise RequestError(f"diffusion.{name} must be a token id in [0, {vocab}), got {value}")
+        return dataclasses.replace(d, mask_token_id=mask)
+
+    def _mask_token_id(self) -> int:
+        """The tokenizer's `<|mask|>`, else config.json's `mask_token_id`; never a built-in constant."""
+        found = self.tokenizer.get_vocab().get(MASK_TOKEN) if self.tokenizer is not None else None
+        if found is None:
+            found = getattr(self.model, "mask_token_id", None)
+        if found is None:
+            raise RequestError(
+                f"the model's tokenizer has no {MASK_TOKEN} token: pass diffusion.mask_token_id"
+            )
+        return int(found)
+
+    def _check_fits(
+        self, ids: list[int], params: SamplingParams, diffusion: DiffusionParams | None = None
+    ) -> None:
         """A request that could never fit in the whole KV cache alone would be preempted forever."""
         capacity = self.blocks.num_blocks * self.blocks.block_size
         need = min(len(ids) + params.max_tokens, self.max_model_len)
+        if diffusion is not None:  # whole blocks, masks included, must fit the context
+            need = DiffusionRun.total_length(len(ids), params.max_tokens, diffusion.block_length)
+            if need > self.max_model_len:
+                raise RequestError(
+                    f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}), rounded up to whole "
+                    f"blocks of {diffusion.block_length}, is {need} tokens; the model's context is "
+                    f"{self.max_model_len}"
+                )
         if need > capacity:
             raise RequestError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) needs {need} KV slots, "
@@ -270,10 +317,46 @@ class LLMEngine:
             seqs, logits = self.runner.execute(sched.scheduled)
             for seq, n in sched.scheduled:
                 seq.num_computed += n
-                self.blocks.commit(seq.seq_id, seq.token_ids, seq.num_computed)
-            outputs = self._sample(seqs, logits) if seqs else []
+                if seq.diffusion is None:
+                    self.blocks.commit(seq.seq_id, seq.token_ids, seq.num_computed)
+            ar, ar_rows, diffusing, row = [], [], [], 0
+            for seq in seqs:  # logits rows: one per autoregressive sequence, a block per diffusion one
+                if seq.diffusion is None:
+                    ar.append(seq)
+                    ar_rows.append(row)
+                    row += 1
+                else:
+                    width = seq.diffusion.params.block_length
+                    diffusing.append((seq, logits[row : row + width]))
+                    row += width
+            if ar and len(ar) < len(seqs):
+                logits = logits[torch.tensor(ar_rows, device=logits.device)]
+            outputs = self._sample(ar, logits) if ar else []
+            if diffusing:
+                outputs += self._diffuse(diffusing)
             self.metrics.record_step(sched, len(seqs), time.monotonic() - t0, self.scheduler, self.blocks)
             return outputs
+
+    def _diffuse(self, items: list[tuple[Sequence, torch.Tensor]]) -> list[RequestOutput]:
+        """Diffusion sequences: each decoder commits from its block's logits [B, V]."""
+        outputs = []
+        for seq, block_logits in items:
+            req = self._seqs[seq.seq_id]
+            try:
+                progressed = diffuse_step(req, block_logits)
+            except Exception as exc:  # a failing request must not end the others in the step
+                log.exception("request %s: diffusion step failed", seq.request_id)
+                req.output.finish_reason, req.output.stop_reason = "error", f"{type(exc).__name__}: {exc}"
+                progressed = True
+            if req.output.finished:
+                self._finish(req)
+            group = req.group
+            if progressed and not (group.final_only and not group.finished):
+                snap = group_snapshot(group)
+                if group.queue is not None:
+                    group.queue.put(snap)
+                outputs.append(snap)
+        return outputs
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
         reqs, rows = [], []
@@ -295,6 +378,7 @@ class LLMEngine:
             else:
                 req.seq.append(token)
                 process_token(req, token, lps, self.max_model_len)
+                req.output.num_forwards += 1
             if req.output.finished:
                 self._finish(req)
             progressed[req.group.request_id] = req.group

@@ -6,7 +6,9 @@ Storage: k, v [L, N, B, Hkv, D]. A sequence's position p lives in slot block_tab
 Per step the model runner builds a `PagedContext` (slot of each new token, each sequence's block
 table and lengths). `attend` scatters the new k/v into their slots, then:
 - decode rows (one new token each) attend in one batched call over their gathered, padded blocks;
-- prefill rows (chunks of any length) attend one sequence at a time (causal within the chunk).
+- prefill rows (chunks of any length) attend one sequence at a time (causal within the chunk, or
+  block-causal for a diffusion sequence: `block_lengths[i]` = its block length B, a token then sees
+  every cached or new token of its own and earlier blocks).
 Both paths equal the contiguous-cache attention (`engine.layers.attention`); tests check it.
 """
 
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from engine.layers.attention import attention
+from engine.layers.attention import attention, block_causal_attention
 
 
 class PagedKVCache:
@@ -62,6 +64,7 @@ class PagedContext:
     q_lens: list[int]  # new tokens per sequence (sum = T)
     ctx_lens: list[int]  # tokens each sequence attends to after this step (cached + new)
     block_tables: list[list[int]]
+    block_lengths: list[int | None] | None = None  # per sequence: diffusion block length, None: causal
 
     def __post_init__(self) -> None:
         self.starts = [0]
@@ -86,8 +89,12 @@ class PagedContext:
         for i in self.prefill_rows:
             a, b, s = self.starts[i], self.starts[i + 1], self.ctx_lens[i]
             idx = self._prefill_blocks(i, q.device)
-            keys, values = _gather(kc, idx, s), _gather(vc, idx, s)
-            out[a:b] = attention(q[a:b], keys, values, past=s - (b - a))  # keys/values (S, Hkv, D)
+            keys, values = _gather(kc, idx, s), _gather(vc, idx, s)  # (S, Hkv, D)
+            block = self.block_lengths[i] if self.block_lengths is not None else None
+            if block is None:
+                out[a:b] = attention(q[a:b], keys, values, past=s - (b - a))
+            else:
+                out[a:b] = block_causal_attention(q[a:b], keys, values, block)
         return out
 
     def _prefill_blocks(self, row: int, device: torch.device) -> torch.Tensor:

@@ -16,7 +16,6 @@ import torch
 
 from engine.engine import EngineConfig, LLMEngine, Prompt
 from engine.errors import RequestError
-from engine.layers.attention import NoCacheContext
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import require
@@ -98,5 +97,6 @@ class LLM:
         """Full-sequence logits without a cache: [len, vocab] float32."""
         ids = self.engine._check_ids(list(token_ids))
         positions = torch.arange(len(ids), device=self.device)
-        hidden = self.model(torch.tensor(ids, device=self.device), positions, NoCacheContext())
+        # the model's own no-cache attention: causal for an AR model, bidirectional for a diffusion one
+        hidden = self.model(torch.tensor(ids, device=self.device), positions, None)
         return self.model.compute_logits(hidden)

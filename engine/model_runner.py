@@ -2,7 +2,8 @@
 
 Flow: for each (sequence, n) take its next n uncomputed tokens and their positions, map each position
 to its KV slot through the block table, run the model once over all T tokens, and compute logits only
-at the last token of the sequences that finish their prompt or decode this step.
+at the last token of the sequences that finish their prompt or decode this step, and at every row of
+the current block of a diffusion sequence whose window is complete.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
-        """Run one step; returns the sequences that need a token now and their logits [S, V] float32."""
+        """Run one step; returns the sequences that need logits now and those logits, float32: one row
+        [1, V] per autoregressive sequence, then B rows per diffusion sequence (its current block),
+        stacked in the order of the returned list."""
         bs = self.cache.block_size
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        tables, q_lens, ctx_lens, last_rows, sample = [], [], [], [], []
+        tables, q_lens, ctx_lens, rows, sample, blocks = [], [], [], [], [], []
         for seq, n in scheduled:
             start, end = seq.num_computed, seq.num_computed + n
             table = self.blocks.block_table(seq.seq_id)
@@ -38,12 +41,18 @@ class ModelRunner:
             tables.append(table)
             q_lens.append(n)
             ctx_lens.append(end)
-            if end == seq.num_tokens:  # prompt complete (or a decode step): sample from the last row
+            run = seq.diffusion
+            blocks.append(None if run is None else run.params.block_length)
+            if end == seq.num_tokens:  # prompt complete, a decode step, or a diffusion block's step
                 sample.append(seq)
-                last_rows.append(len(ids) - 1)
+                width = 1 if run is None else run.params.block_length
+                rows += range(len(ids) - width, len(ids))
         dev = self.device
-        ctx = PagedContext(self.cache, torch.tensor(slots, device=dev), q_lens, ctx_lens, tables)
+        block_lengths = blocks if any(b is not None for b in blocks) else None
+        ctx = PagedContext(
+            self.cache, torch.tensor(slots, device=dev), q_lens, ctx_lens, tables, block_lengths
+        )
         hidden = self.model(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), ctx)  # (T, d)
         if not sample:
             return [], None
-        return sample, self.model.compute_logits(hidden[torch.tensor(last_rows, device=dev)])  # (S, V)
+        return sample, self.model.compute_logits(hidden[torch.tensor(rows, device=dev)])  # (R, V)

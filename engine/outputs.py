@@ -36,6 +36,11 @@ class RequestOutput:
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     index: int = 0  # which sample of the request this is
     choices: list[RequestOutput] | None = None  # every sample, when the request asked for n > 1
+    # Model forward passes that produced this sample's tokens: one per token when decoding
+    # autoregressively, the NFE of a diffusion request (several tokens per forward).
+    num_forwards: int = 0
+    # Diffusion only: the absolute positions committed at each forward (for tracing and parity).
+    step_commits: list[list[int]] | None = None
 
     @property
     def finished(self) -> bool:

@@ -94,6 +94,9 @@ class SamplingParams:
     logprobs: int | None = None  # 0..20 top logprobs besides the sampled token; None = none
     n: int = 1  # samples drawn for the prompt; they share its KV blocks (prefilled once)
     logits_processors: list[LogitsProcessor] = field(default_factory=list)  # server-side hooks
+    # Block-diffusion decoding (engine.diffusion.DiffusionParams) for a diffusion model; None: its
+    # defaults there. max_tokens is the generation length.
+    diffusion: Any = None
 
     def __post_init__(self) -> None:
         self.n = _integer("n", self.n, 1)
@@ -124,6 +127,11 @@ class SamplingParams:
         if not isinstance(procs, (list, tuple)) or not all(callable(p) for p in procs):
             raise RequestError(f"logits_processors must be a list of callables, got {procs!r}")
         self.logits_processors = list(procs)
+        if self.diffusion is not None:
+            from engine.diffusion.params import DiffusionParams
+
+            if not isinstance(self.diffusion, DiffusionParams):
+                raise RequestError(f"diffusion must be a DiffusionParams or None, got {self.diffusion!r}")
 
     def for_sample(self, index: int) -> SamplingParams:
         """The params of sample `index` (> 0) of an n-sample request: n=1, its own seed and processors.

@@ -152,6 +152,10 @@ class Scheduler:
 
     def _chunk(self, seq: Sequence, budget: int) -> int:
         """Tokens `seq` may compute this step: its next prompt chunk or decode token, within budget."""
+        if seq.diffusion is not None:  # whole diffusion blocks only; a block wider than the budget
+            n = seq.diffusion.chunk(seq.num_computed, budget)  # runs alone in a step of its own
+            full = budget == self.config.max_num_batched_tokens
+            return n if n or not full else seq.num_uncomputed
         n = min(seq.num_uncomputed, budget)
         if n > 1 and self._is_background(seq):
             n = min(n, self._background_left)

@@ -49,6 +49,7 @@ class Sequence:
     seq_id: str = field(init=False)
     token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list)
+    diffusion: Any = None  # engine.diffusion.run.DiffusionRun of a block-diffusion request
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
