@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
-.PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch
+.PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -52,3 +52,6 @@ bench-sampling: $(STAMP)
 
 bench-batch: $(STAMP)
 	$(PY) -m bench.batch
+
+bench-diffusion: $(STAMP)
+	$(PY) -m bench.diffusion
