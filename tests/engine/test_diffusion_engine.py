@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from engine import LLM, DiffusionParams, RequestError, SamplingParams
@@ -98,11 +97,16 @@ def test_several_diffusion_requests_batched_in_one_forward_answer_as_alone(golde
     """Different prompts, decoders and block lengths in the same engine steps."""
     llm = llms["confident"]
     prompts = [golden["inputs"]["prompt"], golden["inputs"]["seq0"][:9], golden["inputs"]["seq0"][3:20]]
+
+    def sp(max_tokens: int, **kw) -> SamplingParams:
+        d = DiffusionParams(mask_token_id=510, eos_token_id=1, **kw)
+        return SamplingParams(max_tokens=max_tokens, temperature=0, diffusion=d)
+
     params = [
-        SamplingParams(max_tokens=24, temperature=0, diffusion=DiffusionParams(block_length=8, threshold=0.9, mask_token_id=510, eos_token_id=1)),
-        SamplingParams(max_tokens=16, temperature=0, diffusion=DiffusionParams(block_length=4, threshold=0.8, decoder="threshold", mask_token_id=510, eos_token_id=1)),
-        SamplingParams(max_tokens=20, temperature=0, diffusion=DiffusionParams(block_length=8, threshold=0.9, decoder="credit", mask_token_id=510, eos_token_id=1)),
-    ]  # fmt: skip
+        sp(24, block_length=8, threshold=0.9),
+        sp(16, block_length=4, threshold=0.8, decoder="threshold"),
+        sp(20, block_length=8, threshold=0.9, decoder="credit"),
+    ]
     alone = [llm.generate([p], sp)[0] for p, sp in zip(prompts, params, strict=True)]
     before = llm.engine.metrics.steps
     together = llm.generate(prompts, params)
