@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2
 
 from gateway.api import OPTIONAL_SAMPLING_FIELDS, pb
 from pipelines.batches import TERMINAL_STATUSES
-from pipelines.protocol import Usage  # the same four counts the workers report
+from pipelines.protocol import Usage  # the same counts the workers report
 
 MEDIA_TYPES = ("image", "audio", "video")
 # First bytes of common media files, for parts given as bytes without a mime type.
@@ -73,6 +73,9 @@ class RequestOptions(TypedDict, total=False):
     stop_token_ids: Iterable[int]
     enable_thinking: bool
     thinking_budget: int
+    # diffusion models (llada2): block_length, steps, threshold, decoder, low_threshold,
+    # eos_early_stop, prefix_cache (see DiffusionOptions in the proto)
+    diffusion: Mapping[str, Any]
     request_id: str
     priority: int
 
@@ -213,6 +216,7 @@ def build_request(
     stop_token_ids: Iterable[int] | None = None,
     enable_thinking: bool | None = None,
     thinking_budget: int | None = None,
+    diffusion: Mapping[str, Any] | None = None,
     request_id: str | None = None,
     priority: int = 0,
     **sampling: Any,
@@ -236,6 +240,14 @@ def build_request(
     request = pb.GenerateRequest(
         model=model, sampling=params, reasoning=reasoning, request_id=request_id or "", priority=priority
     )
+    if diffusion is not None:
+        fields = pb.DiffusionOptions.DESCRIPTOR.fields_by_name
+        unknown = set(diffusion) - set(fields)
+        if unknown:
+            raise _invalid("diffusion", f"unknown option(s) {sorted(unknown)}; known: {sorted(fields)}")
+        request.diffusion.CopyFrom(
+            pb.DiffusionOptions(**{k: v for k, v in diffusion.items() if v is not None})
+        )
     if prompt is not None:
         if not isinstance(prompt, str):
             raise _invalid("prompt", f"a string is required, got {type(prompt).__name__}")
@@ -247,7 +259,9 @@ def build_request(
 
 # ---- response conversion ---------------------------------------------------------------------
 def usage_from_pb(msg: Any) -> Usage:
-    return Usage(msg.prompt_tokens, msg.completion_tokens, msg.reasoning_tokens, msg.cached_prompt_tokens)
+    return Usage(
+        msg.prompt_tokens, msg.completion_tokens, msg.reasoning_tokens, msg.cached_prompt_tokens, msg.forwards
+    )
 
 
 def choice_from_pb(msg: Any) -> Choice:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from typing import Any
 
 import grpc
 
@@ -64,6 +65,8 @@ def request_to_job(
         raise invalid("messages and prompt are both empty: send one")
     messages = tuple(_message(i, m, cfg, state, blobs) for i, m in enumerate(req.messages)) or None
     enable_thinking, thinking_budget = _reasoning(req)
+    # the worker rejects diffusion options for an autoregressive model (only its engine knows)
+    diffusion = _diffusion(req) if req.HasField("diffusion") else None
     job = GenerateJob(
         request_id=request_id,
         model=req.model,
@@ -72,6 +75,7 @@ def request_to_job(
         sampling=_sampling(req.sampling, cfg, state),
         enable_thinking=enable_thinking,
         thinking_budget=thinking_budget,
+        diffusion=diffusion,
         priority=req.priority,
         deadline=deadline,
         submitted_at=submitted_at,
@@ -200,6 +204,40 @@ def _reasoning(req: pb.GenerateRequest) -> tuple[bool | None, int | None]:
     return enable, budget
 
 
+DIFFUSION_DECODERS = ("llada2", "threshold", "hierarchy", "credit")
+
+
+def _diffusion(req: pb.GenerateRequest) -> dict[str, Any]:
+    """The diffusion options the client set, checked (the engine checks them again)."""
+    d, out = req.diffusion, {}
+    if d.HasField("block_length"):
+        if not 1 <= d.block_length <= 1024:
+            raise invalid(f"diffusion.block_length must be in [1, 1024], got {d.block_length}")
+        out["block_length"] = d.block_length
+    if d.HasField("steps"):
+        if d.steps < 1:
+            raise invalid(f"diffusion.steps must be >= 1, got {d.steps}")
+        out["steps"] = d.steps
+    for name in ("threshold", "low_threshold"):
+        if d.HasField(name):
+            value = getattr(d, name)
+            if not 0.0 <= value <= 1.0:  # NaN fails too
+                raise invalid(f"diffusion.{name} must be in [0, 1], got {value}")
+            out[name] = value
+    if d.decoder:
+        if d.decoder not in DIFFUSION_DECODERS:
+            raise invalid(
+                f"diffusion.decoder must be one of {', '.join(DIFFUSION_DECODERS)}, got {d.decoder!r}"
+            )
+        out["decoder"] = d.decoder
+    if "low_threshold" in out and out.get("decoder") != "hierarchy":
+        raise invalid("diffusion.low_threshold applies to decoder 'hierarchy' only")
+    for name in ("eos_early_stop", "prefix_cache"):
+        if d.HasField(name):
+            out[name] = getattr(d, name)
+    return out
+
+
 # ---- events -> replies -------------------------------------------------------------------------
 def event_error(event: Event) -> Rejection | None:
     """The status a terminal event ends the call with, or None when it ends with an answer."""
@@ -227,6 +265,8 @@ def _usage(event: Event) -> pb.Usage:
         completion_tokens=u.completion_tokens,
         reasoning_tokens=u.reasoning_tokens,
         cached_prompt_tokens=u.cached_prompt_tokens,
+        forwards=u.forwards,
+        tokens_per_forward=u.tokens_per_forward,
     )
 
 

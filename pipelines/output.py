@@ -78,6 +78,7 @@ class Presenter:
             completion_tokens=sum(len(o.token_ids) for o in outs),
             reasoning_tokens=sum(c.reasoning_tokens for c in self._choices),
             cached_prompt_tokens=out.metrics.cached_prompt_tokens,
+            forwards=sum(o.num_forwards for o in outs),
         )
 
     def summaries(self, out: RequestOutput) -> tuple[ChoiceSummary, ...] | None:

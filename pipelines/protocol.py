@@ -103,6 +103,8 @@ class GenerateJob:
     sampling: Sampling = field(default_factory=Sampling)
     enable_thinking: bool | None = None
     thinking_budget: int | None = None
+    # Block-diffusion options the client set (engine DiffusionParams field names), None: none sent
+    diffusion: dict[str, Any] | None = None
     priority: int = 0
     deadline: float | None = None  # unix time after which the result is useless
     submitted_at: float = 0.0  # unix time the gateway accepted it
@@ -164,6 +166,11 @@ class Usage:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     cached_prompt_tokens: int = 0
+    forwards: int = 0  # model forward passes that produced the completion tokens (all choices)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.completion_tokens / self.forwards if self.forwards else 0.0
 
 
 @dataclass(frozen=True)

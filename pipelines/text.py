@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from engine.diffusion.params import DiffusionParams
 from engine.engine import LLMEngine
 from engine.errors import RequestError
 from engine.sampling_params import LogitsProcessor, SamplingParams
@@ -60,11 +61,16 @@ def prepare(
             f"reasoning.thinking_budget applies to reasoning models; model '{job.model}' answers directly"
         )
     ids = engine.encode(text)
+    diffusion = getattr(engine.model, "diffusion", False)
+    if diffusion:  # LLaDA2's generate() decodes greedily unless told otherwise
+        defaults = {"temperature": 0.0, **defaults}
     params = sampling_params(job.sampling, defaults, engine.max_model_len, len(ids), default_max_tokens)
+    if job.diffusion is not None:
+        params.diffusion = diffusion_params(job.diffusion)
     processors = [make(engine.tokenizer) for make in processor_factories]
     if budget is not None:
         processors.append(ThinkingBudget(engine.tokenizer, ids, mode.tags, mode.starts_in_reasoning, budget))
-    params.logits_processors = processors  # ThinkingBudget last: its forced token wins
+    params.logits_processors = [] if diffusion else processors  # ThinkingBudget last: its forced token wins
     return Prepared(ids, params, Presenter(params.n, mode, engine.tokenizer, ids))
 
 
@@ -134,6 +140,18 @@ def _message_dict(job: GenerateJob, i: int) -> dict[str, str]:
 
 
 # ---- sampling ------------------------------------------------------------------------------------
+_DIFFUSION_FIELDS = frozenset(
+    ("block_length", "steps", "threshold", "decoder", "low_threshold", "eos_early_stop", "prefix_cache")
+)
+
+
+def diffusion_params(options: Mapping[str, Any]) -> DiffusionParams:
+    """The job's diffusion options as engine DiffusionParams (RequestError naming a bad field)."""
+    if not isinstance(options, Mapping) or not set(options) <= _DIFFUSION_FIELDS:
+        raise RequestError(f"diffusion options must be among {sorted(_DIFFUSION_FIELDS)}, got {options!r}")
+    return DiffusionParams(**options)
+
+
 def sampling_params(
     sampling: Sampling,
     defaults: Mapping[str, Any],

@@ -66,6 +66,14 @@ def demo_ring(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_llada2(tmp_path_factory) -> Path:
+    """The demo LLaDA2 (diffusion) checkpoint, as `bailing init-demo` writes it (seed 2)."""
+    from bailing.demo.writer import write_llada2_checkpoint
+
+    return write_llada2_checkpoint(tmp_path_factory.mktemp("demo") / "llada2", seed=2)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis-protocol server for service tests.
 

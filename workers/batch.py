@@ -217,6 +217,8 @@ def result_from_events(
             "completion_tokens": usage.completion_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
             "cached_prompt_tokens": usage.cached_prompt_tokens,
+            "forwards": usage.forwards,
+            "tokens_per_forward": usage.tokens_per_forward,
         },
         "choices": choices,
     }

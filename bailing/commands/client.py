@@ -71,9 +71,16 @@ def _messages(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [*messages, {"role": "user", "content": content}]
 
 
+_DIFFUSION_FLAGS = ("block_length", "steps", "threshold", "decoder", "low_threshold")
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_tokens", "temperature", "top_p", "top_k", "seed", "n", "enable_thinking", "thinking_budget")
-    return {name: getattr(args, name) for name in names}
+    options = {name: getattr(args, name) for name in names}
+    diffusion = {name: getattr(args, name) for name in _DIFFUSION_FLAGS if getattr(args, name) is not None}
+    if diffusion:
+        options["diffusion"] = diffusion
+    return options
 
 
 def _write(text: str, *, dim: bool = False) -> None:
@@ -84,7 +91,10 @@ def _write(text: str, *, dim: bool = False) -> None:
 
 def _stats(request_id: str, usage: Any, finish_reason: str) -> None:
     tokens = usage.completion_tokens if usage else 0
-    print(f"[{request_id}: {tokens} tokens, {finish_reason or 'unfinished'}]", file=sys.stderr)
+    forwards = (
+        f", {tokens / usage.forwards:.1f} tokens/forward" if usage and 0 < usage.forwards < tokens else ""
+    )
+    print(f"[{request_id}: {tokens} tokens{forwards}, {finish_reason or 'unfinished'}]", file=sys.stderr)
 
 
 def _chat_stream(client: Any, args: argparse.Namespace, tty: bool) -> int:
@@ -237,6 +247,21 @@ def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     chat.add_argument(
         "--thinking-budget", type=int, default=None, metavar="N", help="reasoning tokens at most"
+    )
+    diffusion = chat.add_argument_group("diffusion models (llada2)")
+    diffusion.add_argument(
+        "--block-length", type=int, default=None, metavar="B", help="tokens per block (32)"
+    )
+    diffusion.add_argument("--steps", type=int, default=None, metavar="S", help="llada2 steps per block (32)")
+    diffusion.add_argument(
+        "--threshold", type=float, default=None, metavar="P", help="confidence to commit a token (0.95)"
+    )
+    diffusion.add_argument(
+        "--decoder", default=None, choices=["llada2", "threshold", "hierarchy", "credit"],
+        help="parallel decoder (default llada2)",
+    )  # fmt: skip
+    diffusion.add_argument(
+        "--low-threshold", type=float, default=None, metavar="P", help="hierarchy decoder's lower threshold"
     )
     for kind in ("image", "audio", "video"):
         chat.add_argument(

@@ -94,7 +94,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     up.add_argument("--device", default="cpu", help="torch device of the workers (default cpu)")
     up.add_argument(
-        "--models", default=None, metavar="A,B", help="serve only these demo models (default: ling,ring)"
+        "--models",
+        default=None,
+        metavar="A,B",
+        help="serve only these demo models (default: ling,ring,llada2)",
     )
     up.add_argument(
         "--redis-url",

@@ -181,11 +181,15 @@ class DemoModel:
 
 
 # Each demo model is named after its family today; the family is kept explicit for the workers.
-DEMO_MODELS: tuple[DemoModel, ...] = (DemoModel("ling", "ling", seed=0), DemoModel("ring", "ring", seed=1))
+DEMO_MODELS: tuple[DemoModel, ...] = (
+    DemoModel("ling", "ling", seed=0),
+    DemoModel("ring", "ring", seed=1),
+    DemoModel("llada2", "llada2", seed=2),
+)
 _FAMILY_WRITERS: dict[str, Callable[..., Path]] = {
     "ling": write_ling_checkpoint,
     "ring": write_ring_checkpoint,
-    "llada2": write_llada2_checkpoint,  # not in DEMO_MODELS yet: the served stack cannot decode it
+    "llada2": write_llada2_checkpoint,
 }
 
 

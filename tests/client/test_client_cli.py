@@ -162,6 +162,23 @@ def test_chat_sends_options_system_and_media(tmp_path, capsys):
     assert options["max_tokens"] == 5 and options["temperature"] == 0.5
     assert options["enable_thinking"] is False and options["thinking_budget"] == 9
     assert options["top_p"] is None and options["n"] is None  # unset options stay unset
+    assert "diffusion" not in options
+
+
+def test_chat_sends_diffusion_flags_as_one_option():
+    client = ScriptedClient()
+    args = _args(
+        "chat", "--model", "llada2", "--decoder", "hierarchy", "--threshold", "0.9", "--low-threshold", "0.5",
+        "--block-length", "16", "hello",
+    )  # fmt: skip
+    commands._cmd_chat(client, args)
+    options = client.calls[0][2]
+    assert options["diffusion"] == {
+        "block_length": 16,
+        "threshold": 0.9,
+        "decoder": "hierarchy",
+        "low_threshold": 0.5,
+    }
 
 
 def test_models_table(capsys):

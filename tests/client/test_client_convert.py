@@ -252,3 +252,12 @@ def test_dead_address_raises_connection_errors():
             client.health()
         with pytest.raises(BailingConnectionError), client.stream("ling", "hi") as stream:
             list(stream)
+
+
+def test_diffusion_options_go_into_the_request_and_unknown_ones_are_refused():
+    req = build_request("llada2", "hi", diffusion={"block_length": 8, "decoder": "credit", "steps": None})
+    assert req.HasField("diffusion") and req.diffusion.block_length == 8 and req.diffusion.decoder == "credit"
+    assert not req.diffusion.HasField("steps")
+    assert not build_request("llada2", "hi").HasField("diffusion")
+    with pytest.raises(BailingClientError, match="diffusion"):
+        build_request("llada2", "hi", diffusion={"blocks": 8})

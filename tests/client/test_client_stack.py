@@ -47,7 +47,7 @@ def test_stop_leaves_no_process(tmp_path):
     stack.start()
     try:
         names = {child.name for child in stack.all_children()}
-        assert names == {"valkey", "gateway", "worker-ling", "worker-ring"}
+        assert names == {"valkey", "gateway", "worker-ling", "worker-ring", "worker-llada2"}
         procs = process_tree([child.pid for child in stack.all_children()])
         assert any(p.name() == "valkey-server" for p in procs)
         with Client(stack.address) as client:
@@ -68,13 +68,14 @@ def test_an_external_redis_replaces_the_embedded_valkey(tmp_path):
         Stack(port=0, dir=tmp_path, redis_url=redis_server.connection_url) as stack,
     ):
         assert stack.valkey is None
-        assert [child.name for child in stack.all_children()] == ["gateway", "worker-ling", "worker-ring"]
+        names = [child.name for child in stack.all_children()]
+        assert names == ["gateway", "worker-ling", "worker-ring", "worker-llada2"]
         assert all(redis_server.connection_url in child.argv for child in stack.children)
         gateway, *workers = stack.children
-        assert gateway.argv[gateway.argv.index("--models") + 1] == "ling,ring"
-        assert [w.argv[w.argv.index("--family") + 1] for w in workers] == ["ling", "ring"]
+        assert gateway.argv[gateway.argv.index("--models") + 1] == "ling,ring,llada2"
+        assert [w.argv[w.argv.index("--family") + 1] for w in workers] == ["ling", "ring", "llada2"]
         with Client(stack.address) as client:
-            for model in ("ling", "ring"):
+            for model in ("ling", "ring", "llada2"):
                 assert client.generate(model, "hi", max_tokens=2).finish_reason in ("stop", "length")
     assert all(child.exit_code() is not None for child in stack.all_children())
 

@@ -260,13 +260,13 @@ def test_bad_spec_names_the_field(change, field):
 
 def test_write_demo_models_is_idempotent(tmp_path):
     paths = write_demo_models(tmp_path)
-    assert paths == {"ling": tmp_path / "ling", "ring": tmp_path / "ring"}
+    assert paths == {"ling": tmp_path / "ling", "ring": tmp_path / "ring", "llada2": tmp_path / "llada2"}
     stamps = {name: json.loads((path / STAMP_FILE).read_text()) for name, path in paths.items()}
     for name, stamp in stamps.items():
         assert stamp["spec"]["hidden_size"] == 128 and "config.json" in stamp["files"]
         assert stamp["family"] == name
     assert (stamps["ling"]["seed"], stamps["ring"]["seed"]) == (0, 1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ling", "ring"]  # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ling", "llada2", "ring"]  # no temp folder left
     before = {name: {p.name: p.stat().st_mtime_ns for p in path.iterdir()} for name, path in paths.items()}
     write_demo_models(tmp_path)
     after = {name: {p.name: p.stat().st_mtime_ns for p in path.iterdir()} for name, path in paths.items()}
@@ -280,7 +280,7 @@ def test_write_demo_models_is_idempotent(tmp_path):
 
 
 def test_demo_models_are_known_families():
-    assert [m.name for m in DEMO_MODELS] == ["ling", "ring"]
+    assert [m.name for m in DEMO_MODELS] == ["ling", "ring", "llada2"]
     assert {m.family for m in DEMO_MODELS} <= set(known_families())
 
 

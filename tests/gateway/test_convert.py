@@ -480,3 +480,18 @@ def test_config_rejects_bad_values_naming_the_field(kwargs, field):
     base = {"redis_url": "redis://x", "models": ("ling",)}
     with pytest.raises(ValueError, match=field):
         GatewayConfig(**{**base, **kwargs})
+
+
+def test_diffusion_options_become_the_jobs_engine_field_names():
+    req = request(diffusion=pb.DiffusionOptions(block_length=8, threshold=0.9, decoder="hierarchy",
+                                                low_threshold=0.5, prefix_cache=False))  # fmt: skip
+    job, _ = request_to_job(req, CFG, None, submitted_at=0.0)
+    assert job.diffusion == {
+        "block_length": 8, "threshold": 0.9, "decoder": "hierarchy", "low_threshold": 0.5,
+        "prefix_cache": False,
+    }  # fmt: skip
+    assert request_to_job(request(), CFG, None, submitted_at=0.0)[0].diffusion is None
+    empty = request(diffusion=pb.DiffusionOptions())  # sent but all unset: the model's defaults
+    assert request_to_job(empty, CFG, None, submitted_at=0.0)[0].diffusion == {}
+    job_json = type(job).from_dict(json.loads(json.dumps(job.to_dict())))  # survives Celery's JSON
+    assert job_json.diffusion == job.diffusion

@@ -273,7 +273,9 @@ def ev(seq: int, type_: EventType, **kw) -> Event:
 
 
 def test_result_from_a_single_choice_done():
-    usage = Usage(prompt_tokens=5, completion_tokens=3, reasoning_tokens=2, cached_prompt_tokens=1)
+    usage = Usage(
+        prompt_tokens=5, completion_tokens=3, reasoning_tokens=2, cached_prompt_tokens=1, forwards=3
+    )
     events = [
         ev(0, EventType.STARTED, worker_id="w"),
         ev(1, EventType.DELTA, reasoning_text="hmm "),
@@ -294,6 +296,8 @@ def test_result_from_a_single_choice_done():
             "completion_tokens": 3,
             "reasoning_tokens": 2,
             "cached_prompt_tokens": 1,
+            "forwards": 3,
+            "tokens_per_forward": 1.0,
         },
         "choices": [
             {
