@@ -3,6 +3,8 @@
 Legend: T = tokens, N = heads, D = head_dim, R = rotary_dim.
 cos/sin are computed per call from the positions (cheap: T x R/2), in float32, scaled by the
 attention factor (1.0 unless yarn), then cast to the activation dtype. Channels R..D pass through.
+Multi-row positions (e.g. Ming's VideoRoPE: rows t, h, w) are positions [P, T] with a model-given
+`row_of_freq` [R/2]: frequency j rotates by row `row_of_freq[j]`'s position (`set_position_rows`).
 """
 
 from __future__ import annotations
@@ -68,10 +70,26 @@ class RotaryEmbedding(nn.Module):
         self.rotary_dim = cfg.rotary_dim
         inv_freq, self.attention_scaling = rope_parameters(cfg)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.row_of_freq: torch.Tensor | None = None  # (R/2,) for multi-row positions
+
+    def set_position_rows(self, row_of_freq: torch.Tensor) -> None:
+        """Which row of [P, T] positions each of the R/2 frequencies uses (multi-row RoPE)."""
+        if row_of_freq.shape != self.inv_freq.shape:
+            raise ValueError(
+                f"row_of_freq needs {self.inv_freq.shape[0]} entries, got {tuple(row_of_freq.shape)}"
+            )
+        self.row_of_freq = row_of_freq.long()
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [T] -> cos, sin [T, R]."""
-        freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]  # (T, R/2)
+        """positions [T] (or [P, T] with `set_position_rows`) -> cos, sin [T, R]."""
+        inv_freq = self.inv_freq.to(positions.device)
+        if positions.dim() == 2:
+            if self.row_of_freq is None:
+                raise ValueError("multi-row positions need set_position_rows() first")
+            picked = positions.float()[self.row_of_freq.to(positions.device)]  # (R/2, T)
+            freqs = picked.t() * inv_freq[None, :]  # (T, R/2)
+        else:
+            freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, R/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (T, R)
         scale = self.attention_scaling
         return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)

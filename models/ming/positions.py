@@ -96,3 +96,13 @@ def _block(st: int, frames: int, h2: int, w2: int, tau: float) -> tuple[list[int
 def decode_positions(cache_len: int, rope_delta: int) -> torch.Tensor:
     """The next token's positions [3, 1]: every row at cache_len + rope_delta."""
     return torch.full((3, 1), cache_len + rope_delta, dtype=torch.long)
+
+
+def video_rope_rows(num_freqs: int = 32, sections: tuple[int, int, int] = (8, 12, 12)) -> torch.Tensor:
+    """Row (0 t, 1 h, 2 w) of each rotary frequency in the Preview's VideoRoPE: the first
+    2 * sections[1] frequencies alternate h, w; the remaining sections[0] use t (the upstream code
+    hard-codes [8, 12, 12], so the rotary dim must be 64)."""
+    t, h, w = sections
+    if h != w or t + h + w != num_freqs:
+        raise ValueError(f"VideoRoPE sections {sections} do not split {num_freqs} frequencies")
+    return torch.tensor([1 + (j % 2) if j < 2 * h else 0 for j in range(num_freqs)], dtype=torch.long)

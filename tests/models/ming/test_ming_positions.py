@@ -78,3 +78,28 @@ def test_decode_positions_and_a_missing_grid():
     assert decode_positions(49, -23).tolist() == [[26], [26], [26]]
     with pytest.raises(ValueError, match="image grids"):
         position_ids([T, IMG, PATCH], EXAMPLE, [])
+
+
+def test_video_rope_rows_and_three_row_rotary():
+    from engine.config import RopeConfig
+    from engine.layers.rotary import RotaryEmbedding
+    from models.ming.positions import video_rope_rows
+
+    rows = video_rope_rows()
+    assert rows.tolist() == [1, 2] * 12 + [0] * 8
+    rope = RotaryEmbedding(RopeConfig(head_dim=128, rotary_dim=64, theta=600000.0, max_position=32768))
+    rope.set_position_rows(rows)
+    flat = torch.arange(10)
+    same = torch.stack([flat, flat, flat])  # equal rows: exactly the 1-D rotary
+    one = RotaryEmbedding(
+        RopeConfig(head_dim=128, rotary_dim=64, theta=600000.0, max_position=32768)
+    ).cos_sin(flat, torch.float32)
+    three = rope.cos_sin(same, torch.float32)
+    assert torch.equal(one[0], three[0]) and torch.equal(one[1], three[1])
+    pos = torch.stack([flat, flat + 100, flat + 200])  # t, h, w
+    cos, _ = rope.cos_sin(pos, torch.float32)
+    f = rope.inv_freq
+    assert torch.allclose(cos[3, 0], torch.cos(torch.tensor(103.0) * f[0]))  # frequency 0: h
+    assert torch.allclose(cos[3, 1], torch.cos(torch.tensor(203.0) * f[1]))  # frequency 1: w
+    assert torch.allclose(cos[3, 30], torch.cos(torch.tensor(3.0) * f[30]))  # frequency 30: t
+    assert torch.equal(cos[:, :32], cos[:, 32:])  # cat(f, f)
