@@ -68,6 +68,25 @@ class Router(nn.Module):
         return select_experts(logits, self.expert_bias, self.cfg)
 
 
+def route_by_gate(
+    x: torch.Tensor, routers: list[Router], gate: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Several routers over the same experts (a multi-router, e.g. Ming's text / image / audio gates):
+    token t is routed by `routers[gate[t]]`; `gate` None (text-only prefill, every decode step) uses
+    routers[0] for all. Routing is per token, so running each router on its own tokens gives what
+    running every router on every token and picking would, for less work."""
+    if gate is None or not bool(gate.any()):
+        return routers[0](x)
+    t, k = x.shape[0], routers[0].cfg.top_k
+    weights = torch.empty(t, k, dtype=torch.float32, device=x.device)
+    ids = torch.empty(t, k, dtype=torch.long, device=x.device)
+    for g in gate.unique().tolist():
+        rows = (gate == g).nonzero()[:, 0]  # (T_g,)
+        w, i = routers[g](x[rows])
+        weights[rows], ids[rows] = w, i
+    return weights, ids
+
+
 class FusedExperts(nn.Module):
     """E SwiGLU experts stored as stacks. Dispatch picks the cheapest grouped form for the step:
     CUDA bf16 -> torch's grouped GEMM; on CPU a decode-sized batch (2..64 pairs per expert) whose

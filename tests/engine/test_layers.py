@@ -201,3 +201,33 @@ def test_rmsnorm_fused_matches_native(dtype):
     torch.nn.init.normal_(norm.weight, mean=1.0, std=0.1)
     x = torch.randn(5, 3, 32).to(dtype)
     torch.testing.assert_close(norm(x), norm.forward_native(x), atol=1e-6, rtol=1e-5)
+
+
+def test_route_by_gate_routes_each_token_by_its_own_gate():
+    """Three gates with different weights over the same 16 experts (Ming's text / image / audio):
+    each token's expert choice and weights are those of its gate alone; no gate vector = gate 0."""
+    from engine.layers.moe import Router, route_by_gate
+
+    cfg = _moe(hidden_size=16, num_experts=16, top_k=4, n_group=4, topk_group=2, score_function="sigmoid",
+               expert_bias=True, routed_scaling_factor=2.5)  # fmt: skip
+    torch.manual_seed(0)
+    routers = []
+    for _ in range(3):
+        r = Router(cfg)
+        materialize(r, torch.float32, torch.device("cpu"))
+        with torch.no_grad():
+            r.weight.normal_(std=0.5)
+            r.expert_bias.normal_(std=0.05)
+        routers.append(r)
+    x = torch.randn(12, 16)
+    gate = torch.tensor([0, 1, 1, 2, 0, 2, 2, 1, 0, 0, 1, 2])
+    weights, ids = route_by_gate(x, routers, gate)
+    for t in range(12):
+        w, i = routers[int(gate[t])](x[t : t + 1])
+        assert torch.equal(ids[t], i[0]) and torch.allclose(weights[t], w[0], atol=1e-6)
+    per_gate = [r(x)[1] for r in routers]
+    assert not torch.equal(per_gate[0], per_gate[1]) and not torch.equal(per_gate[1], per_gate[2])
+    _, i0 = route_by_gate(x, routers, None)
+    assert torch.equal(i0, per_gate[0]) and torch.equal(
+        route_by_gate(x, routers, torch.zeros(12, dtype=torch.long))[1], i0
+    )
