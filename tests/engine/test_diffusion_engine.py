@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from engine import LLM, DiffusionParams, RequestError, SamplingParams
-from tests.models.llada2_golden import CHECKPOINT, expected, require_golden
+from tests.models.llada2_golden import CHECKPOINT, expected, require_golden, run_params
 
 GREEDY_TAGS = [
     "random_thr0.9_greedy",
@@ -45,18 +45,8 @@ def llms(golden, tmp_path_factory):
 
 
 def params_for(run: dict, prefix_cache: bool = True) -> SamplingParams:
-    args = run["args"]
-    diffusion = DiffusionParams(
-        block_length=args["block_length"],
-        steps=args.get("steps", 32),
-        threshold=args["threshold"],
-        decoder="llada2",
-        eos_early_stop=args.get("eos_early_stop", False),
-        mask_token_id=args["mask_id"],
-        eos_token_id=args["eos_id"],
-        prefix_cache=prefix_cache,
-    )
-    return SamplingParams(max_tokens=args["gen_length"], temperature=0.0, diffusion=diffusion)
+    diffusion = run_params(run, prefix_cache)
+    return SamplingParams(max_tokens=run["args"]["gen_length"], temperature=0.0, diffusion=diffusion)
 
 
 @pytest.mark.parametrize("prefix_cache", [True, False], ids=["prefix-cache", "no-cache"])

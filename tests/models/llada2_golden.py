@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from engine.diffusion import DiffusionParams
 from engine.model_base import CausalLM
 from engine.model_loader import load_model
 from tests.conftest import SHARED
@@ -40,3 +41,18 @@ def load_tiny(folder: Path = CHECKPOINT, lm_head_scale: float = 1.0) -> CausalLM
         with torch.no_grad():
             model.lm_head.weight.mul_(lm_head_scale)
     return model
+
+
+def run_params(run: dict[str, Any], prefix_cache: bool = True) -> DiffusionParams:
+    """The DiffusionParams of a golden generate() run (its recorded args, decoder llada2)."""
+    args = run["args"]
+    return DiffusionParams(
+        block_length=args["block_length"],
+        steps=args.get("steps", 32),
+        threshold=args["threshold"],
+        decoder="llada2",
+        eos_early_stop=args.get("eos_early_stop", False),
+        mask_token_id=args["mask_id"],
+        eos_token_id=args["eos_id"],
+        prefix_cache=prefix_cache,
+    )

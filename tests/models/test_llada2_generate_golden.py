@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.diffusion import DiffusionParams
-from tests.models.llada2_golden import expected, load_tiny, reference_tensors
+from tests.models.llada2_golden import expected, load_tiny, reference_tensors, run_params
 from tests.models.llada2_reference import Generation, reference_generate
 
 CONF_TOL = 1e-4
@@ -43,15 +42,7 @@ def _run(models, golden, tag: str) -> tuple[dict, Generation]:
     exp, _ = golden
     run = next(r for r in exp["generations"] if r["tag"] == tag)
     args = run["args"]
-    params = DiffusionParams(
-        block_length=args["block_length"],
-        steps=args.get("steps", 32),
-        threshold=args["threshold"],
-        decoder="llada2",
-        eos_early_stop=args.get("eos_early_stop", False),
-        mask_token_id=args["mask_id"],
-        eos_token_id=args["eos_id"],
-    )
+    params = run_params(run)
     greedy = tag.endswith("_greedy")
     model = models["confident" if tag.startswith("confident") else "random"]
     gen = reference_generate(
