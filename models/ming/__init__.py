@@ -1,0 +1,1 @@
+"""Ming-flash-omni (BailingMM2) thinker: config, encoders, language model and media processing."""

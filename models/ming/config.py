@@ -1,0 +1,184 @@
+"""Ming-flash-omni (BailingMM2) config.json -> frozen dataclasses: `MingConfig` holds the language
+model's `BailingMoeV2Config` (`llm_config`, via `ming_llm_config`), the Qwen2.5-VL ViT's `MingVisionConfig`
+(`vision_config`) and the Whisper encoder's `MingAudioConfig` (`audio_config`). Invalid values
+raise ValueError naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from models.ling.config import BailingMoeV2Config
+from models.ming.language import ming_llm_config
+
+# The upstream Preview ViT hard-codes the width of its merged output (`image_emb_dim`).
+PREVIEW_IMAGE_EMB_DIM = 8192
+
+
+def _field(d: dict[str, Any], section: str, key: str, kind: type, default: Any = None) -> Any:
+    """Read `d[key]` as `kind`; a missing key without a default, or a bad value, names the field."""
+    if key not in d or d[key] is None:
+        if default is None:
+            raise ValueError(f"config.json field '{section}.{key}' is missing")
+        return default
+    value = d[key]
+    try:
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if kind is int and (isinstance(value, bool) or int(value) != value):
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"config.json field '{section}.{key}' must be {kind.__name__}, got {value!r}"
+        ) from None
+
+
+def _positive(section: str, values: dict[str, int]) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise ValueError(f"config.json field '{section}.{key}' must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class MingVisionConfig:
+    """`vision_config` (Preview: Qwen2.5-VL ViT, model_type `qwen2_5_vit`)."""
+
+    depth: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+    hidden_act: str
+    in_channels: int
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    window_size: int
+    fullatt_block_indexes: tuple[int, ...]
+    out_hidden_size: int
+    tokens_per_second: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MingVisionConfig:
+        s = "vision_config"
+        model_type = d.get("model_type", "qwen2_5_vit")
+        if model_type != "qwen2_5_vit":
+            raise ValueError(
+                f"config.json field '{s}.model_type' must be 'qwen2_5_vit' (Ming Preview), got {model_type!r}"
+            )
+        full = d.get("fullatt_block_indexes", [])
+        if not isinstance(full, list | tuple) or not all(isinstance(i, int) for i in full):
+            raise ValueError(
+                f"config.json field '{s}.fullatt_block_indexes' must be a list of ints, got {full!r}"
+            )
+        cfg = cls(
+            depth=_field(d, s, "depth", int),
+            hidden_size=_field(d, s, "hidden_size", int),
+            num_heads=_field(d, s, "num_heads", int),
+            intermediate_size=_field(d, s, "intermediate_size", int),
+            hidden_act=_field(d, s, "hidden_act", str, "silu"),
+            in_channels=_field(d, s, "in_channels", int, 3),
+            patch_size=_field(d, s, "patch_size", int, 14),
+            temporal_patch_size=_field(d, s, "temporal_patch_size", int, 2),
+            spatial_merge_size=_field(d, s, "spatial_merge_size", int, 2),
+            window_size=_field(d, s, "window_size", int, 112),
+            fullatt_block_indexes=tuple(full),
+            out_hidden_size=_field(d, s, "out_hidden_size", int, PREVIEW_IMAGE_EMB_DIM),
+            tokens_per_second=_field(d, s, "tokens_per_second", int, 2),
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        s = "vision_config"
+        _positive(
+            s, {k: getattr(self, k) for k in ("depth", "hidden_size", "num_heads", "intermediate_size")}
+        )
+        _positive(
+            s, {k: getattr(self, k) for k in ("patch_size", "temporal_patch_size", "spatial_merge_size")}
+        )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"config.json field '{s}.hidden_size' ({self.hidden_size}) is not divisible by num_heads"
+            )
+        if self.out_hidden_size != PREVIEW_IMAGE_EMB_DIM:
+            raise ValueError(
+                f"config.json field '{s}.out_hidden_size' must be {PREVIEW_IMAGE_EMB_DIM} "
+                f"(the Preview's hard-coded image_emb_dim), got {self.out_hidden_size}"
+            )
+        bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(
+                f"config.json field '{s}.fullatt_block_indexes' has indexes outside the depth: {bad}"
+            )
+
+
+@dataclass(frozen=True)
+class MingAudioConfig:
+    """`audio_config`: the Whisper encoder (`whisper_encoder_config`) and its down-sampling projector."""
+
+    n_mels: int
+    n_ctx: int
+    n_state: int
+    n_head: int
+    n_layer: int
+    ds_kernel_size: int
+    ds_stride: int
+    norm_query_embeds: bool
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MingAudioConfig:
+        s = "audio_config"
+        w = d.get("whisper_encoder_config")
+        if not isinstance(w, dict):
+            raise ValueError(f"config.json field '{s}.whisper_encoder_config' must be an object, got {w!r}")
+        ws = f"{s}.whisper_encoder_config"
+        cfg = cls(
+            n_mels=_field(w, ws, "n_mels", int),
+            n_ctx=_field(w, ws, "n_ctx", int),
+            n_state=_field(w, ws, "n_state", int),
+            n_head=_field(w, ws, "n_head", int),
+            n_layer=_field(w, ws, "n_layer", int),
+            ds_kernel_size=_field(d, s, "ds_kernel_size", int, 3),
+            ds_stride=_field(d, s, "ds_stride", int, 2),
+            norm_query_embeds=_field(d, s, "norm_query_embeds", bool, False),
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        ws = "audio_config.whisper_encoder_config"
+        _positive(ws, {k: getattr(self, k) for k in ("n_mels", "n_ctx", "n_state", "n_head", "n_layer")})
+        _positive("audio_config", {"ds_kernel_size": self.ds_kernel_size, "ds_stride": self.ds_stride})
+        if self.n_state % self.n_head:
+            raise ValueError(f"config.json field '{ws}.n_state' ({self.n_state}) is not divisible by n_head")
+
+
+@dataclass(frozen=True)
+class MingConfig:
+    """The whole `BailingMM2Config`: projector depth plus the three sub-configs."""
+
+    mlp_depth: int
+    llm: BailingMoeV2Config
+    vision: MingVisionConfig
+    audio: MingAudioConfig
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MingConfig:
+        for key in ("llm_config", "vision_config", "audio_config"):
+            if not isinstance(d.get(key), dict):
+                raise ValueError(f"config.json field '{key}' must be an object, got {d.get(key)!r}")
+        mlp_depth = _field(d, "config", "mlp_depth", int, 2)
+        if mlp_depth != 2:
+            raise ValueError(
+                f"config.json field 'mlp_depth' must be 2 (Linear, GELU, Linear), got {mlp_depth}"
+            )
+        return cls(
+            mlp_depth=mlp_depth,
+            llm=ming_llm_config(d["llm_config"]),
+            vision=MingVisionConfig.from_dict(d["vision_config"]),
+            audio=MingAudioConfig.from_dict(d["audio_config"]),
+        )
