@@ -401,7 +401,7 @@ def completion_to_pb(completion: Completion) -> Any:
         text=completion.text,
         reasoning_text=completion.reasoning_text,
         finish_reason=completion.finish_reason,
-        usage=pb.Usage(**asdict(u)),
+        usage=pb.Usage(**asdict(u), tokens_per_forward=u.tokens_per_forward),
         timing=pb.Timing(queue_s=t.queue_s, time_to_first_token_s=t.time_to_first_token_s, total_s=t.total_s),
         choices=[pb.Choice(**asdict(c)) for c in completion.choices],
     )

@@ -189,6 +189,8 @@ def record_to_pb(record: BatchRecord) -> pb.Batch:
             completion_tokens=u.completion_tokens,
             reasoning_tokens=u.reasoning_tokens,
             cached_prompt_tokens=u.cached_prompt_tokens,
+            forwards=u.forwards,
+            tokens_per_forward=u.tokens_per_forward,
         ),
     )
 

@@ -134,7 +134,7 @@ class ItemResult:
 
 
 # ---- Lua: every state change that touches several fields is atomic ----------------------------
-# KEYS: batch, ids, results, running. ARGV: index, result JSON, ok (1|0), now, ttl, usage x4
+# KEYS: batch, ids, results, running. ARGV: index, result JSON, ok (1|0), now, ttl, usage x5
 _WRITE_RESULT = """
 if redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HDEL', KEYS[4], ARGV[1])
@@ -144,6 +144,7 @@ if ARGV[3] == '1' then
   redis.call('HINCRBY', KEYS[1], 'usage_completion_tokens', ARGV[7])
   redis.call('HINCRBY', KEYS[1], 'usage_reasoning_tokens', ARGV[8])
   redis.call('HINCRBY', KEYS[1], 'usage_cached_prompt_tokens', ARGV[9])
+  redis.call('HINCRBY', KEYS[1], 'usage_forwards', ARGV[10])
 else
   redis.call('HINCRBY', KEYS[1], 'failed', 1)
 end
@@ -291,6 +292,7 @@ class BatchStore:
             u.completion_tokens,
             u.reasoning_tokens,
             u.cached_prompt_tokens,
+            u.forwards,
         ]
         return bool(self._write(keys=_keys(batch_id), args=args))
 

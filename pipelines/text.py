@@ -66,6 +66,11 @@ def prepare(
         defaults = {"temperature": 0.0, **defaults}
     params = sampling_params(job.sampling, defaults, engine.max_model_len, len(ids), default_max_tokens)
     if job.diffusion is not None:
+        if not diffusion:
+            raise RequestError(
+                f"diffusion options apply to diffusion models (e.g. llada2); "
+                f"model '{job.model}' is autoregressive"
+            )
         params.diffusion = diffusion_params(job.diffusion)
     processors = [make(engine.tokenizer) for make in processor_factories]
     if budget is not None:

@@ -197,7 +197,9 @@ def _when(t: float) -> str:
 def _cmd_status(client: Any, args: argparse.Namespace) -> int:
     info = client.get_batch(args.id)
     if args.json:
-        print(json.dumps({**asdict(info), "finished": info.finished}))
+        data = {**asdict(info), "finished": info.finished}
+        data["usage"]["tokens_per_forward"] = info.usage.tokens_per_forward  # a property
+        print(json.dumps(data))
         return EXIT_OK
     u = info.usage
     rows = [
@@ -209,7 +211,10 @@ def _cmd_status(client: Any, args: argparse.Namespace) -> int:
         ("started", _when(info.started_at)),
         ("finished", _when(info.finished_at)),
         ("expires", _when(info.expires_at)),
-        ("usage", f"{u.prompt_tokens} prompt, {u.completion_tokens} completion tokens"),
+        (
+            "usage",
+            f"{u.prompt_tokens} prompt, {u.completion_tokens} completion tokens, {u.forwards} forwards",
+        ),
     ]
     rows += [(f"metadata.{k}", v) for k, v in sorted(info.metadata.items())]
     for key, value in rows:

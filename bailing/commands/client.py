@@ -133,7 +133,9 @@ def _cmd_chat(client: Any, args: argparse.Namespace) -> int:
         return _chat_stream(client, args, tty)
     out = client.generate(args.model, messages=_messages(args), **_options(args))
     if args.json:
-        print(json.dumps(asdict(out), ensure_ascii=False))
+        data = asdict(out)
+        data["usage"]["tokens_per_forward"] = out.usage.tokens_per_forward  # a property
+        print(json.dumps(data, ensure_ascii=False))
     elif len(out.choices) > 1:
         for choice in out.choices:
             print(f"--- choice {choice.index} (finish: {choice.finish_reason or 'unfinished'}) ---")
@@ -248,7 +250,11 @@ def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
     chat.add_argument(
         "--thinking-budget", type=int, default=None, metavar="N", help="reasoning tokens at most"
     )
-    diffusion = chat.add_argument_group("diffusion models (llada2)")
+    diffusion = chat.add_argument_group(
+        "diffusion models (llada2)",
+        "block-diffusion decoding; --max-tokens is the generation length. Only for diffusion models: "
+        "another model answers INVALID_ARGUMENT (exit 2). Unset flags take the engine's defaults.",
+    )
     diffusion.add_argument(
         "--block-length", type=int, default=None, metavar="B", help="tokens per block (32)"
     )

@@ -13,7 +13,10 @@ from bailing.settings import DEFAULT_GRPC_PORT, read_environment
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gateway", help="run the gRPC gateway in front of the workers")
     p.add_argument(
-        "--models", required=True, metavar="NAMES", help="served model names, comma-separated (ling,ring)"
+        "--models",
+        required=True,
+        metavar="NAMES",
+        help="served model names, comma-separated (ling,ring,llada2)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(

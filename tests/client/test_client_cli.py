@@ -4,6 +4,7 @@ the real client and server are exercised in test_client_service.py)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -207,3 +208,28 @@ def test_worker_healthcheck_needs_a_redis_url(monkeypatch, capsys):
     monkeypatch.delenv("BAILING_REDIS_URL", raising=False)
     assert commands._healthcheck(_args("healthcheck", "--worker", "ling")) == 2
     assert "BAILING_REDIS_URL" in capsys.readouterr().err
+
+
+class DiffusionClient(ScriptedClient):
+    """Answers like a diffusion model: 8 tokens in 2 forward passes."""
+
+    def generate(self, model, messages=None, **options):
+        out = super().generate(model, messages, **options)
+        return dataclasses.replace(out, usage=Usage(3, 8, 0, 0, forwards=2))
+
+
+def test_chat_reports_tokens_per_forward(capsys):
+    assert commands._cmd_chat(DiffusionClient(), _args("chat", "--model", "llada2", "hi")) == 0
+    assert "[r1: 8 tokens, 4.0 tokens/forward, stop]" in capsys.readouterr().err
+    assert commands._cmd_chat(DiffusionClient(), _args("chat", "--model", "llada2", "--json", "hi")) == 0
+    usage = json.loads(capsys.readouterr().out)["usage"]
+    assert (usage["completion_tokens"], usage["forwards"], usage["tokens_per_forward"]) == (8, 2, 4.0)
+
+
+def test_chat_help_documents_the_diffusion_flags(capsys):
+    with pytest.raises(SystemExit):
+        _args("chat", "--help")
+    out = capsys.readouterr().out
+    assert "diffusion models (llada2)" in out
+    for flag in ("--decoder", "--threshold", "--block-length", "--steps", "--low-threshold"):
+        assert flag in out

@@ -265,7 +265,7 @@ def test_write_demo_models_is_idempotent(tmp_path):
     for name, stamp in stamps.items():
         assert stamp["spec"]["hidden_size"] == 128 and "config.json" in stamp["files"]
         assert stamp["family"] == name
-    assert (stamps["ling"]["seed"], stamps["ring"]["seed"]) == (0, 1)
+    assert (stamps["ling"]["seed"], stamps["ring"]["seed"], stamps["llada2"]["seed"]) == (0, 1, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ling", "llada2", "ring"]  # no temp folder left
     before = {name: {p.name: p.stat().st_mtime_ns for p in path.iterdir()} for name, path in paths.items()}
     write_demo_models(tmp_path)
@@ -284,7 +284,7 @@ def test_demo_models_are_known_families():
     assert {m.family for m in DEMO_MODELS} <= set(known_families())
 
 
-@pytest.mark.parametrize("name", ["ling", "ring"])
+@pytest.mark.parametrize("name", ["ling", "ring", "llada2"])
 def test_write_demo_models_keeps_foreign_folders(tmp_path, name):
     (tmp_path / name).mkdir()
     (tmp_path / name / "mine.txt").write_text("not a demo")

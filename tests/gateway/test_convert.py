@@ -495,3 +495,89 @@ def test_diffusion_options_become_the_jobs_engine_field_names():
     assert request_to_job(empty, CFG, None, submitted_at=0.0)[0].diffusion == {}
     job_json = type(job).from_dict(json.loads(json.dumps(job.to_dict())))  # survives Celery's JSON
     assert job_json.diffusion == job.diffusion
+
+
+D = pb.DiffusionOptions
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (D(block_length=1), {"block_length": 1}),
+        (D(block_length=1024), {"block_length": 1024}),
+        (D(steps=1), {"steps": 1}),
+        (D(threshold=0.0), {"threshold": 0.0}),
+        (D(threshold=1.0), {"threshold": 1.0}),
+        (D(decoder="llada2"), {"decoder": "llada2"}),
+        (D(decoder="threshold"), {"decoder": "threshold"}),
+        (D(decoder="credit"), {"decoder": "credit"}),
+        (D(decoder="hierarchy"), {"decoder": "hierarchy"}),  # low_threshold: the engine's default
+        (D(decoder="hierarchy", low_threshold=0.0), {"decoder": "hierarchy", "low_threshold": 0.0}),
+        (D(eos_early_stop=True), {"eos_early_stop": True}),
+        (D(eos_early_stop=False), {"eos_early_stop": False}),  # set to false is still sent
+        (D(prefix_cache=True), {"prefix_cache": True}),
+        (D(decoder=""), {}),  # empty decoder = unset
+    ],
+)
+def test_each_diffusion_option_alone_reaches_the_job(options, expected):
+    job, _ = convert(request(diffusion=options))
+    assert job.diffusion == expected
+
+
+DIFFUSION_BAD = [
+    ("block_length-zero", D(block_length=0), "diffusion.block_length must be in [1, 1024], got 0"),
+    ("block_length-negative", D(block_length=-8), "diffusion.block_length must be in [1, 1024], got -8"),
+    ("block_length-big", D(block_length=1025), "diffusion.block_length must be in [1, 1024], got 1025"),
+    ("steps-zero", D(steps=0), "diffusion.steps must be >= 1, got 0"),
+    ("steps-negative", D(steps=-3), "diffusion.steps must be >= 1, got -3"),
+    ("threshold-negative", D(threshold=-0.1), "diffusion.threshold must be in [0, 1], got -0.1"),
+    ("threshold-big", D(threshold=1.5), "diffusion.threshold must be in [0, 1], got 1.5"),
+    ("threshold-nan", D(threshold=float("nan")), "diffusion.threshold must be in [0, 1]"),
+    ("threshold-inf", D(threshold=float("inf")), "diffusion.threshold must be in [0, 1]"),
+    (
+        "low_threshold-big",
+        D(decoder="hierarchy", low_threshold=2.0),
+        "diffusion.low_threshold must be in [0, 1], got 2.0",
+    ),
+    ("decoder-unknown", D(decoder="magic"), "diffusion.decoder must be one of llada2, threshold, hierarchy"),
+    ("decoder-case", D(decoder="LLaDA2"), "diffusion.decoder must be one of"),
+    (
+        "low_threshold-no-decoder",
+        D(low_threshold=0.3),
+        "diffusion.low_threshold applies to decoder 'hierarchy'",
+    ),
+    (
+        "low_threshold-threshold-decoder",
+        D(decoder="threshold", low_threshold=0.3),
+        "diffusion.low_threshold applies to decoder 'hierarchy' only",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"), [c[1:] for c in DIFFUSION_BAD], ids=[c[0] for c in DIFFUSION_BAD]
+)
+def test_bad_diffusion_option_is_invalid_argument_naming_it(options, fragment):
+    with pytest.raises(Rejection) as info:
+        convert(request(diffusion=options))
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in info.value.message
+
+
+def test_diffusion_options_reach_the_job_in_batch_jsonl_bodies():
+    from google.protobuf import json_format
+
+    body = {"prompt": "hi", "diffusion": {"blockLength": 8, "decoder": "credit", "eosEarlyStop": True}}
+    req = json_format.ParseDict({**body, "model": "ling"}, pb.GenerateRequest())
+    assert convert(req)[0].diffusion == {"block_length": 8, "decoder": "credit", "eos_early_stop": True}
+
+
+@pytest.mark.parametrize(("completion", "forwards", "per_forward"), [(8, 2, 4.0), (5, 5, 1.0), (0, 0, 0.0)])
+def test_usage_carries_forwards_and_tokens_per_forward(completion, forwards, per_forward):
+    usage = Usage(prompt_tokens=3, completion_tokens=completion, forwards=forwards)
+    (last,) = event_to_chunks("r", Event(seq=3, type=EventType.DONE, finish_reason="length", usage=usage))
+    assert (last.usage.forwards, last.usage.tokens_per_forward) == (forwards, per_forward)
+    builder = ResponseBuilder("r", "llada2")
+    builder.add(Event(seq=3, type=EventType.DONE, finish_reason="length", usage=usage))
+    resp = builder.build(RequestTrace("r", "llada2", "Generate", submitted_at=0.0))
+    assert (resp.usage.forwards, resp.usage.tokens_per_forward) == (forwards, per_forward)

@@ -263,7 +263,7 @@ def test_results_in_input_order_with_responses_and_errors(jobs, store, model):
     batch = jobs.CreateBatch(
         pb.CreateBatchRequest(model=model, items=[item("a"), item("b"), item("c")]), timeout=10
     )
-    store.write_result(batch.id, answer(2, "c", "third"), Usage(3, 2))
+    store.write_result(batch.id, answer(2, "c", "third"), Usage(3, 2, forwards=1))
     store.write_result(batch.id, ItemResult(0, "a", error={"code": "INTERNAL", "message": "boom"}))
     got = results(jobs, batch.id)
     assert [r.index for r in got] == [0, 2]  # unfinished items are skipped
@@ -273,10 +273,12 @@ def test_results_in_input_order_with_responses_and_errors(jobs, store, model):
     response = got[1].response
     assert (got[1].custom_id, response.text, response.finish_reason) == ("c", "third", "stop")
     assert response.usage.completion_tokens == 2 and response.choices[0].text == "third"
-    store.write_result(batch.id, answer(1, "b"), Usage(4, 1, cached_prompt_tokens=2))
+    store.write_result(batch.id, answer(1, "b"), Usage(4, 1, cached_prompt_tokens=2, forwards=1))
     done = jobs.GetBatch(pb.GetBatchRequest(id=batch.id), timeout=5)
     assert done.status == S.COMPLETED and (done.counts.completed, done.counts.failed) == (2, 1)
-    assert done.usage == pb.Usage(prompt_tokens=7, completion_tokens=3, cached_prompt_tokens=2)
+    assert done.usage == pb.Usage(
+        prompt_tokens=7, completion_tokens=3, cached_prompt_tokens=2, forwards=2, tokens_per_forward=1.5
+    )
     assert [r.custom_id for r in results(jobs, batch.id)] == ["a", "b", "c"]
 
 

@@ -44,17 +44,17 @@ def test_results_are_written_once_and_finish_the_batch(store):
     batch_id = new_batch(store, 3)
     assert store.claim(batch_id, 0, "w1", LIVE, 3.0) == "run"
     assert store.get(batch_id).status is BatchStatus.RUNNING and store.get(batch_id).started_at > 0
-    assert store.write_result(batch_id, ok(0), Usage(5, 7, 2, 1))
+    assert store.write_result(batch_id, ok(0), Usage(5, 7, 2, 1, forwards=3))
     assert not store.write_result(batch_id, ItemResult(0, "c0", error={"code": "X", "message": "dup"}))
     assert store.claim(batch_id, 0, "w2", LIVE, 3.0) == "skip"  # done: a redelivery is dropped
     invalid = ItemResult(1, "c1", error={"code": "INVALID_ARGUMENT", "message": "m"})
     assert store.write_result(batch_id, invalid)
     record = store.get(batch_id)
     assert (record.completed, record.failed, record.status) == (1, 1, BatchStatus.RUNNING)
-    assert store.write_result(batch_id, ok(2), Usage(1, 1, 0, 0))
+    assert store.write_result(batch_id, ok(2), Usage(1, 1, 0, 0, forwards=1))
     record = store.get(batch_id)
     assert record.status is BatchStatus.COMPLETED and record.finished_at >= record.started_at
-    assert record.usage == Usage(6, 8, 2, 1)
+    assert record.usage == Usage(6, 8, 2, 1, forwards=4)  # the failed item adds nothing
     results = store.results(batch_id, 0, 3)
     assert [r.index for r in results] == [0, 1, 2] and results[0].response == {"text": "answer 0"}
     assert results[1].error["code"] == "INVALID_ARGUMENT"

@@ -131,3 +131,51 @@ def test_a_batch_job_runs_on_llada2_unchanged(channel):
     results = list(jobs.GetBatchResults(pb.GetBatchResultsRequest(id=batch.id), timeout=60))
     assert [r.custom_id for r in results] == ["d0", "d1", "d2"]
     assert all(0 < r.response.usage.forwards < r.response.usage.completion_tokens for r in results)
+    usages = [r.response.usage for r in results]
+    assert got.usage.forwards == sum(u.forwards for u in usages)  # the batch's totals
+    assert got.usage.completion_tokens == sum(u.completion_tokens for u in usages)
+    assert got.usage.tokens_per_forward == pytest.approx(got.usage.completion_tokens / got.usage.forwards)
+
+
+def test_list_models_names_the_family(channel):
+    models = pb_grpc.InferenceStub(channel).ListModels(pb.ListModelsRequest(), timeout=30).models
+    assert {m.name: m.family for m in models} == {"llada2-e2e": "llada2", "ling-d2": "ling"}
+
+
+def test_python_client_chat_and_stream_with_diffusion_options(service):
+    from bailing.client import Client
+
+    chat = [{"role": "user", "content": "hello"}]
+    options = {"decoder": "threshold", "threshold": 0.9, "block_length": 8, "steps": 8}
+    with Client(service) as client:
+        done = client.generate("llada2-e2e", messages=chat, max_tokens=16, temperature=0.0, diffusion=options)
+        assert done.finish_reason in ("stop", "length") and done.reasoning_text == ""
+        u = done.usage
+        assert u.forwards > 0 and u.tokens_per_forward == pytest.approx(u.completion_tokens / u.forwards)
+        with client.stream(
+            "llada2-e2e", messages=chat, max_tokens=16, temperature=0.0, diffusion=options
+        ) as stream:
+            chunks = list(stream)
+    assert "".join(c.text for c in chunks) == done.text
+    assert chunks[-1].usage.forwards == done.usage.forwards
+
+
+def test_autoregressive_usage_has_one_token_per_forward(channel):
+    out = pb_grpc.InferenceStub(channel).Generate(ask(model="ling-d2", max_tokens=8), timeout=60)
+    assert out.usage.forwards == out.usage.completion_tokens > 0 and out.usage.tokens_per_forward == 1.0
+
+
+def test_the_cli_chat_example_of_the_readme(service):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "bailing.cli", "chat", "--address", service, "--model", "llada2-e2e"]
+    argv += ["--decoder", "threshold", "--threshold", "0.9", "--block-length", "32", "--steps", "32"]
+    argv += ["--max-tokens", "32", "hello"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "tokens" in done.stderr
+    bad = subprocess.run(
+        [*argv[:-1], "--model", "ling-d2", "hello"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "diffusion" in bad.stderr

@@ -36,10 +36,12 @@ def free_port() -> int:
 class WorkerProcess:
     """One `bailing worker` subprocess, its log in a file, stopped for sure by `close()`."""
 
-    def __init__(self, redis_url: str, model: Path, log_path: Path, name: str, *extra: str) -> None:
+    def __init__(
+        self, redis_url: str, model: Path, log_path: Path, name: str, *extra: str, family: str = "ling"
+    ) -> None:
         self.name, self.log_path = name, log_path
         self.worker_id = f"{name}@test-{uuid.uuid4().hex[:8]}"
-        argv = [sys.executable, "-m", "bailing.cli", "worker", "--family", "ling", "--model", str(model)]
+        argv = [sys.executable, "-m", "bailing.cli", "worker", "--family", family, "--model", str(model)]
         argv += ["--name", name, "--redis-url", redis_url, "--worker-id", self.worker_id]
         argv += ["--kv-cache-bytes", str(KV_BYTES), *extra]
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in close())

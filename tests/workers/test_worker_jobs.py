@@ -93,6 +93,7 @@ def test_greedy_prompt_streams_what_the_offline_engine_generates(worker, sender,
     assert done.finish_reason == want.finish_reason
     assert done.usage.prompt_tokens == len(want.prompt_token_ids)
     assert done.usage.completion_tokens == len(want.token_ids)
+    assert done.usage.forwards == done.usage.completion_tokens  # autoregressive: one token per forward
     assert 0 < rds.ttl(stream_key(j.request_id)) <= 3600
 
 
@@ -225,6 +226,10 @@ BAD_JOBS = {
     "thinking budget on a model that does not reason": (
         lambda: job(prompt="x", thinking_budget=5),
         "reasoning.thinking_budget applies to reasoning models; model 'ling-jobs' answers directly",
+    ),
+    "diffusion options on an autoregressive model": (
+        lambda: job(prompt="x", diffusion={"block_length": 8}),
+        "diffusion options apply to diffusion models .*; model 'ling-jobs' is autoregressive",
     ),
     "wrong model": (
         lambda: GenerateJob(request_id=new_id(), model="ring", prompt="x"),
