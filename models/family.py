@@ -41,9 +41,10 @@ def known_families() -> dict[str, Family]:
     """Every family this installation can serve, by name."""
     from models.ling.family import LING
     from models.llada2.family import LLADA2
+    from models.ming.family import MING
     from models.ring.family import RING
 
-    return {f.name: f for f in (LING, RING, LLADA2)}
+    return {f.name: f for f in (LING, RING, LLADA2, MING)}
 
 
 def get_family(name: str) -> Family:

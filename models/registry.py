@@ -11,6 +11,7 @@ import importlib
 _ARCHITECTURES: dict[str, str] = {
     "BailingMoeV2ForCausalLM": "models.ling.model:BailingMoeV2ForCausalLM",
     "LLaDA2MoeModelLM": "models.llada2.model:LLaDA2MoeModelLM",
+    "BailingMM2NativeForConditionalGeneration": "models.ming.model:BailingMM2NativeForConditionalGeneration",
 }
 
 

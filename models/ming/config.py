@@ -1,7 +1,7 @@
 """Ming-flash-omni (BailingMM2) config.json -> frozen dataclasses: `MingConfig` holds the language
 model's `BailingMoeV2Config` (`llm_config`, via `ming_llm_config`), the Qwen2.5-VL ViT's `MingVisionConfig`
-(`vision_config`) and the Whisper encoder's `MingAudioConfig` (`audio_config`). Invalid values
-raise ValueError naming the field.
+(`vision_config`), the Whisper encoder's `MingAudioConfig` (`audio_config`) and the vision-block token
+ids (`tokens`, from `llm_config`). Invalid values raise ValueError naming the field.
 """
 
 from __future__ import annotations
@@ -10,10 +10,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.ling.config import BailingMoeV2Config
-from models.ming.language import ming_llm_config
+from models.ming.positions import VisionTokens
 
 # The upstream Preview ViT hard-codes the width of its merged output (`image_emb_dim`).
 PREVIEW_IMAGE_EMB_DIM = 8192
+# VideoRoPE's mrope_section [8, 12, 12] is hard-coded upstream: 32 frequencies = a rotary dim of 64.
+VIDEO_ROPE_DIM = 64
+# What the upstream Ming LLM does whatever llm_config says (spec ming_layout.md section 1).
+MING_LLM_FIXED: dict[str, Any] = {
+    "use_qk_norm": True,
+    "moe_router_enable_expert_bias": True,
+    "score_function": "sigmoid",
+    "norm_topk_prob": True,
+    "num_nextn_predict_layers": 0,
+    "rope_scaling": None,  # video_rope: 3-row positions, applied through video_rope_rows()
+}
+# The Preview's vision-block ids (real Ling-2.0 tokenizer), used when llm_config omits them.
+PREVIEW_TOKENS = {
+    "image_start_token": 157158,
+    "image_patch_token": 157157,
+    "video_start_token": 157159,  # `</image>`: never precedes <framePatch>, see positions.py
+    "video_patch_token": 157175,
+}
 
 
 def _field(d: dict[str, Any], section: str, key: str, kind: type, default: Any = None) -> Any:
@@ -41,6 +59,43 @@ def _positive(section: str, values: dict[str, int]) -> None:
     for key, value in values.items():
         if value <= 0:
             raise ValueError(f"config.json field '{section}.{key}' must be positive, got {value}")
+
+
+def ming_llm_config(llm_config: dict[str, Any]) -> BailingMoeV2Config:
+    """`llm_config` -> BailingMoeV2Config with what the upstream code forces: q/k norm and expert_bias
+    always on, sigmoid scores renormalised, `routed_scaling_factor` read (default 2.5; the config's
+    `moe_router_topk_scaling_factor` is never read), VideoRoPE over a rotary dim of 64."""
+    scaling = llm_config.get("rope_scaling")
+    kind = scaling.get("type") or scaling.get("rope_type") if isinstance(scaling, dict) else None
+    if scaling is not None and kind != "video_rope":
+        raise ValueError(
+            f"config.json field 'llm_config.rope_scaling' must be null or of type 'video_rope', "
+            f"got {scaling!r}"
+        )
+    raw = {**llm_config, **MING_LLM_FIXED}
+    if raw.get("routed_scaling_factor") is None:
+        raw["routed_scaling_factor"] = 2.5
+    cfg = BailingMoeV2Config.from_dict(raw)
+    if cfg.rotary_dim != VIDEO_ROPE_DIM:
+        raise ValueError(
+            f"config.json field 'llm_config.partial_rotary_factor' must give a rotary dim of "
+            f"{VIDEO_ROPE_DIM} (VideoRoPE sections [8, 12, 12]), got {cfg.rotary_dim}"
+        )
+    return cfg
+
+
+def vision_tokens(llm_config: dict[str, Any], merge: int) -> VisionTokens:
+    """The start / patch ids that mark image and video blocks (llm_config, Preview ids by default)."""
+    ids = {
+        key: _field(llm_config, "llm_config", key, int, default) for key, default in PREVIEW_TOKENS.items()
+    }
+    return VisionTokens(
+        image_start=ids["image_start_token"],
+        image_patch=ids["image_patch_token"],
+        video_start=ids["video_start_token"],
+        video_patch=ids["video_patch_token"],
+        merge=merge,
+    )
 
 
 @dataclass(frozen=True)
@@ -159,12 +214,13 @@ class MingAudioConfig:
 
 @dataclass(frozen=True)
 class MingConfig:
-    """The whole `BailingMM2Config`: projector depth plus the three sub-configs."""
+    """The whole `BailingMM2Config`: projector depth, the three sub-configs, the vision-block ids."""
 
     mlp_depth: int
     llm: BailingMoeV2Config
     vision: MingVisionConfig
     audio: MingAudioConfig
+    tokens: VisionTokens
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MingConfig:
@@ -176,9 +232,11 @@ class MingConfig:
             raise ValueError(
                 f"config.json field 'mlp_depth' must be 2 (Linear, GELU, Linear), got {mlp_depth}"
             )
+        vision = MingVisionConfig.from_dict(d["vision_config"])
         return cls(
             mlp_depth=mlp_depth,
             llm=ming_llm_config(d["llm_config"]),
-            vision=MingVisionConfig.from_dict(d["vision_config"]),
+            vision=vision,
             audio=MingAudioConfig.from_dict(d["audio_config"]),
+            tokens=vision_tokens(d["llm_config"], vision.spatial_merge_size),
         )

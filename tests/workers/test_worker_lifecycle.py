@@ -44,7 +44,7 @@ def _bailing(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         ),
         (
             ["--family", "mystery", "--model", "/tmp"],
-            "error: WorkerConfig.family must be one of ['ling', 'llada2', 'ring'], got 'mystery'",
+            "error: WorkerConfig.family must be one of ['ling', 'llada2', 'ming', 'ring'], got 'mystery'",
         ),
     ],
 )

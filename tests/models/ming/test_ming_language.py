@@ -1,103 +1,75 @@
-"""Ming's language model against the golden set (official Preview thinker): the golden encoder
-outputs (`image_embeds`, `audio_embeds`) spliced at the placeholder tokens, the golden 3-row
-positions, the MultiRouter by modality -> full-sequence logits within 1e-4 for the text, image,
-image_windows and audio cases; and the 8 greedy tokens of the image case (ids 998/999 suppressed)."""
+"""Ming's language model against the golden set (official Preview thinker), fed the RECORDED encoder
+outputs (`image_embeds`, `audio_embeds`) at the placeholder tokens and the recorded 3-row positions:
+full-sequence logits within 1e-4 for text, image, image_windows and audio. And the MultiRouter on the
+tiny model: image / audio tokens take the expert choice of `image_gate` / `audio_gate`, text tokens
+that of `gate`, and dropping the gate vector changes the logits."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from engine.layers.base import materialize
-from models.ming.language import MingLanguageModel, ming_llm_config
-from models.ming.positions import VisionTokens, decode_positions, position_ids
-from tests.conftest import SHARED
-
-GOLDEN = SHARED / "golden" / "ming-tiny"
-IMAGE_PATCH, VIDEO_PATCH, AUDIO_PATCH = 997, 1015, 1008
-TOL = 1e-4
+from models.ming.language import AUDIO_GATE, IMAGE_GATE, MingMoE
+from tests.models.ming.ming_golden import AUDIO_PATCH, CASES, IMAGE_PATCH, TOL, VIDEO_PATCH
 
 
-@pytest.fixture(scope="module")
-def golden():
-    if not GOLDEN.is_dir():
-        pytest.skip("shared Ming golden data not found")
-    return json.loads((GOLDEN / "expected.json").read_text()), load_file(GOLDEN / "inputs.safetensors")
-
-
-@pytest.fixture(scope="module")
-def lm():
-    config = json.loads((GOLDEN / "tiny-ming" / "config.json").read_text())
-    model = MingLanguageModel(ming_llm_config(config["llm_config"]))
-    materialize(model, torch.float32, "cpu")
-    weights = load_file(GOLDEN / "tiny-ming" / "model.safetensors")
-    ours = model.weight_targets()
-    theirs = {k: v for k, v in weights.items() if k.startswith("model.")}
-    assert set(ours) == set(theirs), set(ours) ^ set(theirs)  # strict: nothing missing or extra
-    with torch.no_grad():
-        for name, target in ours.items():
-            assert tuple(theirs[name].shape) == target.shape, name
-            target.dest.copy_(theirs[name])
-    return model.eval()
-
-
-def inputs(tensors, case: str):
+def recorded_inputs(tensors, case: str):
+    """ids [L], embeds (mask, rows) from the recorded encoder outputs, gate [L] (None: text only)."""
     ids = tensors[f"{case}.input_ids"][0]
     gate = torch.zeros_like(ids)
     embeds = None
     if f"{case}.image_embeds" in tensors:
         mask = (ids == IMAGE_PATCH) | (ids == VIDEO_PATCH)
-        gate[mask] = 1
-        embeds = (
-            mask,
-            tensors[f"{case}.image_embeds"].reshape(-1, tensors[f"{case}.image_embeds"].shape[-1]),
-        )
+        gate[mask] = IMAGE_GATE
+        embeds = (mask, tensors[f"{case}.image_embeds"])
     if f"{case}.audio_embeds" in tensors:
         mask = torch.zeros_like(ids, dtype=torch.bool)
         for loc, length in tensors[f"{case}.audio_placeholder_loc_lens"][0].tolist():
             mask[loc : loc + length] = True
         assert bool((ids[mask] == AUDIO_PATCH).all())
-        gate[mask] = 2
+        gate[mask] = AUDIO_GATE
         n = int(tensors[f"{case}.audio_embeds_lengths"][0, 0])
         embeds = (mask, tensors[f"{case}.audio_embeds"][0, :n])
     return ids, embeds, (gate if embeds is not None else None)
 
 
-@pytest.mark.parametrize("case", ["text", "image", "image_windows", "audio"])
+@pytest.mark.parametrize("case", CASES)
 @torch.inference_mode()
-def test_logits_match_the_official_thinker(golden, lm, case):
-    _, tensors = golden
-    ids, embeds, gate = inputs(tensors, case)
-    positions = tensors[f"{case}.position_ids"][:, 0, :]
-    logits = lm.compute_logits(lm(ids, positions, None, embeds, gate))
-    diff = (logits - tensors[f"{case}.logits"][0]).abs().max().item()
+def test_logits_from_the_recorded_embeddings(ming_tensors, thinker, case):
+    ids, embeds, gate = recorded_inputs(ming_tensors, case)
+    positions = ming_tensors[f"{case}.position_ids"][:, 0, :]  # (3, L)
+    logits = thinker.compute_logits(thinker(ids, positions, None, embeds=embeds, gate=gate))
+    diff = (logits - ming_tensors[f"{case}.logits"][0]).abs().max().item()
+    print(f"{case}: max |diff| {diff:.2e}")
     assert diff <= TOL, f"{case}: max |diff| {diff:.2e}"
 
 
+@pytest.mark.parametrize("case", ["image_windows", "audio"])
 @torch.inference_mode()
-def test_eight_greedy_tokens_of_the_image_case(golden, lm):
-    """Full recompute each step (positions from the ids, generated tokens are text with the text
-    gate), ids 998/999 suppressed as recorded; equal to the official cached generation."""
-    exp, tensors = golden
-    run = exp["cases"]["generate_image"]
-    ids, embeds, _ = inputs(tensors, "image")
-    tokens = VisionTokens(image_start=998, image_patch=IMAGE_PATCH, video_start=999, video_patch=VIDEO_PATCH)
-    grids = tensors["image.image_grid_thw"].tolist()
-    seq = ids.tolist()
-    prompt_len = len(seq)
-    for _ in range(len(run["new_tokens_cached"])):
-        cur = torch.tensor(seq)
-        positions, delta = position_ids(seq, tokens, grids)
-        mask = torch.zeros(len(seq), dtype=torch.bool)
-        mask[:prompt_len] = embeds[0]
-        gate = torch.zeros(len(seq), dtype=torch.long)
-        gate[mask] = 1
-        logits = lm.compute_logits(lm(cur, positions, None, (mask, embeds[1]), gate))[-1]
-        logits[run["suppress_tokens"]] = float("-inf")
-        seq.append(int(logits.argmax()))
-    assert seq[prompt_len:] == run["new_tokens_cached"]
-    assert seq == tensors["gen.generated_ids_cached"][0].tolist()[: len(seq)]
-    assert decode_positions(prompt_len, delta).shape == (3, 1)
+def test_media_tokens_are_routed_by_their_gate(ming_tensors, thinker, case):
+    ids, embeds, gate = recorded_inputs(ming_tensors, case)
+    positions = ming_tensors[f"{case}.position_ids"][:, 0, :]
+    seen: dict[int, tuple] = {}  # MoE layer -> the experts' (x [L, d], weights [L, K], ids [L, K])
+    moes = [m for m in thinker.model.modules() if isinstance(m, MingMoE)]
+    hooks = [
+        m.experts.register_forward_hook(lambda mod, args, out, i=i: seen.__setitem__(i, args))
+        for i, m in enumerate(moes)
+    ]
+    try:
+        with_gate = thinker.compute_logits(thinker(ids, positions, embeds=embeds, gate=gate))
+    finally:
+        for h in hooks:
+            h.remove()
+    media = gate > 0
+    differs = 0
+    for i, moe in enumerate(moes):
+        x, _, used = seen[i]
+        own = [r(x)[1] for r in (moe.gate, moe.image_gate, moe.audio_gate)]  # (L, K) per gate
+        want = torch.stack([own[int(g)][t] for t, g in enumerate(gate)])  # (L, K)
+        assert torch.equal(used, want), f"layer {i}: a token was not routed by its own gate"
+        other = (want[media].sort(-1).values != own[0][media].sort(-1).values).any(-1)
+        differs += int(other.sum())
+    assert differs > 0  # the media gates pick other experts than the text gate for some tokens
+    without = thinker.compute_logits(thinker(ids, positions, embeds=embeds, gate=None))
+    assert (with_gate - ming_tensors[f"{case}.logits"][0]).abs().max().item() <= TOL
+    assert (without - ming_tensors[f"{case}.logits"][0]).abs().max().item() > 1e-2
