@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,16 @@ from typing import Any
 import torch
 
 from bailing.demo.ling_config import LingDemoSpec
-from bench.engine import BENCH_ROOT, BENCH_SPEC, REPO, _git_state, _publish, _stamp_matches, log, machine_info
+from bench.engine import (
+    BENCH_ROOT,
+    BENCH_SPEC,
+    _git_state,
+    _publish,
+    _stamp_matches,
+    log,
+    machine_info,
+    report,
+)
 from engine import LLM, DiffusionParams, SamplingParams
 
 LM_HEAD_SCALE = 40.0  # random weights are near-uniform; this makes the model commit several per step
@@ -174,16 +182,7 @@ def main() -> None:
     result = run(QUICK if args.quick else FULL)
     machine = machine_info(torch.device("cpu"))
     result.update(machine=machine, git=_git_state())
-    out = REPO / "bench" / "results" / f"diffusion-cpu{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(result, machine)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(result))
-    else:
-        print(table)
-    log(f"wrote {out.relative_to(REPO)}")
+    report("diffusion-cpu", args.quick, result, markdown_table(result, machine), args.json)
 
 
 if __name__ == "__main__":

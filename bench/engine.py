@@ -471,6 +471,21 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def report(name: str, quick: bool, result: dict[str, Any], table: str, as_json: bool) -> Path:
+    """Write bench/results/<name>[-quick].json; print the markdown table (and, with `as_json`, the
+    table on stderr and the result as one JSON object on stdout)."""
+    out = REPO / "bench" / "results" / f"{name}{'-quick' if quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        print(table, file=sys.stderr)
+        print(json.dumps(result))
+    else:
+        print(table)
+    log(f"wrote {out.relative_to(REPO)}")
+    return out
+
+
 def _git_state() -> str:
     """HEAD's short hash, with "+dirty" when the work tree has changes (the engine may be mid-edit)."""
     try:

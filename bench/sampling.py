@@ -15,8 +15,6 @@ Usage: python -m bench.sampling [--quick] [--json] [--repeats N]
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from typing import Any
 
@@ -24,7 +22,6 @@ import torch
 
 from bench.engine import (
     BENCH_ROOT,
-    REPO,
     Engines,
     _git_state,
     ensure_bench_checkpoint,
@@ -32,6 +29,7 @@ from bench.engine import (
     log,
     machine_info,
     random_prompts,
+    report,
 )
 from engine import SamplingParams
 
@@ -177,16 +175,7 @@ def main() -> None:
         rows.append(scenario(eng, n, repeats, prompt_tokens))
     machine = machine_info(eng.device)
     result = {"rows": rows, "machine": machine, "git": _git_state(), "prompt_tokens": prompt_tokens}
-    out = REPO / "bench" / "results" / f"sampling-cpu{'-quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown_table(rows, machine, prompt_tokens)
-    if args.json:
-        print(table, file=sys.stderr)
-        print(json.dumps(result))
-    else:
-        print(table)
-    log(f"wrote {out.relative_to(REPO)}")
+    report("sampling-cpu", args.quick, result, markdown_table(rows, machine, prompt_tokens), args.json)
 
 
 if __name__ == "__main__":
