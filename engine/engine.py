@@ -34,6 +34,7 @@ from engine.kv_cache import PagedKVCache
 from engine.metrics import EngineMetrics
 from engine.model_loader import generation_config, load_model, resolve_dtype
 from engine.model_runner import ModelRunner
+from engine.multimodal import MediaInputs, MediaState
 from engine.output_processor import apply_logits_processors, group_snapshot, process_token
 from engine.outputs import RequestOutput
 from engine.sampler import sample
@@ -159,8 +160,12 @@ class LLMEngine:
         stream: bool = False,
         output_queue: OutputQueue | None = None,
         final_only: bool = False,
+        media: MediaInputs | None = None,
     ) -> str:
         """Queue a request; returns its id. Raises RequestError for an invalid prompt or a duplicate id.
+
+        `media` (a multimodal model's processor tensors for this prompt) is encoded here, in the
+        caller's thread, before the request enters the engine: the loop never waits for an encoder.
 
         With `output_queue`, every output of the request (the final one included, also after an
         abort or a failed step) is `put` there from the engine thread; several requests may share
@@ -168,7 +173,7 @@ class LLMEngine:
         the final output (for a consumer nobody streams to, e.g. a batch item): no snapshot per step.
         """
         queue_ = output_queue if output_queue is not None else (queue.SimpleQueue() if stream else None)
-        group = self._add(prompt, params, request_id, priority, queue_, final_only)
+        group = self._add(prompt, params, request_id, priority, queue_, final_only, media)
         return group.request_id
 
     @contextlib.contextmanager
@@ -189,11 +194,13 @@ class LLMEngine:
         priority: int,
         output_queue: OutputQueue | None,
         final_only: bool = False,
+        media: MediaInputs | None = None,
     ) -> RequestGroup:
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
         diffusion = self._diffusion_params(params)
         self._check_fits(ids, params, diffusion)
+        encoded = None if media is None else self._encode_media(ids, media)
         if params.n > self.config.max_num_seqs:
             raise RequestError(
                 f"n={params.n} samples cannot run at once: the engine runs at most "
@@ -208,6 +215,8 @@ class LLMEngine:
                 rid, prompt, ids, params, priority, output_queue, self.tokenizer, self._eos_and_stops()
             )
             group.final_only = final_only
+            for member in group.members:  # every sample: one that cannot fork prefills on its own
+                member.seq.media = encoded
             if diffusion is not None:
                 start_diffusion(group.members[0], diffusion)
             self._requests[rid] = group
@@ -216,6 +225,20 @@ class LLMEngine:
             self.scheduler.add(group.members[0].seq)
             self._wake.notify_all()
         return group
+
+    def _encode_media(self, ids: list[int], media: MediaInputs) -> MediaState:
+        """Run the model's encoders for one prompt (no engine lock held); RequestError if unusable."""
+        prepare = getattr(self.model, "prepare_prompt", None)
+        if prepare is None:
+            raise RequestError(f"model {self.path.name!r} takes text only: it cannot take media inputs")
+        if self.model.diffusion:
+            raise RequestError("a diffusion model takes no media inputs")
+        try:
+            with torch.inference_mode():
+                prompt = prepare(torch.tensor(ids, device=self.device), **dict(media.tensors))
+        except (ValueError, TypeError) as exc:  # the inputs do not fit the prompt or the model
+            raise RequestError(f"media inputs: {exc}") from None
+        return MediaState.of(prompt, media.content_digest())
 
     def _eos_and_stops(self) -> tuple[frozenset[int], tuple[str, ...]]:
         return self.eos_token_ids, tuple(self.model.default_stop_strings)
@@ -318,7 +341,7 @@ class LLMEngine:
             for seq, n in sched.scheduled:
                 seq.num_computed += n
                 if seq.diffusion is None:
-                    self.blocks.commit(seq.seq_id, seq.token_ids, seq.num_computed)
+                    self.blocks.commit(seq.seq_id, seq.block_tokens, seq.num_computed)
             ar, ar_rows, diffusing, row = [], [], [], 0
             for seq in seqs:  # logits rows: one per autoregressive sequence, a block per diffusion one
                 if seq.diffusion is None:

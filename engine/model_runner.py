@@ -1,7 +1,8 @@
 """Model runner: a scheduled step -> flat token batch + paged attention context -> logits to sample.
 
-Flow: for each (sequence, n) take its next n uncomputed tokens and their positions, map each position
-to its KV slot through the block table, run the model once over all T tokens, and compute logits only
+Flow: for each (sequence, n) take its next n uncomputed tokens and their positions (a multimodal
+sequence also its media rows, multi-row positions and router gates: `engine.multimodal`), map each
+position to its KV slot through the block table, run the model once over all T tokens, and compute logits only
 at the last token of the sequences that finish their prompt or decode this step, and at every row of
 the current block of a diffusion sequence whose window is complete.
 """
@@ -13,6 +14,7 @@ import torch
 from engine.block_manager import BlockManager
 from engine.kv_cache import PagedContext, PagedKVCache
 from engine.model_base import CausalLM
+from engine.multimodal import PromptInputs, merge_forward_args
 from engine.sequence import Sequence
 
 
@@ -29,14 +31,14 @@ class ModelRunner:
         stacked in the order of the returned list."""
         bs = self.cache.block_size
         ids: list[int] = []
-        positions: list[int] = []
+        spans: list[tuple[int, int, PromptInputs | None]] = []  # per sequence: its tokens' inputs
         slots: list[int] = []
         tables, q_lens, ctx_lens, rows, sample, blocks = [], [], [], [], [], []
         for seq, n in scheduled:
             start, end = seq.num_computed, seq.num_computed + n
             table = self.blocks.block_table(seq.seq_id)
             ids += seq.token_ids[start:end]
-            positions += range(start, end)
+            spans.append((start, end, None if seq.media is None else seq.media.prompt))
             slots += [table[p // bs] * bs + p % bs for p in range(start, end)]
             tables.append(table)
             q_lens.append(n)
@@ -52,7 +54,8 @@ class ModelRunner:
         ctx = PagedContext(
             self.cache, torch.tensor(slots, device=dev), q_lens, ctx_lens, tables, block_lengths
         )
-        hidden = self.model(torch.tensor(ids, device=dev), torch.tensor(positions, device=dev), ctx)  # (T, d)
+        positions, extra = merge_forward_args(spans, dev)  # [T] | [P, T]; media rows / gates if any
+        hidden = self.model(torch.tensor(ids, device=dev), positions, ctx, **extra)  # (T, d)
         if not sample:
             return [], None
         return sample, self.model.compute_logits(hidden[torch.tensor(rows, device=dev)])  # (R, V)

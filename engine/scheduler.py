@@ -175,7 +175,7 @@ class Scheduler:
                 return
             if self._is_background(seq) and self._background_left <= 0:
                 return  # the heap's later entries are background too
-            seq.num_computed = seq.num_cached = self.blocks.allocate(seq.seq_id, seq.token_ids)
+            seq.num_computed = seq.num_cached = self.blocks.allocate(seq.seq_id, seq.block_tokens)
             n = self._chunk(seq, budget)
             if n == 0 or not self.blocks.ensure_slots(seq.seq_id, seq.num_computed + n):
                 self.blocks.free(seq.seq_id)

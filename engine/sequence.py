@@ -16,6 +16,8 @@ from __future__ import annotations
 import enum
 import itertools
 import time
+from collections.abc import Hashable
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,7 @@ class Sequence:
     token_ids: list[int] = field(init=False)
     output_token_ids: list[int] = field(default_factory=list)
     diffusion: Any = None  # engine.diffusion.run.DiffusionRun of a block-diffusion request
+    media: Any = None  # engine.multimodal.MediaState of a prompt with media (images, audio, video)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -63,6 +66,11 @@ class Sequence:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def block_tokens(self) -> SequenceOf[Hashable]:
+        """The tokens as the prefix cache keys them (media placeholders carry their media digest)."""
+        return self.token_ids if self.media is None else self.media.keyed(self.token_ids)
 
     @property
     def num_uncomputed(self) -> int:
