@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = sub.add_parser("init-demo", help="write tiny random-weight demo checkpoints into DIR")
-    init.add_argument("dir", metavar="DIR", help="root folder: DIR/ling and DIR/ring (one per demo model)")
+    init.add_argument(
+        "dir",
+        metavar="DIR",
+        help="root folder: DIR/ling, DIR/ring, DIR/llada2, DIR/ming (one per demo model)",
+    )
     init.set_defaults(func=_cmd_init_demo)
 
     gen = sub.add_parser("generate", help="complete a prompt with a local checkpoint")

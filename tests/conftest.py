@@ -74,6 +74,15 @@ def demo_llada2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_ming(tmp_path_factory) -> Path:
+    """The demo Ming thinker checkpoint (Preview layout, media tokens, small images), as `bailing
+    init-demo` writes it (seed 3)."""
+    from bailing.demo.writer import write_ming_checkpoint
+
+    return write_ming_checkpoint(tmp_path_factory.mktemp("demo") / "ming", seed=3)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis-protocol server for service tests.
 

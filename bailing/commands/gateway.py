@@ -16,7 +16,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--models",
         required=True,
         metavar="NAMES",
-        help="served model names, comma-separated (ling,ring,llada2)",
+        help="served model names, comma-separated (ling,ring,llada2,ming)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument(

@@ -97,7 +97,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--models",
         default=None,
         metavar="A,B",
-        help="serve only these demo models (default: ling,ring,llada2)",
+        help="serve only these demo models (default: ling,ring,llada2,ming)",
     )
     up.add_argument(
         "--redis-url",

@@ -17,7 +17,7 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="serve one model family from its Redis queue")
-    p.add_argument("--family", required=True, help="model family (ling, ring, llada2)")
+    p.add_argument("--family", required=True, help="model family (ling, ring, llada2, ming)")
     p.add_argument("--model", required=True, metavar="DIR", help="Hugging Face checkpoint folder")
     p.add_argument("--name", default=None, help="served model name (default: the family)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -1,1 +1,2 @@
-"""Demo checkpoints: a tiny tokenizer, the Ling chat template, random weights in upstream layout."""
+"""Demo checkpoints (Ling, Ring, LLaDA2, Ming): a tiny tokenizer, the chat templates, random weights
+in the upstream layouts."""

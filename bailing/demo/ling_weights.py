@@ -20,7 +20,7 @@ class TensorSpec(NamedTuple):
 
     key: str
     shape: tuple[int, ...]
-    init: str  # "embedding" | "linear" | "norm" | "bias"
+    init: str  # "embedding" | "linear" | "norm" | "bias" (Ming's layout adds "sinusoid")
 
 
 class _Dims(NamedTuple):
@@ -148,7 +148,8 @@ def ling_tensor_layout(config: dict[str, Any]) -> list[TensorSpec]:
     return specs
 
 
-def _random_tensor(spec: TensorSpec, generator: torch.Generator) -> torch.Tensor:
+def random_tensor(spec: TensorSpec, generator: torch.Generator) -> torch.Tensor:
+    """One seeded float32 tensor for `spec`; "linear" covers convolutions too (fan-in = all but dim 0)."""
     noise = torch.randn(spec.shape, generator=generator, dtype=torch.float32)
     if spec.init == "embedding":
         return noise
@@ -156,7 +157,7 @@ def _random_tensor(spec: TensorSpec, generator: torch.Generator) -> torch.Tensor
         return 1.0 + 0.1 * noise
     if spec.init == "bias":
         return 0.1 * noise
-    fan_in = spec.shape[-1]
+    fan_in = math.prod(spec.shape[1:])  # [out, in] -> in; [out, in, *kernel] -> in·kernel
     return noise / math.sqrt(fan_in) if fan_in else noise
 
 
@@ -167,4 +168,4 @@ def random_ling_state_dict(config: dict[str, Any], seed: int) -> dict[str, torch
     biased top-k selection differs from the weighting scores, as in trained checkpoints.
     """
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return {spec.key: _random_tensor(spec, generator) for spec in ling_tensor_layout(config)}
+    return {spec.key: random_tensor(spec, generator) for spec in ling_tensor_layout(config)}

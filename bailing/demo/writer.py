@@ -1,9 +1,10 @@
 """Write complete random-weight Ling and Ring checkpoints: Hugging Face folders in the upstream layout.
-(LLaDA2's writer lives in bailing/demo/llada2.py; it is re-exported here.)
+(LLaDA2's and Ming's writers live in bailing/demo/llada2.py and bailing/demo/ming.py; re-exported here.)
 
 Flow: `LingDemoSpec` -> demo tokenizer (ids) -> config.json (+ overrides) -> generation_config.json,
 tokenizer files (the family's chat template) and seeded random weights (sharded safetensors).
-`write_demo_models` writes every `DEMO_MODELS` entry once per root, each guarded by a stamp.
+`write_demo_models` writes every `DEMO_MODELS` entry once per root, each guarded by a stamp, with its
+family's demo sizes (`MingDemoSpec` for Ming, `LingDemoSpec` for the others).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bailing.demo.ling_config import (
 )
 from bailing.demo.ling_weights import TensorSpec, ling_tensor_layout, random_ling_state_dict
 from bailing.demo.llada2 import write_llada2_checkpoint
+from bailing.demo.ming import MingDemoSpec, write_ming_checkpoint
 from bailing.demo.safetensors_writer import write_safetensors_checkpoint
 from bailing.demo.tokenizer import (
     BASE_EOS_TOKEN,
@@ -51,6 +53,7 @@ __all__ = [
     "WRITER_VERSION",
     "DemoModel",
     "LingDemoSpec",
+    "MingDemoSpec",
     "TensorSpec",
     "ling_config_dict",
     "ling_tensor_layout",
@@ -58,6 +61,7 @@ __all__ = [
     "write_demo_models",
     "write_ling_checkpoint",
     "write_llada2_checkpoint",
+    "write_ming_checkpoint",
     "write_ring_checkpoint",
     "write_safetensors_checkpoint",
 ]
@@ -185,15 +189,24 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
     DemoModel("ling", "ling", seed=0),
     DemoModel("ring", "ring", seed=1),
     DemoModel("llada2", "llada2", seed=2),
+    DemoModel("ming", "ming", seed=3),
 )
 _FAMILY_WRITERS: dict[str, Callable[..., Path]] = {
     "ling": write_ling_checkpoint,
     "ring": write_ring_checkpoint,
     "llada2": write_llada2_checkpoint,
+    "ming": write_ming_checkpoint,
 }
+DemoSpec = LingDemoSpec | MingDemoSpec
+# The sizes each family's writer is given; a family not listed takes the Ling demo sizes.
+_FAMILY_SPECS: dict[str, DemoSpec] = {"ming": MingDemoSpec()}
 
 
-def _demo_stamp(model: DemoModel, spec: LingDemoSpec, dtype: torch.dtype) -> dict[str, Any]:
+def _family_spec(family: str) -> DemoSpec:
+    return _FAMILY_SPECS.get(family, LingDemoSpec())
+
+
+def _demo_stamp(model: DemoModel, spec: DemoSpec, dtype: torch.dtype) -> dict[str, Any]:
     return {
         "writer_version": WRITER_VERSION,
         "family": model.family,
@@ -217,7 +230,7 @@ def _is_complete(folder: Path, stamp: dict[str, Any]) -> bool:
     return all((folder / name).is_file() for name in files)
 
 
-def _write_demo_folder(target: Path, stamp: dict[str, Any], spec: LingDemoSpec) -> None:
+def _write_demo_folder(target: Path, stamp: dict[str, Any], spec: DemoSpec) -> None:
     """Write into a temporary sibling and rename it into place, so `target` is never half-written."""
     if target.exists() and not (target / STAMP_FILE).is_file():
         raise ValueError(f"{target} exists and is not a bailing demo checkpoint; refusing to replace it")
@@ -240,11 +253,11 @@ def _write_demo_folder(target: Path, stamp: dict[str, Any], spec: LingDemoSpec) 
 def write_demo_models(root: str | Path, names: Sequence[str] | None = None) -> dict[str, Path]:
     """Ensure `root/<name>` holds each demo checkpoint (or those in `names`); returns {name: path}.
 
-    A folder stamped with the same writer version, family, seed and spec is kept as is; each folder
-    is replaced atomically on its own. An unknown name raises ValueError listing the known ones.
+    A folder stamped with the same writer version, family, seed and spec (the family's demo sizes,
+    `_FAMILY_SPECS`) is kept as is; each folder is replaced atomically on its own. An unknown name
+    raises ValueError listing the known ones.
     """
     root = Path(root)
-    spec = LingDemoSpec()
     known = [model.name for model in DEMO_MODELS]
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
@@ -253,6 +266,7 @@ def write_demo_models(root: str | Path, names: Sequence[str] | None = None) -> d
     for model in DEMO_MODELS:
         if names is not None and model.name not in names:
             continue
+        spec = _family_spec(model.family)
         stamp = _demo_stamp(model, spec, dtype=torch.bfloat16)
         target = root / model.name
         if not _is_complete(target, stamp):

@@ -22,13 +22,13 @@ def demo_root(tmp_path_factory):
 def test_init_demo_prints_paths(demo_root, capsys):
     assert main(["init-demo", str(demo_root)]) == 0  # second run: already complete, kept
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"{m}: {demo_root / m}" for m in ("ling", "ring", "llada2")]
-    for model in ("ling", "ring", "llada2"):
+    assert lines == [f"{m}: {demo_root / m}" for m in ("ling", "ring", "llada2", "ming")]
+    for model in ("ling", "ring", "llada2", "ming"):
         for name in ("config.json", "tokenizer.json", "model.safetensors.index.json", "bailing_demo.json"):
             assert (demo_root / model / name).is_file()
 
 
-@pytest.mark.parametrize("model", ["ling", "ring", "llada2"])
+@pytest.mark.parametrize("model", ["ling", "ring", "llada2", "ming"])
 def test_init_demo_user_error(tmp_path, capsys, model):
     (tmp_path / model).mkdir()
     (tmp_path / model / "keep.txt").write_text("x")
@@ -46,7 +46,7 @@ def test_help_exits_cleanly(capsys):
 
 
 @needs_engine
-@pytest.mark.parametrize("model", ["ling", "ring", "llada2"])
+@pytest.mark.parametrize("model", ["ling", "ring", "llada2", "ming"])
 def test_generate_json(demo_root, capsys, model):
     argv = ["generate", "--model", str(demo_root / model), "--max-tokens", "5", "--json", "Hello there"]
     assert main(argv) == 0
