@@ -1,7 +1,8 @@
 """Python client of the Bailing gateway: `Client` (blocking) and `AsyncClient` (grpc.aio).
 
 Flow: keyword options and chat messages (dicts) -> `build_request` -> the gateway -> plain dataclasses
-(`Completion` with its `Choice`s, `Chunk`, `ModelInfo`) back; batch jobs (`create_batch` ... `batch_results`)
+(`Completion` with its `Choice`s, `Chunk`, `ModelInfo`) back; speech recognition (`transcribe`) sends
+audio and gets a `Transcription` (or `Chunk`s) back; batch jobs (`create_batch` ... `batch_results`)
 go to the Jobs service and come back as `BatchInfo` / `BatchItemResult`. No protobuf type reaches the
 caller; every failure is a `BailingClientError` carrying the gRPC status name (`BailingConnectionError`
 when nothing answers).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -44,6 +46,12 @@ from bailing.client_convert import (
     messages_to_pb,
     models_from_pb,
 )
+from bailing.client_transcribe import (
+    TranscribeOptions,
+    Transcription,
+    build_transcribe_request,
+    transcription_from_pb,
+)
 from gateway.api import pb, pb_grpc
 
 __all__ = [
@@ -62,6 +70,8 @@ __all__ = [
     "ModelInfo",
     "RequestOptions",
     "Timing",
+    "TranscribeOptions",
+    "Transcription",
     "Usage",
     "build_request",
     "messages_to_pb",
@@ -202,6 +212,33 @@ class Client(_Base):
         """Deltas as they are produced (same options as `generate`); close the stream to cancel."""
         request = build_request(model, prompt, messages, **options)
         call = self._stub.GenerateStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return ChunkStream(call)
+
+    def transcribe(
+        self,
+        model: str,
+        audio: bytes | str | os.PathLike,
+        *,
+        mime_type: str | None = None,
+        timeout: float | None = None,
+        **options: Unpack[TranscribeOptions],
+    ) -> Transcription:
+        """The transcript of `audio` (its bytes or a file path) by a model that accepts audio input."""
+        request = build_transcribe_request(model, audio, mime_type=mime_type, **options)
+        return transcription_from_pb(self._unary(self._stub.Transcribe, request, timeout))
+
+    def transcribe_stream(
+        self,
+        model: str,
+        audio: bytes | str | os.PathLike,
+        *,
+        mime_type: str | None = None,
+        timeout: float | None = None,
+        **options: Unpack[TranscribeOptions],
+    ) -> ChunkStream:
+        """The transcript as `Chunk`s of text, as it is produced (same arguments as `transcribe`)."""
+        request = build_transcribe_request(model, audio, mime_type=mime_type, **options)
+        call = self._stub.TranscribeStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
         return ChunkStream(call)
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
@@ -367,6 +404,31 @@ class AsyncClient(_Base):
     ) -> AsyncChunkStream:
         request = build_request(model, prompt, messages, **options)
         call = self._stub.GenerateStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        return AsyncChunkStream(call)
+
+    async def transcribe(
+        self,
+        model: str,
+        audio: bytes | str | os.PathLike,
+        *,
+        mime_type: str | None = None,
+        timeout: float | None = None,
+        **options: Unpack[TranscribeOptions],
+    ) -> Transcription:
+        request = build_transcribe_request(model, audio, mime_type=mime_type, **options)
+        return transcription_from_pb(await self._unary(self._stub.Transcribe, request, timeout))
+
+    def transcribe_stream(
+        self,
+        model: str,
+        audio: bytes | str | os.PathLike,
+        *,
+        mime_type: str | None = None,
+        timeout: float | None = None,
+        **options: Unpack[TranscribeOptions],
+    ) -> AsyncChunkStream:
+        request = build_transcribe_request(model, audio, mime_type=mime_type, **options)
+        call = self._stub.TranscribeStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
         return AsyncChunkStream(call)
 
     async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:

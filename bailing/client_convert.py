@@ -136,7 +136,8 @@ class ModelInfo:
 
 
 # ---- request building ------------------------------------------------------------------------
-def _invalid(where: str, message: str) -> BailingClientError:
+def invalid_argument(where: str, message: str) -> BailingClientError:
+    """The error of a request the client refuses to send (`where` names the argument)."""
     return BailingClientError("INVALID_ARGUMENT", f"{where}: {message}")
 
 
@@ -151,22 +152,24 @@ def _guess_mime(data: bytes, path: str | Path | None) -> str:
     return ""
 
 
-def _media_part(kind: str, part: Mapping[str, Any], where: str) -> Any:
+def media_part(kind: str, part: Mapping[str, Any], where: str) -> Any:
+    """A `ContentPart` of `kind` from {"path"} or {"data", "mime_type"?}; the mime type is guessed
+    from the file name, then from the bytes, when not given."""
     path = part.get("path")
     if path is not None:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            raise _invalid(where, f"cannot read {path}: {exc.strerror or exc}") from None
+            raise invalid_argument(where, f"cannot read {path}: {exc.strerror or exc}") from None
     else:
         data = part.get("data")
         if not isinstance(data, bytes | bytearray | memoryview):
             article = "an" if kind[0] in "aeiou" else "a"
-            raise _invalid(where, f"{article} {kind} part needs 'data' (bytes) or 'path'")
+            raise invalid_argument(where, f"{article} {kind} part needs 'data' (bytes) or 'path'")
         data = bytes(data)
     mime = part.get("mime_type") or _guess_mime(data, path)
     if not isinstance(mime, str):
-        raise _invalid(where, "'mime_type' must be a string")
+        raise invalid_argument(where, "'mime_type' must be a string")
     return pb.ContentPart(**{kind: pb.Media(data=data, mime_type=mime)})
 
 
@@ -174,15 +177,15 @@ def _content_part(part: Any, where: str) -> Any:
     if isinstance(part, str):
         return pb.ContentPart(text=part)
     if not isinstance(part, Mapping):
-        raise _invalid(where, f"a content part is a dict or a string, got {type(part).__name__}")
+        raise invalid_argument(where, f"a content part is a dict or a string, got {type(part).__name__}")
     kind = part.get("type")
     if kind == "text":
         if not isinstance(part.get("text"), str):
-            raise _invalid(where, "a text part needs 'text' (a string)")
+            raise invalid_argument(where, "a text part needs 'text' (a string)")
         return pb.ContentPart(text=part["text"])
     if kind in MEDIA_TYPES:
-        return _media_part(kind, part, where)
-    raise _invalid(where, f"unknown part type {kind!r} (text, image, audio, video)")
+        return media_part(kind, part, where)
+    raise invalid_argument(where, f"unknown part type {kind!r} (text, image, audio, video)")
 
 
 def messages_to_pb(messages: Iterable[Mapping[str, Any]]) -> list[Any]:
@@ -191,20 +194,33 @@ def messages_to_pb(messages: Iterable[Mapping[str, Any]]) -> list[Any]:
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, Mapping):
-            raise _invalid(where, f"a message is a dict, got {type(message).__name__}")
+            raise invalid_argument(where, f"a message is a dict, got {type(message).__name__}")
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not role:
-            raise _invalid(f"{where}.role", "a non-empty string is required")
+            raise invalid_argument(f"{where}.role", "a non-empty string is required")
         if isinstance(content, str):
             parts = [pb.ContentPart(text=content)]
         elif isinstance(content, list | tuple):
             parts = [_content_part(p, f"{where}.content[{j}]") for j, p in enumerate(content)]
         else:
-            raise _invalid(f"{where}.content", "a string or a list of parts is required")
+            raise invalid_argument(f"{where}.content", "a string or a list of parts is required")
         out.append(pb.Message(role=role, content=parts))
     if not out:
-        raise _invalid("messages", "at least one message is required")
+        raise invalid_argument("messages", "at least one message is required")
     return out
+
+
+def sampling_to_pb(
+    stop: str | Iterable[str] | None, stop_token_ids: Iterable[int] | None, sampling: Mapping[str, Any]
+) -> Any:
+    """`SamplingParams` with the options that are set; an unknown keyword is a TypeError."""
+    unknown = set(sampling) - set(OPTIONAL_SAMPLING_FIELDS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    params = pb.SamplingParams(**{k: v for k, v in sampling.items() if v is not None})
+    params.stop.extend([stop] if isinstance(stop, str) else list(stop or ()))
+    params.stop_token_ids.extend(stop_token_ids or ())
+    return params
 
 
 def build_request(
@@ -223,15 +239,10 @@ def build_request(
 ) -> Any:
     """A `GenerateRequest`; unset options are left unset so the model's defaults apply."""
     if not isinstance(model, str) or not model:
-        raise _invalid("model", "a model name is required")
+        raise invalid_argument("model", "a model name is required")
     if (prompt is None) == (messages is None):
-        raise _invalid("prompt", "give exactly one of prompt and messages")
-    unknown = set(sampling) - set(OPTIONAL_SAMPLING_FIELDS)
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    params = pb.SamplingParams(**{k: v for k, v in sampling.items() if v is not None})
-    params.stop.extend([stop] if isinstance(stop, str) else list(stop or ()))
-    params.stop_token_ids.extend(stop_token_ids or ())
+        raise invalid_argument("prompt", "give exactly one of prompt and messages")
+    params = sampling_to_pb(stop, stop_token_ids, sampling)
     reasoning = pb.ReasoningOptions()
     if enable_thinking is not None:
         reasoning.enable_thinking = enable_thinking
@@ -244,13 +255,15 @@ def build_request(
         fields = pb.DiffusionOptions.DESCRIPTOR.fields_by_name
         unknown = set(diffusion) - set(fields)
         if unknown:
-            raise _invalid("diffusion", f"unknown option(s) {sorted(unknown)}; known: {sorted(fields)}")
+            raise invalid_argument(
+                "diffusion", f"unknown option(s) {sorted(unknown)}; known: {sorted(fields)}"
+            )
         request.diffusion.CopyFrom(
             pb.DiffusionOptions(**{k: v for k, v in diffusion.items() if v is not None})
         )
     if prompt is not None:
         if not isinstance(prompt, str):
-            raise _invalid("prompt", f"a string is required, got {type(prompt).__name__}")
+            raise invalid_argument("prompt", f"a string is required, got {type(prompt).__name__}")
         request.prompt = prompt
     else:
         request.messages.extend(messages_to_pb(messages))
@@ -373,9 +386,9 @@ def build_batch_request(
 ) -> Any:
     """A `CreateBatchRequest` from JSONL bytes or from (custom_id, `generate` keyword fields) pairs."""
     if not isinstance(model, str) or not model:
-        raise _invalid("model", "a model name is required")
+        raise invalid_argument("model", "a model name is required")
     if (jsonl is None) == (items is None):
-        raise _invalid("items", "give exactly one of jsonl and items")
+        raise invalid_argument("items", "give exactly one of jsonl and items")
     request = pb.CreateBatchRequest(
         model=model,
         completion_window_s=completion_window_s,
@@ -386,7 +399,9 @@ def build_batch_request(
         request.jsonl = bytes(jsonl)
     for i, (custom_id, fields) in enumerate(items or ()):
         if not isinstance(fields, Mapping):
-            raise _invalid(f"items[{i}]", f"the request fields are a dict, got {type(fields).__name__}")
+            raise invalid_argument(
+                f"items[{i}]", f"the request fields are a dict, got {type(fields).__name__}"
+            )
         item = pb.BatchItem(custom_id=custom_id, request=build_request(model, **fields))
         request.items.append(item)
     return request

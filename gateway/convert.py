@@ -57,7 +57,7 @@ def request_to_job(
 ) -> tuple[GenerateJob, list[MediaBlob]]:
     """Validate `req` into a job plus the media bytes it references; `state` None skips live checks."""
     check_model(req.model, cfg.models)
-    request_id = _request_id(req.request_id)
+    request_id = check_request_id(req.request_id)
     blobs: list[MediaBlob] = []
     if req.messages and req.prompt:
         raise invalid("messages and prompt are both set: send exactly one")
@@ -72,7 +72,7 @@ def request_to_job(
         model=req.model,
         prompt=req.prompt or None,
         messages=messages,
-        sampling=_sampling(req.sampling, cfg, state),
+        sampling=sampling_from_pb(req.sampling, cfg, state),
         enable_thinking=enable_thinking,
         thinking_budget=thinking_budget,
         diffusion=diffusion,
@@ -83,7 +83,8 @@ def request_to_job(
     return job, blobs
 
 
-def _request_id(value: str) -> str:
+def check_request_id(value: str) -> str:
+    """The client's request id, checked; a fresh one when it sent none."""
     if not value:
         return uuid.uuid4().hex
     if not REQUEST_ID.fullmatch(value):
@@ -111,16 +112,20 @@ def _part(path: str, part: pb.ContentPart, cfg: GatewayConfig, state: ModelState
     if kind == "text":
         return Part(type="text", text=part.text)
     assert kind in MEDIA_KINDS, kind  # the proto's oneof: text + MEDIA_KINDS
+    return media_part(f"{path}.{kind}", kind, getattr(part, kind), cfg, state, blobs)
+
+
+def media_part(
+    path: str, kind: str, media: pb.Media, cfg: GatewayConfig, state: ModelState | None, blobs
+) -> Part:
+    """A media part the live workers accept, its bytes appended to `blobs`; errors name `path`."""
     if state is not None and kind not in state.modalities:
         accepts = ", ".join(state.modalities)
-        raise invalid(
-            f"{path}.{kind}: model {state.name!r} does not accept {kind} input (it accepts {accepts})"
-        )
-    media = getattr(part, kind)
+        raise invalid(f"{path}: model {state.name!r} does not accept {kind} input (it accepts {accepts})")
     try:
         mime = check_media(kind, media.data, media.mime_type, cfg.max_media_bytes)
     except MediaError as exc:
-        raise invalid(f"{path}.{kind}: {exc}") from None
+        raise invalid(f"{path}: {exc}") from None
     blob = MediaBlob.of(media.data)
     blobs.append(blob)
     return Part(type=kind, media=MediaRef(kind=kind, key=blob.key, mime_type=mime, size=len(media.data)))
@@ -140,7 +145,7 @@ def _opt(s: pb.SamplingParams, name: str):
     return getattr(s, name) if s.HasField(name) else None
 
 
-def _sampling(s: pb.SamplingParams, cfg: GatewayConfig, state: ModelState | None) -> Sampling:
+def sampling_from_pb(s: pb.SamplingParams, cfg: GatewayConfig, state: ModelState | None) -> Sampling:
     v = {name: _opt(s, name) for name in OPTIONAL_SAMPLING_FIELDS}
     checks = {
         "temperature": (lambda x: x >= 0, ">= 0"),

@@ -1,11 +1,11 @@
 """The grpc.aio gateway: InferenceServicer (admit -> validate -> dispatch -> relay) and its server.
 
 Flow of a call: draining? -> model served? (NOT_FOUND) -> admission (RESOURCE_EXHAUSTED) -> live
-workers (UNAVAILABLE) -> `convert.request_to_job` (INVALID_ARGUMENT) -> `Dispatcher.submit` ->
-`Dispatcher.events` relayed as chunks or collected into one response. Whenever a call ends without
-its terminal event (client cancel, deadline, error) the request is cancelled in Redis. Health,
-reflection, the bearer-token interceptor, the SIGTERM drain and the batch `JobsServicer` (gateway/jobs.py)
-are wired up in `GatewayServer`.
+workers (UNAVAILABLE) -> `convert.request_to_job` (Transcribe: `transcribe.transcribe_to_job`;
+INVALID_ARGUMENT) -> `Dispatcher.submit` -> `Dispatcher.events` relayed as chunks or collected into
+one response. Whenever a call ends without its terminal event (client cancel, deadline, error) the
+request is cancelled in Redis. Health, reflection, the bearer-token interceptor, the SIGTERM drain
+and the batch `JobsServicer` (gateway/jobs.py) are wired up in `GatewayServer`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import kombu.exceptions
@@ -42,6 +43,7 @@ from gateway.jobs import JobsServicer
 from gateway.media import MediaBlob
 from gateway.metrics import GatewayMetrics
 from gateway.state import RequestTrace
+from gateway.transcribe import transcribe_to_job, transcript_chunks, transcript_response
 from pipelines.protocol import Event, GenerateJob
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,9 @@ class _Call:
     cancel_sent: bool = False
 
 
+# request -> (job, media blobs): `convert.request_to_job` or `transcribe.transcribe_to_job`
+ToJob = Callable[..., tuple[GenerateJob, list[MediaBlob]]]
+ToChunks = Callable[[str, Event], list[Any]]  # request id, event -> the GenerateChunks to send
 WARM_CONNECTIONS = 64  # Redis connections opened before serving (each stream holds one while it waits)
 
 
@@ -82,8 +87,30 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return list_models_response(states)
 
     async def Generate(self, request, context):
+        return await self._answer(request, context, "Generate", request_to_job)
+
+    async def GenerateStream(self, request, context):
+        async with contextlib.aclosing(
+            self._relay(request, context, "GenerateStream", request_to_job, event_to_chunks)
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def Transcribe(self, request, context):
+        return transcript_response(await self._answer(request, context, "Transcribe", transcribe_to_job))
+
+    async def TranscribeStream(self, request, context):
+        async with contextlib.aclosing(
+            self._relay(request, context, "TranscribeStream", transcribe_to_job, transcript_chunks)
+        ) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    # ---- one call ---------------------------------------------------------------------------
+    async def _answer(self, request, context, method: str, to_job: ToJob):
+        """The request's events collected into one GenerateResponse (the unary RPCs)."""
         async with (
-            self._call(request, context, "Generate") as call,
+            self._call(request, context, method, to_job) as call,
             contextlib.aclosing(self._events(call, context)) as events,
         ):
             builder = ResponseBuilder(call.job.request_id, call.job.model)
@@ -91,18 +118,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 builder.add(event)
             return builder.build(call.trace)
 
-    async def GenerateStream(self, request, context):
+    async def _relay(self, request, context, method: str, to_job: ToJob, to_chunks: ToChunks):
+        """The request's events as chunks, as they arrive (the streaming RPCs)."""
         async with (
-            self._call(request, context, "GenerateStream") as call,
+            self._call(request, context, method, to_job) as call,
             contextlib.aclosing(self._events(call, context)) as events,
         ):
             async for event in events:
-                for chunk in event_to_chunks(call.job.request_id, event):
+                for chunk in to_chunks(call.job.request_id, event):
                     yield chunk
 
-    # ---- one call ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _call(self, request, context, method: str) -> AsyncIterator[_Call]:
+    async def _call(self, request, context, method: str, to_job: ToJob) -> AsyncIterator[_Call]:
         """Admit, validate and submit the request; then account for it however the call ends."""
         trace = RequestTrace(request_id=request.request_id, model=request.model, method=method)
         started, call, admitted = time.monotonic(), None, False
@@ -110,7 +137,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._admit(request)
             admitted = True
             self._count_inflight(request.model, +1)
-            job, blobs = await self._prepare(request, context, trace)
+            job, blobs = await self._prepare(request, context, trace, to_job)
             call = _Call(job=job, trace=trace)  # from here on, an early end cancels the request
             # grpc.aio does not always cancel a handler blocked outside grpc when the client goes
             # away; the RPC's done callback always fires, so the cancel is sent from there too.
@@ -158,12 +185,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 f"too many requests in flight: the limit is {self.cfg.max_inflight} (max_inflight)",
             )
 
-    async def _prepare(self, request, context, trace: RequestTrace) -> tuple[GenerateJob, list[MediaBlob]]:
+    async def _prepare(
+        self, request, context, trace: RequestTrace, to_job: ToJob
+    ) -> tuple[GenerateJob, list[MediaBlob]]:
         """The validated job (and its media) of an admitted request that a live worker can take."""
         state = await self.dispatcher.admission_state(request.model)
         remaining = context.time_remaining()
         deadline = trace.submitted_at + remaining if remaining is not None else None
-        job, blobs = request_to_job(
+        job, blobs = to_job(
             request,
             self.cfg,
             state if state.live else None,

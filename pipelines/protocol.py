@@ -24,6 +24,10 @@ STREAM_TTL_S = 3600  # a request's event stream outlives its reader by this much
 MEDIA_TTL_S = 3600
 MODALITIES = ("text", "image", "audio", "video")
 MAX_SAMPLES = 16  # sampling.n may be 1..MAX_SAMPLES
+# What a job asks of its model (GenerateJob.task): "generate" answers the messages / prompt;
+# "transcribe" (ASR) has one user message holding one audio part, and the worker builds the model's
+# transcription prompt around it (the family's instruction text, then the audio).
+TASKS = ("generate", "transcribe")
 
 
 def queue_name(model: str) -> str:
@@ -105,16 +109,22 @@ class GenerateJob:
     thinking_budget: int | None = None
     # Block-diffusion options the client set (engine DiffusionParams field names), None: none sent
     diffusion: dict[str, Any] | None = None
+    task: str = "generate"  # one of TASKS
     priority: int = 0
     deadline: float | None = None  # unix time after which the result is useless
     submitted_at: float = 0.0  # unix time the gateway accepted it
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerateJob:
-        """Inverse of `to_dict` (after a JSON round trip); unknown keys are an error."""
+        """Inverse of `to_dict` (after a JSON round trip); unknown keys are an error, missing ones
+        take their defaults (a payload from before `task` is a "generate" job)."""
         data = dict(data)
         data["sampling"] = _sampling_from_dict(data.get("sampling") or {})
         if data.get("messages") is not None:

@@ -8,6 +8,6 @@ MODULES = (
     "bailing.commands.gateway",  # bailing gateway
     "bailing.commands.worker",  # bailing worker
     "bailing.commands.stack",  # bailing up
-    "bailing.commands.client",  # bailing chat / models / healthcheck
+    "bailing.commands.client",  # bailing chat / transcribe / models / healthcheck
     "bailing.commands.batch",  # bailing batch submit / status / list / cancel / results
 )

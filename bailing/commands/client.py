@@ -1,4 +1,4 @@
-"""`bailing chat`, `bailing models` and `bailing healthcheck`: talk to a running gateway.
+"""`bailing chat`, `transcribe`, `models` and `healthcheck`: talk to a running gateway.
 
 Flow: argv -> `bailing.client.Client` (address from --address or BAILING_GATEWAY, token from
 BAILING_API_TOKEN) -> stdout. Exit codes: 0 ok, 1 server error or unhealthy, 2 bad usage (also a
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import Any
@@ -161,6 +162,60 @@ def _chat(args: argparse.Namespace) -> int:
     return _run(_cmd_chat, args)
 
 
+# ---- transcribe ------------------------------------------------------------------------------
+def _transcribe_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("max_tokens", "temperature", "seed")
+    return {"mime_type": args.mime_type, **{name: getattr(args, name) for name in names}}
+
+
+def _cmd_transcribe(client: Any, args: argparse.Namespace) -> int:
+    if args.stream and not args.json:
+        last = None
+        with client.transcribe_stream(args.model, args.audio, **_transcribe_options(args)) as stream:
+            for chunk in stream:
+                _write(chunk.text)
+                last = chunk
+        _write("\n")
+        if last is not None:
+            _stats(last.request_id, last.usage, last.finish_reason)
+        return EXIT_SERVER_ERROR if last is not None and last.finish_reason == "error" else EXIT_OK
+    out = client.transcribe(args.model, args.audio, **_transcribe_options(args))
+    if args.json:
+        data = asdict(out)
+        data["usage"]["tokens_per_forward"] = out.usage.tokens_per_forward  # a property
+        print(json.dumps(data, ensure_ascii=False))
+    else:
+        print(out.text)
+        _stats(out.request_id, out.usage, out.finish_reason)
+    return EXIT_SERVER_ERROR if out.finish_reason == "error" else EXIT_OK
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    """`bailing transcribe`: a missing file is a usage error before any connection is made."""
+    if not os.path.isfile(args.audio):
+        print(f"error: no audio file at {args.audio}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run(_cmd_transcribe, args)
+
+
+def _add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
+    tr = sub.add_parser(
+        "transcribe", help="transcribe an audio file (WAV, FLAC, OGG, MP3) with a model that accepts audio"
+    )
+    tr.add_argument("--model", required=True, help="served model name that accepts audio, e.g. ming")
+    tr.add_argument("--stream", action="store_true", help="print the transcript as it is produced")
+    tr.add_argument("--max-tokens", type=int, default=None, metavar="N", help="transcript tokens at most")
+    tr.add_argument("--temperature", type=float, default=None, metavar="T", help="0 = greedy")
+    tr.add_argument("--seed", type=int, default=None, help="sampling seed")
+    tr.add_argument(
+        "--mime-type", default=None, metavar="TYPE", help="e.g. audio/wav (default: from the file name)"
+    )
+    tr.add_argument("--json", action="store_true", help="print the whole transcription as one JSON object")
+    _add_connection_args(tr, None, "request deadline in seconds (default: none)")
+    tr.add_argument("audio", metavar="AUDIO", help="path of the audio file")
+    tr.set_defaults(func=_transcribe)
+
+
 # ---- models, healthcheck ---------------------------------------------------------------------
 def _cmd_models(client: Any, args: argparse.Namespace) -> int:
     models = client.list_models()
@@ -281,6 +336,7 @@ def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_chat_parser(sub)
+    _add_transcribe_parser(sub)
 
     models = sub.add_parser("models", help="list the models a running gateway serves")
     models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
