@@ -160,7 +160,7 @@ class LLMEngine:
         stream: bool = False,
         output_queue: OutputQueue | None = None,
         final_only: bool = False,
-        media: MediaInputs | None = None,
+        media: MediaInputs | MediaState | None = None,
     ) -> str:
         """Queue a request; returns its id. Raises RequestError for an invalid prompt or a duplicate id.
 
@@ -194,13 +194,13 @@ class LLMEngine:
         priority: int,
         output_queue: OutputQueue | None,
         final_only: bool = False,
-        media: MediaInputs | None = None,
+        media: MediaInputs | MediaState | None = None,
     ) -> RequestGroup:
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
         diffusion = self._diffusion_params(params)
         self._check_fits(ids, params, diffusion)
-        encoded = None if media is None else self._encode_media(ids, media)
+        encoded = media if media is None or isinstance(media, MediaState) else self.encode_media(ids, media)
         if params.n > self.config.max_num_seqs:
             raise RequestError(
                 f"n={params.n} samples cannot run at once: the engine runs at most "
@@ -226,8 +226,12 @@ class LLMEngine:
             self._wake.notify_all()
         return group
 
-    def _encode_media(self, ids: list[int], media: MediaInputs) -> MediaState:
-        """Run the model's encoders for one prompt (no engine lock held); RequestError if unusable."""
+    def encode_media(self, ids: list[int], media: MediaInputs) -> MediaState:
+        """Run the model's encoders for one prompt (no engine lock held); RequestError if unusable.
+
+        `add_request(media=...)` calls it; a caller that holds a lock of its own while adding the
+        request calls it first and passes the result, so the encoders run outside that lock too.
+        """
         prepare = getattr(self.model, "prepare_prompt", None)
         if prepare is None:
             raise RequestError(f"model {self.path.name!r} takes text only: it cannot take media inputs")

@@ -1,7 +1,8 @@
 """What the serving layers need to know about a model family besides its architecture class.
 
-Torch-free descriptors: `FAMILIES[name]` -> `Family` (its architectures and, for reasoning models,
-the `ThinkTags` that delimit the reasoning). Workers validate `--family` against `FAMILIES`;
+Torch-free descriptors: `FAMILIES[name]` -> `Family` (its architectures, the input modalities it accepts,
+its media processor and ASR instruction, and, for reasoning models, the `ThinkTags` that delimit the
+reasoning). Workers validate `--family` against `FAMILIES`;
 pipelines read the tags to split reasoning from the answer and to force the end of a thinking budget.
 """
 
@@ -35,6 +36,11 @@ class Family:
     architectures: tuple[str, ...]
     reasoning: ThinkTags | None = None  # None: the model answers directly
     modalities: tuple[str, ...] = ("text",)
+    # A multimodal family's request front end, "module:Class" with `from_pretrained(folder)` and
+    # `process(messages_or_prompt, images=, audios=, videos=, thinking=)` (torch-side; imported lazily).
+    processor: str | None = None
+    # The user-turn instruction that precedes the audio in a transcription request (None: no ASR).
+    transcribe_prompt: str | None = None
 
 
 def known_families() -> dict[str, Family]:

@@ -18,8 +18,10 @@ from typing import Any
 from engine.diffusion.params import DiffusionParams
 from engine.engine import LLMEngine
 from engine.errors import RequestError
+from engine.multimodal import MediaInputs
 from engine.sampling_params import LogitsProcessor, SamplingParams
 from models.family import Family, ThinkTags
+from pipelines.media import MediaPipeline
 from pipelines.output import Presenter, ReasoningMode
 from pipelines.protocol import MAX_SAMPLES, GenerateJob, Sampling
 from pipelines.reasoning import ThinkingBudget
@@ -40,6 +42,7 @@ class Prepared:
     prompt_ids: list[int]
     params: SamplingParams
     presenter: Presenter
+    media: MediaInputs | None = None  # a multimodal prompt's processor tensors
 
 
 def prepare(
@@ -49,18 +52,29 @@ def prepare(
     defaults: Mapping[str, Any],
     default_max_tokens: int = 256,
     processor_factories: Sequence[ProcessorFactory] = (),
+    media: MediaPipeline | None = None,
 ) -> Prepared:
-    """The job as engine inputs; raises RequestError naming the field for anything a client got wrong."""
-    text = prompt_text(job, engine)
-    mode = None
-    if family.reasoning is not None:
-        text, mode = reasoning_mode(text, family.reasoning, job.enable_thinking)
+    """The job as engine inputs; raises RequestError naming the field for anything a client got wrong.
+
+    A multimodal family's jobs (`media`: its `MediaPipeline`) get their prompt from the family's
+    processor (chat format, media decoding, placeholder expansion) instead of the chat template.
+    """
+    mode, mm = None, None
+    if job.task == "transcribe" and media is None:
+        raise RequestError(f"model '{job.model}' does not transcribe audio (it takes text only)")
+    if media is not None:
+        built = media.build(job)
+        ids, mm = built.ids, built.media
+    else:
+        text = prompt_text(job, engine)
+        if family.reasoning is not None:
+            text, mode = reasoning_mode(text, family.reasoning, job.enable_thinking)
+        ids = engine.encode(text)
     budget = job.thinking_budget
     if budget is not None and mode is None:
         raise RequestError(
             f"reasoning.thinking_budget applies to reasoning models; model '{job.model}' answers directly"
         )
-    ids = engine.encode(text)
     diffusion = getattr(engine.model, "diffusion", False)
     if diffusion:  # LLaDA2's generate() decodes greedily unless told otherwise
         defaults = {"temperature": 0.0, **defaults}
@@ -76,7 +90,7 @@ def prepare(
     if budget is not None:
         processors.append(ThinkingBudget(engine.tokenizer, ids, mode.tags, mode.starts_in_reasoning, budget))
     params.logits_processors = [] if diffusion else processors  # ThinkingBudget last: its forced token wins
-    return Prepared(ids, params, Presenter(params.n, mode, engine.tokenizer, ids))
+    return Prepared(ids, params, Presenter(params.n, mode, engine.tokenizer, ids), mm)
 
 
 # ---- prompt --------------------------------------------------------------------------------------

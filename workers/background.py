@@ -110,7 +110,7 @@ class Heartbeat(_Service):
             device=str(engine.device),
             max_num_seqs=cfg.max_num_seqs,
             max_model_len=engine.max_model_len,
-            modalities=("text",),
+            modalities=runtime.family.modalities,
             started_at=runtime.started_at,
             metrics_port=cfg.metrics_port,
         )

@@ -100,6 +100,25 @@ class WorkerMetrics:
             registry=reg,
         ).labels(**labels)
 
+        self.media_parts = Counter(
+            "bailing_worker_media_parts", "Media parts of admitted requests", ["model", "kind"], registry=reg
+        )
+        self.media_seconds = Histogram(
+            "bailing_worker_media_seconds",
+            "Per request with media: decoding + preprocessing (stage=process) and encoders (stage=encode), "
+            "both in the task thread, outside the engine loop",
+            ["model", "stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+
+    def media(self, parts: dict[str, int], process_s: float, encode_s: float) -> None:
+        for kind, n in parts.items():
+            if n:
+                self.media_parts.labels(model=self._model, kind=kind).inc(n)
+        self.media_seconds.labels(model=self._model, stage="process").observe(process_s)
+        self.media_seconds.labels(model=self._model, stage="encode").observe(encode_s)
+
     def _gauge(self, name: str, doc: str) -> Any:
         return Gauge(name, doc, ["model"], registry=self.registry).labels(model=self._model)
 

@@ -24,11 +24,13 @@ from engine.errors import BailingError, RequestError
 from engine.model_loader import generation_config
 from models.family import get_family
 from pipelines import text
+from pipelines.media import MediaPipeline
 from pipelines.protocol import (
     ErrorCode,
     Event,
     EventType,
     GenerateJob,
+    MediaRef,
     cancel_key,
 )
 from workers import redelivery
@@ -57,6 +59,10 @@ class WorkerRuntime:
             socket_keepalive=True,
             client_name=f"bailing-worker:{config.worker_id}",  # visible in CLIENT LIST
         )
+        # a multimodal family's front end: media bytes come from Redis, where the gateway parked them
+        self.media = (
+            MediaPipeline(self.family, config.model_dir, self._media_bytes) if self.family.processor else None
+        )
         self.flights = Flights()
         self.emitter = Emitter(self.redis, self.flights, self.metrics, config.name)
         self.aborter = Aborter(self.engine, self.emitter)
@@ -76,6 +82,9 @@ class WorkerRuntime:
             background_prefill_tokens=config.batch_prefill_tokens,
         )
         return LLMEngine(config.model_dir, config.device, config.dtype, engine_config)
+
+    def _media_bytes(self, ref: MediaRef) -> bytes | None:
+        return self.redis.get(ref.key)
 
     def _warm_redis_pool(self, n: int) -> None:
         """Open a connection per task thread now rather than inside the first burst of jobs."""
@@ -196,6 +205,7 @@ class WorkerRuntime:
     def _submit(self, job: GenerateJob, flight: Flight, final_only: bool = False) -> None:
         if job.model != self.config.name:
             raise RequestError(f"model {job.model!r} sent to the queue of {self.config.name!r}")
+        t0 = time.monotonic()
         prepared = text.prepare(
             job,
             self.engine,
@@ -203,9 +213,15 @@ class WorkerRuntime:
             self.defaults,
             self.config.default_max_tokens,
             self.processor_factories,
+            self.media,
         )
         if isinstance(job.priority, bool) or not isinstance(job.priority, int):
             raise ValueError(f"priority must be an integer, got {job.priority!r}")
+        media = prepared.media
+        if media is not None:  # the encoders run here, in the task thread, outside the flight lock
+            t1 = time.monotonic()
+            media = self.engine.encode_media(prepared.prompt_ids, media)
+            self.metrics.media(_media_counts(job), t1 - t0, time.monotonic() - t1)
         with flight.lock:
             if flight.stopping:  # cancelled (or past its deadline) while its inputs were built
                 return
@@ -217,6 +233,7 @@ class WorkerRuntime:
                 priority=job.priority,
                 output_queue=self.emitter.queue,
                 final_only=final_only,
+                media=media,
             )
             flight.added = True
         self.metrics.prompt_tokens.inc(len(prepared.prompt_ids))
@@ -279,6 +296,15 @@ def _import_factory(path: str) -> text.ProcessorFactory:
     if not callable(factory):
         raise ValueError(f"logits processor factory {path!r} is not callable")
     return factory
+
+
+def _media_counts(job: GenerateJob) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for message in job.messages or ():
+        for part in message.parts:
+            if part.type != "text":
+                counts[part.type] = counts.get(part.type, 0) + 1
+    return counts
 
 
 def _queued_s(job: GenerateJob) -> float:

@@ -33,6 +33,14 @@ def _banner(address: str, models: list[str], token: bool) -> str:
         [
             f"Bailing Serve is up on {address} (models: {', '.join(models)}). Try:",
             *(f'  {program} chat --model {model}{where} "hello"' for model in models),
+            *(
+                [
+                    f'  {program} chat --model ming{where} --image photo.jpg "what is in this picture?"',
+                    f"  {program} transcribe --model ming{where} speech.wav",
+                ]
+                if "ming" in models
+                else []
+            ),
             f"  {program} models{where}",
             f"  grpcurl -plaintext{auth} -d '{payload}' {address} bailing.v1.Inference/Generate",
             "Ctrl-C stops everything.",

@@ -185,3 +185,12 @@ def test_api_token(tmp_path, monkeypatch):
         ]
         chat = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert chat.returncode == 0, chat.stderr  # the CLI sends $BAILING_API_TOKEN
+
+
+def test_the_banner_shows_how_to_send_media_when_ming_is_served():
+    from bailing.commands.stack import _banner
+
+    text = _banner("127.0.0.1:50051", ["ling", "ming"], token=False)
+    assert 'bailing chat --model ming --image photo.jpg "what is in this picture?"' in text
+    assert "bailing transcribe --model ming speech.wav" in text
+    assert "--image" not in _banner("127.0.0.1:50051", ["ling"], token=False)

@@ -37,7 +37,8 @@ def test_the_architecture_and_family_resolve():
     )
     family = get_family("ming")
     assert family.architectures == ("BailingMM2NativeForConditionalGeneration",)
-    assert family.reasoning is None and family.modalities == ("text",)  # media once the engine passes it
+    assert family.reasoning is None and family.modalities == ("text", "image", "audio", "video")
+    assert family.processor == "models.ming.processing:MingProcessor" and family.transcribe_prompt
 
 
 def test_weight_targets_are_exactly_the_official_keys(thinker):
