@@ -2,8 +2,10 @@
 `BatchRecord` / `ItemResult` (pipelines.batches) -> pb.Batch / pb.BatchResult.
 
 Items come inline (`items[i]`, 0-based) or as JSONL (`line n`, 1-based); each one goes through
-`convert.request_to_job`, so batch items get exactly the interactive validation. Errors are
-collected for every item; the whole batch is rejected unless `skip_invalid_items`.
+`convert.request_to_job`, so batch items get exactly the interactive validation (media parts
+included: their bytes, base64 in JSONL as protobuf's JSON mapping has it, are kept with the item's
+spec for the gateway to park in Redis). Errors are collected for every item; the whole batch is
+rejected unless `skip_invalid_items`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from gateway.api import pb
 from gateway.config import GatewayConfig
 from gateway.convert import request_to_job
 from gateway.errors import Rejection, invalid
+from gateway.media import MediaBlob
 from gateway.state import ModelState
 from pipelines.batches import BatchRecord, ItemResult
 from pipelines.protocol import GenerateJob
@@ -34,6 +37,7 @@ class BatchItemSpec:
     custom_id: str
     job: GenerateJob | None = None
     error: str = ""  # where + what, e.g. "line 3: sampling.temperature must be >= 0, got -1"
+    blobs: tuple[MediaBlob, ...] = ()  # the media bytes the job references
 
 
 @dataclass(frozen=True)
@@ -156,19 +160,10 @@ def _convert(
     request.model = model
     request.request_id = f"{batch_id}-{index}"
     try:
-        _check_text_only(request)
-        job, _blobs = request_to_job(request, cfg, state, submitted_at=submitted_at)
+        job, blobs = request_to_job(request, cfg, state, submitted_at=submitted_at)
     except Rejection as rej:
         return BatchItemSpec(index, raw.custom_id, error=f"{raw.where}: {rej.message}")
-    return BatchItemSpec(index, raw.custom_id, job=job)
-
-
-def _check_text_only(request: pb.GenerateRequest) -> None:
-    for i, msg in enumerate(request.messages):
-        for j, part in enumerate(msg.content):
-            kind = part.WhichOneof("part")
-            if kind not in (None, "text"):
-                raise invalid(f"messages[{i}].content[{j}].{kind}: batch items take text only for now")
+    return BatchItemSpec(index, raw.custom_id, job=job, blobs=tuple(blobs))
 
 
 # ---- records -> replies ------------------------------------------------------------------------

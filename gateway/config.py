@@ -24,6 +24,9 @@ class GatewayConfig:
     drain_grace_s: float = 30.0  # on SIGTERM/SIGINT, in-flight requests get this long to finish
     metrics_port: int = 0  # Prometheus HTTP port; 0 = no metrics server
     media_ttl_s: int = MEDIA_TTL_S
+    # A batch item's media wait in Redis until it runs: for completion_window_s + media_ttl_s, or
+    # this long for a batch without a window (an item that starts later fails: its bytes are gone).
+    batch_media_ttl_s: int = 24 * 3600
     worker_dead_after_s: float = WORKER_DEAD_AFTER_S
     health_interval_s: float = 0.5  # how often health and queue depth are refreshed from Redis
     max_batch_items: int = 50000  # items per CreateBatch at most
@@ -50,7 +53,7 @@ class GatewayConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_stop_strings", "drain_grace_s", "media_ttl_s"):
+        for name in ("max_stop_strings", "drain_grace_s", "media_ttl_s", "batch_media_ttl_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("worker_dead_after_s", "health_interval_s"):

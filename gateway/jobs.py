@@ -118,6 +118,7 @@ class JobsServicer(pb_grpc.JobsServicer):
                 error = {"code": "INVALID_ARGUMENT", "message": s.error}
                 self.store.write_result(record.id, ItemResult(s.index, s.custom_id, error=error))
         valid = [s for s in specs if s.job is not None]
+        self._store_media(record, valid)  # before any item can reach a worker
         if valid:  # else the invalid items' results already finished the batch
             # queued before the first task is sent, so a worker's claim moves it on to running
             self.store.set_status(record.id, BatchStatus.QUEUED)
@@ -128,6 +129,18 @@ class JobsServicer(pb_grpc.JobsServicer):
                 raise
         log.info("batch %s: %d item(s), %d queued on %s", record.id, len(specs), len(valid), record.model)
         return self.store.get(record.id) or record
+
+    def _store_media(self, record: BatchRecord, specs: list[BatchItemSpec]) -> None:
+        """Park the items' media bytes (content-addressed, each once) for as long as an item may wait."""
+        blobs = {b.key: b for s in specs for b in s.blobs}
+        if not blobs:
+            return
+        window = record.expires_at - record.created_at if record.expires_at else 0.0
+        ttl = int(window) + self.cfg.media_ttl_s if window else self.cfg.batch_media_ttl_s
+        with self.redis.pipeline(transaction=False) as pipe:
+            for blob in blobs.values():
+                pipe.set(blob.key, blob.data, ex=max(1, ttl))
+            pipe.execute()
 
     def _send(self, record: BatchRecord, specs: list[BatchItemSpec]) -> None:
         queue = batch_queue_name(record.model)

@@ -188,13 +188,44 @@ def test_invalid_batch_requests(jobs, store, model):
         custom_id="m",
         request=pb.GenerateRequest(messages=[pb.Message(role="user", content=[image])]),
     )
-    assert "items[1]: messages[0].content[0].image: batch items take text only for now" in reject(
-        items=[item("a"), media]
-    )
+    assert "items[1]: messages[0].content[0].image: not a decodable image" in reject(items=[item("a"), media])
     assert "items[0]: custom_id is missing" in reject(items=[item("")])
     err = rpc_error(jobs.CreateBatch, pb.CreateBatchRequest(model="nope", items=[item("a")]), timeout=10)
     assert err.code() is grpc.StatusCode.NOT_FOUND
     assert queued(store, model) == []
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32  # a PNG signature: the gateway checks no further
+
+
+def image_item(custom_id: str, data: bytes = PNG) -> pb.BatchItem:
+    image = pb.ContentPart(image=pb.Media(data=data, mime_type="image/png"))
+    text = pb.ContentPart(text="what is this?")
+    return pb.BatchItem(
+        custom_id=custom_id,
+        request=pb.GenerateRequest(messages=[pb.Message(role="user", content=[text, image])]),
+    )
+
+
+@pytest.mark.parametrize(("window", "ttl"), [(600, 600 + 3600), (0, 24 * 3600)])
+def test_media_items_are_queued_with_their_bytes_parked_until_they_can_run(jobs, store, model, window, ttl):
+    other = PNG + b"\x01"
+    batch = jobs.CreateBatch(
+        pb.CreateBatchRequest(
+            model=model,
+            items=[image_item("a"), item("t"), image_item("b", other), image_item("c")],
+            completion_window_s=window,
+        ),
+        timeout=10,
+    )
+    jobs_sent = [BatchItemJob.from_dict(payload).job for _, payload in queued(store, model)]
+    assert len(jobs_sent) == 4 and jobs_sent[1].messages is None
+    refs = [job.messages[0].parts[1].media for i, job in enumerate(jobs_sent) if i != 1]
+    assert refs[0].key == refs[2].key != refs[1].key  # content-addressed: equal bytes stored once
+    for ref, data in zip(refs, (PNG, other, PNG), strict=True):
+        assert store.redis.get(ref.key) == data
+        assert ttl - 60 <= store.redis.ttl(ref.key) <= ttl  # the window plus the interactive TTL
+    assert batch.counts.total == 4
 
 
 def test_max_batch_items(start_gateway, channel_to, model):
