@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from bailing.commands import MODULES
 
@@ -20,10 +21,14 @@ EXIT_USER_ERROR = 2  # bad arguments or input; other codes: see bailing/commands
 
 
 def _cmd_init_demo(args: argparse.Namespace) -> int:
+    from bailing.demo.samples import write_demo_samples
     from bailing.demo.writer import write_demo_models
 
     for name, path in write_demo_models(args.dir).items():
         print(f"{name}: {path}")
+    samples = Path(args.dir) / "samples"
+    write_demo_samples(samples)  # media to try the ming model with
+    print(f"samples: {samples}")
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ import torch
 
 from engine.engine import EngineConfig, LLMEngine, Prompt
 from engine.errors import RequestError
+from engine.multimodal import MediaInputs
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import require
@@ -43,9 +44,17 @@ class LLM:
         self.engine.eos_token_ids = frozenset(ids)
 
     def generate(
-        self, prompts: Prompt | Seq[Prompt], params: SamplingParams | Seq[SamplingParams] | None = None
+        self,
+        prompts: Prompt | Seq[Prompt],
+        params: SamplingParams | Seq[SamplingParams] | None = None,
+        media: MediaInputs | Seq[MediaInputs | None] | None = None,
     ) -> list[RequestOutput]:
-        """Complete each prompt; returns one RequestOutput per prompt, in order."""
+        """Complete each prompt; returns one RequestOutput per prompt, in order.
+
+        `media`: a multimodal model's processor tensors per prompt (one `MediaInputs` for a single
+        prompt, or a list with None for text-only prompts); the prompts are then token-id lists with
+        the processor's placeholder tokens.
+        """
         if isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
@@ -53,12 +62,15 @@ class LLM:
         plist = list(params) if isinstance(params, Seq) else [params or SamplingParams()] * len(prompts)
         if len(plist) != len(prompts):
             raise RequestError(f"got {len(prompts)} prompts but {len(plist)} SamplingParams")
+        mlist = [media] if isinstance(media, MediaInputs) else list(media or [None] * len(prompts))
+        if len(mlist) != len(prompts):
+            raise RequestError(f"got {len(prompts)} prompts but {len(mlist)} media entries")
         batch = next(self._batches)
         ids = [f"llm-{batch}-{i}" for i in range(len(prompts))]
         final: dict[str, RequestOutput] = {}
         try:
-            for rid, prompt, p in zip(ids, prompts, plist, strict=True):
-                self.engine.add_request(prompt, p, request_id=rid)
+            for rid, prompt, p, m in zip(ids, prompts, plist, mlist, strict=True):
+                self.engine.add_request(prompt, p, request_id=rid, media=m)
             wanted = set(ids)
             while len(final) < len(ids):
                 for out in self.engine.step():  # other callers' requests may finish here too

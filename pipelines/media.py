@@ -37,16 +37,46 @@ class MediaPrompt:
     media: MediaInputs | None
 
 
+@dataclass(frozen=True)
+class MediaLimits:
+    """An operator's limits on top of the checkpoint's (None: the processor's default)."""
+
+    max_image_pixels: int | None = None  # decoded pixels of one image (decompression bombs)
+    max_audio_seconds: float | None = None  # one clip; never above what the audio encoder can take
+    max_video_seconds: float | None = None
+    max_video_frames: int | None = None  # frames sampled from one video
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """The processor's config overrides per medium (`from_pretrained(image=, audio=, video=)`)."""
+        fields = {
+            "image": {"max_input_pixels": self.max_image_pixels},
+            "audio": {"max_seconds": self.max_audio_seconds},
+            "video": {"max_seconds": self.max_video_seconds, "max_frames": self.max_video_frames},
+        }
+        return {kind: {k: v for k, v in f.items() if v is not None} for kind, f in fields.items()}
+
+
 class MediaPipeline:
     """The front end of one multimodal checkpoint; thread-safe (one per worker, used by every task)."""
 
-    def __init__(self, family: Family, model_dir: str | Path, fetch: FetchMedia) -> None:
+    def __init__(
+        self, family: Family, model_dir: str | Path, fetch: FetchMedia, limits: MediaLimits | None = None
+    ) -> None:
         if family.processor is None:
             raise ValueError(f"family {family.name!r} has no media processor")
         module, _, name = family.processor.partition(":")
-        self.family = family
-        self.processor = getattr(importlib.import_module(module), name).from_pretrained(model_dir)
-        self.fetch = fetch
+        load = getattr(importlib.import_module(module), name).from_pretrained
+        self.family, self.fetch = family, fetch
+        self.processor = load(model_dir)
+        overrides = (limits or MediaLimits()).overrides()
+        audio_cap = self.processor.audio_config.max_seconds  # what the checkpoint's encoder can take
+        asked = overrides["audio"].get("max_seconds")
+        if asked is not None and asked > audio_cap:
+            raise ValueError(
+                f"max_audio_seconds {asked:g} exceeds the audio encoder's limit of {audio_cap:g} s"
+            )
+        if any(overrides.values()):
+            self.processor = load(model_dir, **overrides)
 
     def build(self, job: GenerateJob) -> MediaPrompt:
         """The job as prompt ids + media tensors; RequestError naming the field for a client mistake."""
@@ -68,7 +98,7 @@ class MediaPipeline:
             )
         except RequestError as exc:
             raise RequestError(_name_part(str(exc), parts)) from None
-        tensors = {k: v for k, v in inputs.tensors().items() if k not in ("input_ids", "attention_mask")}
+        tensors = inputs.media()
         ids = inputs.input_ids[0].tolist()
         if not tensors:
             return MediaPrompt(ids, None)

@@ -41,6 +41,11 @@ class WorkerConfig:
     logits_processors: tuple[str, ...] = ()  # "module:factory" paths; factory(tokenizer) -> processor
     max_batch_inflight: int | None = None  # batch items running at once; None = max(1, max_num_seqs // 2)
     batch_prefill_tokens: int = 256  # prompt tokens per engine step for all batch items together
+    # Media limits of a multimodal family (None: the processor's defaults; see pipelines.media)
+    max_image_pixels: int | None = None
+    max_audio_seconds: float | None = None
+    max_video_seconds: float | None = None
+    max_video_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.family not in KNOWN_FAMILIES:
@@ -65,6 +70,14 @@ class WorkerConfig:
         _positive_int("max_num_seqs", self.max_num_seqs)
         _positive_int("max_batch_inflight", self.max_batch_inflight, allow_none=True)
         _positive_int("batch_prefill_tokens", self.batch_prefill_tokens)
+        _positive_int("max_image_pixels", self.max_image_pixels, allow_none=True)
+        _positive_int("max_video_frames", self.max_video_frames, allow_none=True)
+        for name in ("max_audio_seconds", "max_video_seconds"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+            ):
+                raise ValueError(f"WorkerConfig.{name} must be a number > 0, got {value!r}")
         if self.max_batch_inflight is None:
             object.__setattr__(self, "max_batch_inflight", max(1, self.max_num_seqs // 2))
         _positive_int("kv_cache_bytes", self.kv_cache_bytes, allow_none=True)

@@ -24,7 +24,7 @@ from engine.errors import BailingError, RequestError
 from engine.model_loader import generation_config
 from models.family import get_family
 from pipelines import text
-from pipelines.media import MediaPipeline
+from pipelines.media import MediaLimits, MediaPipeline
 from pipelines.protocol import (
     ErrorCode,
     Event,
@@ -61,7 +61,9 @@ class WorkerRuntime:
         )
         # a multimodal family's front end: media bytes come from Redis, where the gateway parked them
         self.media = (
-            MediaPipeline(self.family, config.model_dir, self._media_bytes) if self.family.processor else None
+            MediaPipeline(self.family, config.model_dir, self._media_bytes, _media_limits(config))
+            if self.family.processor
+            else None
         )
         self.flights = Flights()
         self.emitter = Emitter(self.redis, self.flights, self.metrics, config.name)
@@ -296,6 +298,12 @@ def _import_factory(path: str) -> text.ProcessorFactory:
     if not callable(factory):
         raise ValueError(f"logits processor factory {path!r} is not callable")
     return factory
+
+
+def _media_limits(config: WorkerConfig) -> MediaLimits:
+    return MediaLimits(
+        config.max_image_pixels, config.max_audio_seconds, config.max_video_seconds, config.max_video_frames
+    )
 
 
 def _media_counts(job: GenerateJob) -> dict[str, int]:

@@ -22,7 +22,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _banner(address: str, models: list[str], token: bool) -> str:
+def _banner(address: str, models: list[str], token: bool, samples: str = "samples") -> str:
     """What to try once the stack is up: a `bailing chat` line per model, `models`, raw grpcurl."""
     models = models or ["ling"]
     program = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == "bailing" else "bailing"
@@ -35,8 +35,8 @@ def _banner(address: str, models: list[str], token: bool) -> str:
             *(f'  {program} chat --model {model}{where} "hello"' for model in models),
             *(
                 [
-                    f'  {program} chat --model ming{where} --image photo.jpg "what is in this picture?"',
-                    f"  {program} transcribe --model ming{where} speech.wav",
+                    f'  {program} chat --model ming{where} --image {samples}/photo.jpg "what is this?"',
+                    f"  {program} transcribe --model ming{where} {samples}/speech.wav",
                 ]
                 if "ming" in models
                 else []
@@ -70,7 +70,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     code = EXIT_OK
     try:
         stack.start()
-        print(_banner(stack.address, list(stack.models), bool(env.api_token)), flush=True)
+        samples = os.path.relpath(stack.dir / "samples")
+        samples = str(stack.dir / "samples") if samples.startswith("..") else samples
+        print(_banner(stack.address, list(stack.models), bool(env.api_token), samples), flush=True)
         dead = stack.wait()
         print(f"error: {dead.name} stopped unexpectedly: {dead.describe()}", file=sys.stderr)
         code = EXIT_FAILED

@@ -36,6 +36,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="prompt tokens per engine step for all batch items together, so interactive requests never "
         "wait behind a long batch prefill step (default 256)",
     )
+    media = p.add_argument_group("media limits (multimodal families, e.g. ming; default: the processor's)")
+    media.add_argument("--max-image-pixels", type=int, default=None, help="decoded pixels per image (1e8)")
+    media.add_argument("--max-audio-seconds", type=float, default=None, help="seconds per audio clip (300)")
+    media.add_argument("--max-video-seconds", type=float, default=None, help="seconds per video (600)")
+    media.add_argument("--max-video-frames", type=int, default=None, help="frames sampled per video (128)")
     p.add_argument("--max-model-len", type=int, default=None, help="context length cap (default: model's)")
     p.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size (default: engine's)")
     p.add_argument(
@@ -91,6 +96,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         shutdown_grace_s=args.shutdown_grace,
         worker_id=args.worker_id or "",
         logits_processors=tuple(args.logits_processor),
+        max_image_pixels=args.max_image_pixels,
+        max_audio_seconds=args.max_audio_seconds,
+        max_video_seconds=args.max_video_seconds,
+        max_video_frames=args.max_video_frames,
     )
     logging.basicConfig(level=args.loglevel, format=_LOG_FORMAT)
     return run_worker(config, args.loglevel)

@@ -190,7 +190,7 @@ def test_api_token(tmp_path, monkeypatch):
 def test_the_banner_shows_how_to_send_media_when_ming_is_served():
     from bailing.commands.stack import _banner
 
-    text = _banner("127.0.0.1:50051", ["ling", "ming"], token=False)
-    assert 'bailing chat --model ming --image photo.jpg "what is in this picture?"' in text
-    assert "bailing transcribe --model ming speech.wav" in text
+    text = _banner("127.0.0.1:50051", ["ling", "ming"], token=False, samples=".bailing/demo/samples")
+    assert 'bailing chat --model ming --image .bailing/demo/samples/photo.jpg "what is this?"' in text
+    assert "bailing transcribe --model ming .bailing/demo/samples/speech.wav" in text
     assert "--image" not in _banner("127.0.0.1:50051", ["ling"], token=False)

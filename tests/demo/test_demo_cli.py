@@ -22,10 +22,27 @@ def demo_root(tmp_path_factory):
 def test_init_demo_prints_paths(demo_root, capsys):
     assert main(["init-demo", str(demo_root)]) == 0  # second run: already complete, kept
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"{m}: {demo_root / m}" for m in ("ling", "ring", "llada2", "ming")]
+    models = [f"{m}: {demo_root / m}" for m in ("ling", "ring", "llada2", "ming")]
+    assert lines == [*models, f"samples: {demo_root / 'samples'}"]
     for model in ("ling", "ring", "llada2", "ming"):
         for name in ("config.json", "tokenizer.json", "model.safetensors.index.json", "bailing_demo.json"):
             assert (demo_root / model / name).is_file()
+
+
+def test_init_demo_writes_sample_media_the_ming_processor_takes(demo_root):
+    from models.ming.processing import MingProcessor
+
+    samples = demo_root / "samples"
+    processor = MingProcessor.from_pretrained(demo_root / "ming")
+    content = [{"type": "image"}, {"type": "audio"}, {"type": "video"}, {"type": "text", "text": "?"}]
+    inputs = processor.process(
+        [{"role": "user", "content": content}],
+        images=[(samples / "photo.jpg").read_bytes()],
+        audios=[(samples / "speech.wav").read_bytes()],
+        videos=[(samples / "clip.mp4").read_bytes()],
+    )
+    assert inputs.image_grid_thw is not None and inputs.video_grid_thw is not None
+    assert inputs.audio_feats is not None and inputs.audio_feats_lengths.tolist() == [[200]]  # 2 s
 
 
 @pytest.mark.parametrize("model", ["ling", "ring", "llada2", "ming"])

@@ -185,3 +185,18 @@ def test_media_errors_are_request_errors(engine, golden, golden_dir):  # golden_
     with pytest.raises(RequestError, match="text only"):
         ling.add_request([1, 2, 3], greedy(), media=mm)
     assert not engine.has_unfinished()  # nothing was queued by the failed calls
+
+
+def test_the_offline_api_takes_media_per_prompt(golden):
+    from engine import LLM
+
+    expected, tensors = golden
+    llm = LLM(TINY, dtype=torch.float32, num_kv_blocks=64)
+    image_ids, image = request(tensors, "image")
+    text_ids, _ = request(tensors, "text")
+    outs = llm.generate([image_ids, text_ids], greedy(), media=[image, None])
+    assert outs[0].token_ids == expected["cases"]["generate_image"]["new_tokens_cached"]
+    assert outs[1].token_ids == llm.generate([text_ids], greedy())[0].token_ids
+    assert llm.generate(image_ids, greedy(), media=image)[0].token_ids == outs[0].token_ids
+    with pytest.raises(RequestError, match="2 prompts but 1 media"):
+        llm.generate([image_ids, text_ids], greedy(), media=[image])

@@ -146,3 +146,25 @@ def test_prepare_with_the_media_pipeline(pipeline, store):
     assert prepared.prompt_ids.count(IMAGE_PATCH) == 100
     with pytest.raises(RequestError, match="does not transcribe"):
         text.prepare(job(Part("audio", media=ref), task="transcribe"), engine, MING, {}, 8, (), None)
+
+
+def test_operator_limits_tighten_the_processor(store):
+    from pipelines.media import MediaLimits
+
+    limits = MediaLimits(
+        max_image_pixels=1000, max_audio_seconds=1.0, max_video_frames=8, max_video_seconds=30
+    )
+    strict = MediaPipeline(MING, TINY, store.get, limits)
+    assert strict.processor.video_config.max_frames == 8 and strict.processor.video_config.max_seconds == 30
+    image = store.ref("image", png_bytes(golden_image()))  # 56 x 56 = 3136 pixels
+    with pytest.raises(
+        RequestError, match=r"messages\[0\]\.content\[0\]\.image: .*more than the limit of 1,000"
+    ):
+        strict.build(job(Part("image", media=image)))
+    audio = store.ref("audio", wav_bytes(golden_wave()))  # 1.5 s
+    with pytest.raises(
+        RequestError, match=r"content\[0\]\.audio: is 1\.5 s long, more than the limit of 1 s"
+    ):
+        strict.build(job(Part("audio", media=audio)))
+    with pytest.raises(ValueError, match="exceeds the audio encoder's limit"):
+        MediaPipeline(MING, TINY, store.get, MediaLimits(max_audio_seconds=10_000))

@@ -46,6 +46,14 @@ def _bailing(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
             ["--family", "mystery", "--model", "/tmp"],
             "error: WorkerConfig.family must be one of ['ling', 'llada2', 'ming', 'ring'], got 'mystery'",
         ),
+        (
+            ["--family", "ming", "--model", "/tmp", "--max-audio-seconds", "0"],
+            "error: WorkerConfig.max_audio_seconds must be a number > 0, got 0.0",
+        ),
+        (
+            ["--family", "ming", "--model", "/tmp", "--max-video-frames", "0"],
+            "error: WorkerConfig.max_video_frames must be an integer >= 1, got 0",
+        ),
     ],
 )
 def test_bad_checkpoint_or_family_fails_fast_with_one_line(redis_url, rds, args, message):

@@ -52,6 +52,11 @@ class MingInputs:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
+    def media(self) -> dict[str, torch.Tensor]:
+        """The media tensors alone (`tensors()` without input_ids / attention_mask): what the
+        thinker's `prepare_prompt` and the engine's `MediaInputs` take; empty for a text prompt."""
+        return {k: v for k, v in self.tensors().items() if k not in ("input_ids", "attention_mask")}
+
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.shape[1])
