@@ -31,6 +31,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=30.0,
         help="seconds in-flight requests get on shutdown (default 30)",
     )
+    p.add_argument(
+        "--max-media-bytes",
+        type=int,
+        default=20 * 1024 * 1024,
+        help="bytes per image / audio / video part at most (default 20 MiB); more is INVALID_ARGUMENT",
+    )
     p.set_defaults(func=_cmd_gateway)
 
 
@@ -50,6 +56,7 @@ def _config(args: argparse.Namespace):
         max_inflight=args.max_inflight,
         metrics_port=args.metrics_port,
         drain_grace_s=args.drain_grace,
+        max_media_bytes=args.max_media_bytes,
     )
 
 

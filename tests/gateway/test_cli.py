@@ -143,3 +143,21 @@ def test_drain_grace_expiry_cancels_what_is_left(redis_url, model, fake_worker):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_media_size_limit_flag_reaches_the_config(redis_url):
+    import argparse
+
+    from bailing.commands import gateway as command
+
+    parser = argparse.ArgumentParser()
+    command.add_parsers(parser.add_subparsers())
+    args = parser.parse_args(
+        ["gateway", "--models", "ming", "--redis-url", redis_url, "--max-media-bytes", "1000"]
+    )
+    assert command._config(args).max_media_bytes == 1000
+    default = parser.parse_args(["gateway", "--models", "ming", "--redis-url", redis_url])
+    assert command._config(default).max_media_bytes == 20 * 1024 * 1024
+    args.max_media_bytes = 0
+    with pytest.raises(ValueError, match="max_media_bytes must be >= 1"):
+        command._config(args)
