@@ -118,6 +118,9 @@ class LLMEngine:
         self._queued = 0
         self._thread: threading.Thread | None = None
         self._stop = False
+        # One request's encoders at a time: concurrent ones only split the same cores / device, so
+        # each finishes later (first images wait for the last), and they crowd the loop's steps.
+        self._encoding = threading.Lock()
 
     # ---- setup -------------------------------------------------------------------------------
     def _eos_ids(self) -> frozenset[int]:
@@ -238,7 +241,7 @@ class LLMEngine:
         if self.model.diffusion:
             raise RequestError("a diffusion model takes no media inputs")
         try:
-            with torch.inference_mode():
+            with self._encoding, torch.inference_mode():
                 prompt = prepare(torch.tensor(ids, device=self.device), **dict(media.tensors))
         except (ValueError, TypeError) as exc:  # the inputs do not fit the prompt or the model
             raise RequestError(f"media inputs: {exc}") from None

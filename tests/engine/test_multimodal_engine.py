@@ -200,3 +200,31 @@ def test_the_offline_api_takes_media_per_prompt(golden):
     assert llm.generate(image_ids, greedy(), media=image)[0].token_ids == outs[0].token_ids
     with pytest.raises(RequestError, match="2 prompts but 1 media"):
         llm.generate([image_ids, text_ids], greedy(), media=[image])
+
+
+def test_one_request_at_a_time_runs_the_encoders(golden):
+    """Concurrent callers' encoders would only split the same cores (bench/RESULTS.md, Ming (b))."""
+    import threading
+    import time
+
+    _, tensors = golden
+    eng = make_engine()
+    real, active, peak = eng.model.prepare_prompt, [0], [0]
+
+    def counting(*args, **kwargs):
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            active[0] -= 1
+
+    eng.model.prepare_prompt = counting
+    ids, mm = request(tensors, "image")
+    threads = [threading.Thread(target=eng.encode_media, args=(ids, mm)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 1
