@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
-.PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion
+.PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -55,3 +55,6 @@ bench-batch: $(STAMP)
 
 bench-diffusion: $(STAMP)
 	$(PY) -m bench.diffusion
+
+bench-ming: $(STAMP)
+	$(PY) -m bench.ming
