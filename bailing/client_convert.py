@@ -54,8 +54,9 @@ class BailingConnectionError(BailingClientError):
 
 
 # ---- options and results -----------------------------------------------------------------------
-class RequestOptions(TypedDict, total=False):
-    """The keyword options of `generate`/`stream`; unset ones take the model's defaults."""
+class SamplingOptions(TypedDict, total=False):
+    """Keyword options every request takes (generate, stream, transcribe); unset ones take the
+    model's defaults."""
 
     max_tokens: int
     temperature: float
@@ -67,17 +68,22 @@ class RequestOptions(TypedDict, total=False):
     repetition_penalty: float
     presence_penalty: float
     frequency_penalty: float
-    n: int  # samples to draw, 1..16 (default 1); see `Completion.choices`, `Chunk.index`
     min_tokens: int
     ignore_eos: bool
     stop_token_ids: Iterable[int]
+    request_id: str
+    priority: int
+
+
+class RequestOptions(SamplingOptions, total=False):
+    """The keyword options of `generate`/`stream`: `SamplingOptions` and these."""
+
+    n: int  # samples to draw, 1..16 (default 1); see `Completion.choices`, `Chunk.index`
     enable_thinking: bool
     thinking_budget: int
     # diffusion models (llada2): block_length, steps, threshold, decoder, low_threshold,
     # eos_early_stop, prefix_cache (see DiffusionOptions in the proto)
     diffusion: Mapping[str, Any]
-    request_id: str
-    priority: int
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 from bailing.client_convert import (
+    SamplingOptions,
     Timing,
     Usage,
     invalid_argument,
@@ -22,25 +23,7 @@ from bailing.client_convert import (
 )
 from gateway.api import pb
 
-
-class TranscribeOptions(TypedDict, total=False):
-    """The keyword options of `transcribe` / `transcribe_stream`; unset ones take the model's defaults."""
-
-    max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
-    min_p: float
-    seed: int
-    stop: str | Iterable[str]
-    repetition_penalty: float
-    presence_penalty: float
-    frequency_penalty: float
-    min_tokens: int
-    ignore_eos: bool
-    stop_token_ids: Iterable[int]
-    request_id: str
-    priority: int
+TranscribeOptions = SamplingOptions  # `transcribe` / `transcribe_stream` take the shared options
 
 
 @dataclass(frozen=True)
