@@ -213,7 +213,7 @@ def prepare(
     inputs = proc.process(messages(kind), **({f"{kind}s": [data]} if kind else {}))
     t1 = time.perf_counter()
     ids = inputs.input_ids[0].tolist()
-    tensors = {k: v for k, v in inputs.tensors().items() if k not in ("input_ids", "attention_mask")}
+    tensors = inputs.media()
     state = engine.encode_media(ids, MediaInputs(tensors)) if tensors else None
     return ids, state, t1 - t0, time.perf_counter() - t1
 

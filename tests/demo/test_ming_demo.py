@@ -154,9 +154,8 @@ def test_a_chat_with_an_image_and_audio_runs_through_the_thinker(demo_ming, thin
     inputs = processor.process(messages, images=[png_bytes(picture)], audios=[wav_bytes(wave)])
     assert inputs.image_grid_thw.tolist() == [[1, 12, 20]]  # 168 x 280: within max_pixels
     assert inputs.audio_placeholder_loc_lens[0, 0, 1] == 25  # 100 mel frames -> 25 tokens
-    media = {k: v for k, v in inputs.tensors().items() if k != "attention_mask"}
     with torch.inference_mode():
-        prompt = thinker.prepare_prompt(**media)
+        prompt = thinker.prepare_prompt(inputs.input_ids, **inputs.media())
         logits = thinker.compute_logits(thinker(prompt.ids, ctx=None, **prompt.forward_args()))
     vocab = _config(demo_ming)["llm_config"]["vocab_size"]
     assert logits.shape == (inputs.num_tokens, vocab) and torch.isfinite(logits).all()

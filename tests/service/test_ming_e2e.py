@@ -86,7 +86,7 @@ def offline(demo_ming):
         content = [{"type": "text", "text": question}] + ([{"type": kind}] if kind else [])
         media = {f"{kind}s": [data]} if kind else {}
         inputs = processor.process([{"role": "user", "content": content}], **media)
-        tensors = {k: v for k, v in inputs.tensors().items() if k not in ("input_ids", "attention_mask")}
+        tensors = inputs.media()
         ids = inputs.input_ids[0].tolist()
         params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
         engine.add_request(
