@@ -42,9 +42,16 @@ class LoadableModel(Protocol):
 
 
 def checkpoint_files(folder: str | Path) -> dict[Path, list[str] | None]:
-    """Map each weight file to the keys the index assigns to it (None: read the file's own header)."""
+    """Map each weight file to the keys the index assigns to it (None: read the file's own header).
+
+    Besides transformers' names, a folder may name its weights as diffusers does: a single
+    `*.safetensors` file, or shards listed by one `*.safetensors.index.json`.
+    """
     folder = Path(folder)
     index = folder / INDEX_NAME
+    if not index.is_file():
+        indexes = sorted(folder.glob("*.safetensors.index.json"))
+        index = indexes[0] if len(indexes) == 1 else index
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
