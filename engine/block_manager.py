@@ -120,14 +120,21 @@ class BlockManager:
 
     # ----------------------------------------------------------------------------- lifecycle
 
-    def allocate(self, req_id: str, token_ids: Sequence[int]) -> int:
+    def allocate(self, req_id: str, token_ids: Sequence[int], compute_from: int | None = None) -> int:
         """Admit req_id, sharing the cached full blocks of its prefix; returns tokens already computed.
 
-        At most ((len - 1) // block_size) full blocks are reused, so the engine always computes the last
-        token. If the following `ensure_slots` fails, call `free(req_id)` to give the shared blocks back.
+        Only full blocks lying before position `compute_from` are reused: at most compute_from //
+        block_size of them, so that position and every later one are computed by the engine. The
+        default, len - 1, always leaves the last token (whose logits are sampled) to compute; a
+        prefill-only request passes its first hidden position. If the following `ensure_slots`
+        fails, call `free(req_id)` to give the shared blocks back.
         """
         if not token_ids:
             raise ValueError(f"request {req_id!r}: token_ids must not be empty")
+        last = len(token_ids) - 1
+        compute_from = last if compute_from is None else compute_from
+        if not 0 <= compute_from <= last:
+            raise ValueError(f"request {req_id!r}: compute_from={compute_from} must be in [0, {last}]")
         old = self._requests.get(req_id)
         if old is not None and old.table:
             raise ValueError(f"request {req_id!r} already holds blocks; free it before allocating again")
@@ -136,7 +143,7 @@ class BlockManager:
             return 0
         bs = self.block_size
         parent_hash, parent_serial = None, _ROOT
-        for i in range((len(token_ids) - 1) // bs):
+        for i in range(compute_from // bs):
             tokens = tuple(token_ids[i * bs : (i + 1) * bs])
             h = hash_block(parent_hash, tokens)
             block_id = self._lookup(h, parent_serial, tokens)

@@ -3,7 +3,9 @@
 Data flow of one step (`EngineCore`-style, three lines): scheduler.schedule() -> runner.execute()
 -> logits processors + sample + per-token bookkeeping (stops, detokenize) -> outputs. Requests
 enter with `add_request` and leave when finished or on `abort` (their KV blocks are freed at once);
-a request with n samples is a group whose samples fork from sample 0's prefill (`engine.groups`).
+a request with n samples is a group whose samples fork from sample 0's prefill (`engine.groups`); a
+prefill-only request (`hidden_positions`) ends with its hidden rows once its prompt is computed
+(`engine.hidden_states`).
 Thread safety: every public method takes the engine lock; a step holds it from schedule to outputs,
 so `abort` returns after the blocks are free. `start()` runs steps on a background thread; `stream()` yields a
 request's outputs as they are produced and aborts it if the consumer stops early.
@@ -19,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,6 +33,7 @@ from engine.diffusion.params import DiffusionParams
 from engine.diffusion.run import MASK_TOKEN, DiffusionRun, diffuse_step, start_diffusion
 from engine.errors import RequestError
 from engine.groups import fork_samples, new_group
+from engine.hidden_states import HiddenCapture, check_hidden_request, finish_hidden
 from engine.kv_cache import PagedKVCache
 from engine.metrics import EngineMetrics
 from engine.model_loader import generation_config, load_model, resolve_dtype
@@ -164,11 +168,16 @@ class LLMEngine:
         output_queue: OutputQueue | None = None,
         final_only: bool = False,
         media: MediaInputs | MediaState | None = None,
+        hidden_positions: SequenceOf[int] | None = None,
     ) -> str:
         """Queue a request; returns its id. Raises RequestError for an invalid prompt or a duplicate id.
 
         `media` (a multimodal model's processor tensors for this prompt) is encoded here, in the
         caller's thread, before the request enters the engine: the loop never waits for an encoder.
+
+        `hidden_positions` makes the request prefill-only: its prompt is computed (batched and chunked
+        like any prompt), nothing is sampled, and its final output carries `hidden_states`, the
+        model's final hidden rows at those prompt positions [k, d], finish_reason "stop".
 
         With `output_queue`, every output of the request (the final one included, also after an
         abort or a failed step) is `put` there from the engine thread; several requests may share
@@ -176,7 +185,7 @@ class LLMEngine:
         the final output (for a consumer nobody streams to, e.g. a batch item): no snapshot per step.
         """
         queue_ = output_queue if output_queue is not None else (queue.SimpleQueue() if stream else None)
-        group = self._add(prompt, params, request_id, priority, queue_, final_only, media)
+        group = self._add(prompt, params, request_id, priority, queue_, final_only, media, hidden_positions)
         return group.request_id
 
     @contextlib.contextmanager
@@ -198,11 +207,15 @@ class LLMEngine:
         output_queue: OutputQueue | None,
         final_only: bool = False,
         media: MediaInputs | MediaState | None = None,
+        hidden_positions: SequenceOf[int] | None = None,
     ) -> RequestGroup:
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
+        hidden = None
+        if hidden_positions is not None:
+            hidden = check_hidden_request(hidden_positions, len(ids), params, self.model.diffusion)
         diffusion = self._diffusion_params(params)
-        self._check_fits(ids, params, diffusion)
+        self._check_fits(ids, params, diffusion, hidden)
         encoded = media if media is None or isinstance(media, MediaState) else self.encode_media(ids, media)
         if params.n > self.config.max_num_seqs:
             raise RequestError(
@@ -220,6 +233,7 @@ class LLMEngine:
             group.final_only = final_only
             for member in group.members:  # every sample: one that cannot fork prefills on its own
                 member.seq.media = encoded
+            group.members[0].seq.hidden = hidden  # n == 1 for a prefill-only request
             if diffusion is not None:
                 start_diffusion(group.members[0], diffusion)
             self._requests[rid] = group
@@ -291,11 +305,17 @@ class LLMEngine:
         return int(found)
 
     def _check_fits(
-        self, ids: list[int], params: SamplingParams, diffusion: DiffusionParams | None = None
+        self,
+        ids: list[int],
+        params: SamplingParams,
+        diffusion: DiffusionParams | None = None,
+        hidden: HiddenCapture | None = None,
     ) -> None:
         """A request that could never fit in the whole KV cache alone would be preempted forever."""
         capacity = self.blocks.num_blocks * self.blocks.block_size
         need = min(len(ids) + params.max_tokens, self.max_model_len)
+        if hidden is not None:  # prefill-only: max_tokens does not apply
+            need = len(ids)
         if diffusion is not None:  # whole blocks, masks included, must fit the context
             need = DiffusionRun.total_length(len(ids), params.max_tokens, diffusion.block_length)
             if need > self.max_model_len:
@@ -305,9 +325,11 @@ class LLMEngine:
                     f"{self.max_model_len}"
                 )
         if need > capacity:
+            asked = f"prompt ({len(ids)} tokens)" + ("" if hidden else f" + max_tokens ({params.max_tokens})")
+            fix = "" if hidden else "lower max_tokens or "
             raise RequestError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) needs {need} KV slots, "
-                f"but the cache holds {capacity}: lower max_tokens or give the engine a larger KV cache"
+                f"{asked} needs {need} KV slots, but the cache holds {capacity}: "
+                f"{fix}give the engine a larger KV cache"
             )
 
     def abort(self, request_id: str) -> bool:
@@ -349,6 +371,7 @@ class LLMEngine:
                 seq.num_computed += n
                 if seq.diffusion is None:
                     self.blocks.commit(seq.seq_id, seq.block_tokens, seq.num_computed)
+            outputs = self._finish_prefill_only(sched.scheduled)
             ar, ar_rows, diffusing, row = [], [], [], 0
             for seq in seqs:  # logits rows: one per autoregressive sequence, a block per diffusion one
                 if seq.diffusion is None:
@@ -361,11 +384,27 @@ class LLMEngine:
                     row += width
             if ar and len(ar) < len(seqs):
                 logits = logits[torch.tensor(ar_rows, device=logits.device)]
-            outputs = self._sample(ar, logits) if ar else []
+            if ar:
+                outputs += self._sample(ar, logits)
             if diffusing:
                 outputs += self._diffuse(diffusing)
             self.metrics.record_step(sched, len(seqs), time.monotonic() - t0, self.scheduler, self.blocks)
             return outputs
+
+    def _finish_prefill_only(self, scheduled: list[tuple[Sequence, int]]) -> list[RequestOutput]:
+        """End the prefill-only requests whose prompt this step completed (their rows are in)."""
+        outputs = []
+        for seq, _ in scheduled:
+            if seq.hidden is None or seq.num_uncomputed:
+                continue
+            req = self._seqs[seq.seq_id]
+            finish_hidden(req)
+            self._finish(req)
+            snap = group_snapshot(req.group)
+            if req.group.queue is not None:
+                req.group.queue.put(snap)
+            outputs.append(snap)
+        return outputs
 
     def _diffuse(self, items: list[tuple[Sequence, torch.Tensor]]) -> list[RequestOutput]:
         """Diffusion sequences: each decoder commits from its block's logits [B, V]."""

@@ -1,8 +1,9 @@
-"""Offline Python API, the way vLLM users call it: LLM(path).generate / .chat / .logits.
+"""Offline Python API, the way vLLM users call it: LLM(path).generate / .chat / .logits / .hidden_states.
 
 It owns an LLMEngine and drives it synchronously: all prompts are added, then `step()` runs until
 every request is done (continuous batching does the rest). Outputs come back in input order.
-`.logits` scores a whole sequence without a cache (for evaluation).
+`.logits` scores a whole sequence without a cache (for evaluation); `.hidden_states` runs prefill-only
+engine requests and returns the model's final hidden rows at the positions asked.
 """
 
 from __future__ import annotations
@@ -55,22 +56,52 @@ class LLM:
         prompt, or a list with None for text-only prompts); the prompts are then token-id lists with
         the processor's placeholder tokens.
         """
-        if isinstance(prompts, str) or (
-            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
-        ):
-            prompts = [prompts]  # type: ignore[list-item]
+        prompts = _prompt_list(prompts)
         plist = list(params) if isinstance(params, Seq) else [params or SamplingParams()] * len(prompts)
         if len(plist) != len(prompts):
             raise RequestError(f"got {len(prompts)} prompts but {len(plist)} SamplingParams")
-        mlist = [media] if isinstance(media, MediaInputs) else list(media or [None] * len(prompts))
-        if len(mlist) != len(prompts):
-            raise RequestError(f"got {len(prompts)} prompts but {len(mlist)} media entries")
+        mlist = _media_list(media, len(prompts))
+        return self._run(
+            [dict(prompt=q, params=p, media=m) for q, p, m in zip(prompts, plist, mlist, strict=True)]
+        )
+
+    def hidden_states(
+        self,
+        prompts: Prompt | Seq[Prompt],
+        positions: Seq[int] | Seq[Seq[int]],
+        media: MediaInputs | Seq[MediaInputs | None] | None = None,
+    ) -> list[torch.Tensor]:
+        """The model's final hidden rows (after the final norm) at `positions` of each prompt, in order.
+
+        One prompt takes one list of positions; a list of prompts takes one list per prompt. Each
+        result is [k, d] (rows in the order of its positions). `media` as for `generate`. The prompts
+        run as prefill-only engine requests, batched (and chunked) like any prompts.
+        """
+        single = _is_single(prompts)
+        prompts = _prompt_list(prompts)
+        plist = [positions] if single else list(positions)  # type: ignore[list-item]
+        if len(plist) != len(prompts):
+            raise RequestError(f"got {len(prompts)} prompts but {len(plist)} position lists")
+        mlist = _media_list(media, len(prompts))
+        outs = self._run(
+            [
+                dict(prompt=q, media=m, hidden_positions=p)
+                for q, p, m in zip(prompts, plist, mlist, strict=True)
+            ]
+        )
+        for i, out in enumerate(outs):
+            if out.hidden_states is None:
+                raise RequestError(f"prompt {i} ended with {out.finish_reason}: {out.stop_reason}")
+        return [out.hidden_states for out in outs]
+
+    def _run(self, requests: list[dict[str, Any]]) -> list[RequestOutput]:
+        """Add every request (`add_request` keywords), step until all are finished; outputs in order."""
         batch = next(self._batches)
-        ids = [f"llm-{batch}-{i}" for i in range(len(prompts))]
+        ids = [f"llm-{batch}-{i}" for i in range(len(requests))]
         final: dict[str, RequestOutput] = {}
         try:
-            for rid, prompt, p, m in zip(ids, prompts, plist, mlist, strict=True):
-                self.engine.add_request(prompt, p, request_id=rid, media=m)
+            for rid, kwargs in zip(ids, requests, strict=True):
+                self.engine.add_request(request_id=rid, **kwargs)
             wanted = set(ids)
             while len(final) < len(ids):
                 for out in self.engine.step():  # other callers' requests may finish here too
@@ -112,3 +143,21 @@ class LLM:
         # the model's own no-cache attention: causal for an AR model, bidirectional for a diffusion one
         hidden = self.model(torch.tensor(ids, device=self.device), positions, None)
         return self.model.compute_logits(hidden)
+
+
+def _is_single(prompts: Any) -> bool:
+    """A str or a list of token ids is one prompt; anything else is a list of prompts."""
+    return isinstance(prompts, str) or (
+        isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], int)
+    )
+
+
+def _prompt_list(prompts: Prompt | Seq[Prompt]) -> list[Prompt]:
+    return [prompts] if _is_single(prompts) else list(prompts)  # type: ignore[list-item]
+
+
+def _media_list(media: MediaInputs | Seq[MediaInputs | None] | None, n: int) -> list[MediaInputs | None]:
+    mlist = [media] if isinstance(media, MediaInputs) else list(media or [None] * n)
+    if len(mlist) != n:
+        raise RequestError(f"got {n} prompts but {len(mlist)} media entries")
+    return mlist

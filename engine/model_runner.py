@@ -4,7 +4,9 @@ Flow: for each (sequence, n) take its next n uncomputed tokens and their positio
 sequence also its media rows, multi-row positions and router gates: `engine.multimodal`), map each
 position to its KV slot through the block table, run the model once over all T tokens, and compute logits only
 at the last token of the sequences that finish their prompt or decode this step, and at every row of
-the current block of a diffusion sequence whose window is complete.
+the current block of a diffusion sequence whose window is complete. A prefill-only sequence gets no
+logits: the hidden rows it asked for are gathered into it (`engine.hidden_states`), one
+index_select per step for all of them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from engine.block_manager import BlockManager
+from engine.hidden_states import HiddenPick, gather_hidden
 from engine.kv_cache import PagedContext, PagedKVCache
 from engine.model_base import CausalLM
 from engine.multimodal import PromptInputs, merge_forward_args
@@ -34,6 +37,7 @@ class ModelRunner:
         spans: list[tuple[int, int, PromptInputs | None]] = []  # per sequence: its tokens' inputs
         slots: list[int] = []
         tables, q_lens, ctx_lens, rows, sample, blocks = [], [], [], [], [], []
+        picks: list[HiddenPick] = []  # prefill-only chunks holding requested rows
         for seq, n in scheduled:
             start, end = seq.num_computed, seq.num_computed + n
             table = self.blocks.block_table(seq.seq_id)
@@ -45,7 +49,9 @@ class ModelRunner:
             ctx_lens.append(end)
             run = seq.diffusion
             blocks.append(None if run is None else run.params.block_length)
-            if end == seq.num_tokens:  # prompt complete, a decode step, or a diffusion block's step
+            if seq.hidden is not None:  # prefill-only: its rows in this chunk, never logits
+                picks.append(HiddenPick(seq.hidden, *seq.hidden.plan(start, end), start, len(ids) - n))
+            elif end == seq.num_tokens:  # prompt complete, a decode step, or a diffusion block's step
                 sample.append(seq)
                 width = 1 if run is None else run.params.block_length
                 rows += range(len(ids) - width, len(ids))
@@ -56,6 +62,7 @@ class ModelRunner:
         )
         positions, extra = merge_forward_args(spans, dev)  # [T] | [P, T]; media rows / gates if any
         hidden = self.model(torch.tensor(ids, device=dev), positions, ctx, **extra)  # (T, d)
+        gather_hidden(hidden, picks)
         if not sample:
             return [], None
         return sample, self.model.compute_logits(hidden[torch.tensor(rows, device=dev)])  # (R, V)

@@ -3,12 +3,17 @@
 Outputs are cumulative (`token_ids`, `text`) and also carry what is new since the previous output of
 the same request (`new_token_ids`, `new_text`), which is what a streaming consumer forwards. A request
 with n > 1 samples lists one output per sample in `choices` (index order, each with its own deltas);
-its own single-answer fields are sample 0's, and it is finished when every sample is.
+its own single-answer fields are sample 0's, and it is finished when every sample is. A prefill-only
+request (`add_request(hidden_positions=...)`) generates no token: its one output carries `hidden_states`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the dataclasses themselves stay importable without torch
+    import torch
 
 
 @dataclass
@@ -41,6 +46,9 @@ class RequestOutput:
     num_forwards: int = 0
     # Diffusion only: the absolute positions committed at each forward (for tracing and parity).
     step_commits: list[list[int]] | None = None
+    # Prefill-only requests: the model's final hidden rows at the requested prompt positions, (k, d)
+    # in the order asked, on the engine's device in the model's dtype; None for every other request.
+    hidden_states: torch.Tensor | None = None
 
     @property
     def finished(self) -> bool:

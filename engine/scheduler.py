@@ -6,7 +6,7 @@ of its prompt (chunked prefill), so prefill and decode share a step. When the KV
 running sequence its next slots, the lowest-order running sequence is preempted by recompute (blocks
 freed, back to waiting with num_computed 0). If no one was preempted, waiting sequences are admitted
 (best priority, then FCFS) while `max_num_seqs` and the budget allow (a sequence that will fork n - 1
-more samples counts n); admission reuses cached prefix blocks.
+more samples counts n); admission reuses cached prefix blocks before `Sequence.compute_from` only.
 Priority between steps' contents: while a sequence of better priority has prompt left to compute,
 worse-priority prefills wait; and in a step that does compute such a prompt, worse-priority decodes
 sit out that one step (they keep their KV and decode in the next step without a better prefill).
@@ -175,7 +175,9 @@ class Scheduler:
                 return
             if self._is_background(seq) and self._background_left <= 0:
                 return  # the heap's later entries are background too
-            seq.num_computed = seq.num_cached = self.blocks.allocate(seq.seq_id, seq.block_tokens)
+            seq.num_computed = seq.num_cached = self.blocks.allocate(
+                seq.seq_id, seq.block_tokens, seq.compute_from
+            )
             n = self._chunk(seq, budget)
             if n == 0 or not self.blocks.ensure_slots(seq.seq_id, seq.num_computed + n):
                 self.blocks.free(seq.seq_id)

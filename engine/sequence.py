@@ -2,7 +2,8 @@
 
 Token accounting: `token_ids` = prompt + generated so far; `num_computed` of them have their KV in the
 cache. A step schedules `n` of the uncomputed tokens; after it, when num_computed == len(token_ids),
-the sequence samples its next token. Preemption (recompute) sets num_computed back to 0.
+the sequence samples its next token. Preemption (recompute) sets num_computed back to 0. A
+prefill-only sequence (`hidden`, engine.hidden_states) samples nothing: it ends once its prompt is computed.
 
 A request sampled n times is a `RequestGroup` of n sequences. Only sample 0 is scheduled at first
 (`pending_forks` = n - 1); when its prompt is computed the engine forks the others from it: they
@@ -53,6 +54,7 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     diffusion: Any = None  # engine.diffusion.run.DiffusionRun of a block-diffusion request
     media: Any = None  # engine.multimodal.MediaState of a prompt with media (images, audio, video)
+    hidden: Any = None  # engine.hidden_states.HiddenCapture of a prefill-only request
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -71,6 +73,14 @@ class Sequence:
     def block_tokens(self) -> SequenceOf[Hashable]:
         """The tokens as the prefix cache keys them (media placeholders carry their media digest)."""
         return self.token_ids if self.media is None else self.media.keyed(self.token_ids)
+
+    @property
+    def compute_from(self) -> int:
+        """The first position whose KV admission must compute, not take from the prefix cache: the last
+        token (its logits sample the next one), or a prefill-only request's first hidden position (its
+        row exists only in the forward that computes it)."""
+        last = len(self.token_ids) - 1
+        return last if self.hidden is None else min(last, self.hidden.first)
 
     @property
     def num_uncomputed(self) -> int:
