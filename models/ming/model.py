@@ -184,18 +184,31 @@ class BailingMM2NativeForConditionalGeneration(CausalLM):
         audio_feats_lengths: torch.Tensor | None = None,
         audio_placeholder_loc_lens: torch.Tensor | None = None,
         second_per_grid_ts: list[float] | None = None,
+        query_embeds: torch.Tensor | None = None,
+        query_grid_thw: torch.Tensor | None = None,
     ) -> MingPrompt:
-        """One prompt (input_ids [1, L] or [L]) and its media -> `MingPrompt` (runs the encoders)."""
+        """One prompt (input_ids [1, L] or [L]) and its media -> `MingPrompt` (runs the encoders).
+
+        Image generation: `query_embeds` [Σ s², d] fill the learnable query blocks appended after the
+        prompt (image-patch tokens, image gate), positioned as images of grids `query_grid_thw`
+        ([S, 3], one [1, 2, 2 s²] per scale) after the prompt's own images.
+        """
         device = self.model.model.word_embeddings.weight.device
         ids = input_ids.reshape(-1).long().to(device)  # (L,)
         tokens = self.config.tokens
         grids = [g.tolist() if g is not None else [] for g in (image_grid_thw, video_grid_thw)]
+        if query_embeds is not None:
+            if query_grid_thw is None:
+                raise ValueError("query_embeds need their query_grid_thw")
+            grids[0] = grids[0] + query_grid_thw.tolist()
         positions, delta = position_ids(ids.tolist(), tokens, *grids, second_per_grid_ts)
         parts: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (kind, mask [L], rows [n, d])
-        if pixel_values is not None:
-            parts.append(
-                ("image", ids == tokens.image_patch, self.encode_images(pixel_values, image_grid_thw))
-            )
+        image_rows = [] if pixel_values is None else [self.encode_images(pixel_values, image_grid_thw)]
+        if query_embeds is not None:  # after the prompt's images: the query blocks end the prompt
+            dtype = self.model.model.word_embeddings.weight.dtype
+            image_rows.append(query_embeds.to(device, dtype))
+        if image_rows:
+            parts.append(("image", ids == tokens.image_patch, torch.cat(image_rows)))
         if pixel_values_videos is not None:
             rows = self.encode_images(pixel_values_videos, video_grid_thw)
             parts.append(("video", ids == tokens.video_patch, rows))
