@@ -169,6 +169,7 @@ class LLMEngine:
         final_only: bool = False,
         media: MediaInputs | MediaState | None = None,
         hidden_positions: SequenceOf[int] | None = None,
+        isolated: bool = False,
     ) -> str:
         """Queue a request; returns its id. Raises RequestError for an invalid prompt or a duplicate id.
 
@@ -177,7 +178,9 @@ class LLMEngine:
 
         `hidden_positions` makes the request prefill-only: its prompt is computed (batched and chunked
         like any prompt), nothing is sampled, and its final output carries `hidden_states`, the
-        model's final hidden rows at those prompt positions [k, d], finish_reason "stop".
+        model's final hidden rows at those prompt positions [k, d], finish_reason "stop". `isolated`
+        makes those rows reproducible bit for bit: the prompt is computed in forwards of its own, in
+        fixed chunks, without prefix-cache reuse (it still shares the steps: nobody waits for it).
 
         With `output_queue`, every output of the request (the final one included, also after an
         abort or a failed step) is `put` there from the engine thread; several requests may share
@@ -185,7 +188,11 @@ class LLMEngine:
         the final output (for a consumer nobody streams to, e.g. a batch item): no snapshot per step.
         """
         queue_ = output_queue if output_queue is not None else (queue.SimpleQueue() if stream else None)
-        group = self._add(prompt, params, request_id, priority, queue_, final_only, media, hidden_positions)
+        if isolated and hidden_positions is None:
+            raise RequestError("isolated applies to prefill-only requests (hidden_positions)")
+        group = self._add(
+            prompt, params, request_id, priority, queue_, final_only, media, hidden_positions, isolated
+        )
         return group.request_id
 
     @contextlib.contextmanager
@@ -208,6 +215,7 @@ class LLMEngine:
         final_only: bool = False,
         media: MediaInputs | MediaState | None = None,
         hidden_positions: SequenceOf[int] | None = None,
+        isolated: bool = False,
     ) -> RequestGroup:
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
@@ -234,6 +242,7 @@ class LLMEngine:
             for member in group.members:  # every sample: one that cannot fork prefills on its own
                 member.seq.media = encoded
             group.members[0].seq.hidden = hidden  # n == 1 for a prefill-only request
+            group.members[0].seq.isolated = isolated
             if diffusion is not None:
                 start_diffusion(group.members[0], diffusion)
             self._requests[rid] = group

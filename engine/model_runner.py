@@ -6,7 +6,7 @@ position to its KV slot through the block table, run the model once over all T t
 at the last token of the sequences that finish their prompt or decode this step, and at every row of
 the current block of a diffusion sequence whose window is complete. A prefill-only sequence gets no
 logits: the hidden rows it asked for are gathered into it (`engine.hidden_states`), one
-index_select per step for all of them.
+index_select per step for all of them. An isolated one (reproducible rows) runs in a forward of its own.
 """
 
 from __future__ import annotations
@@ -31,7 +31,16 @@ class ModelRunner:
     def execute(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
         """Run one step; returns the sequences that need logits now and those logits, float32: one row
         [1, V] per autoregressive sequence, then B rows per diffusion sequence (its current block),
-        stacked in the order of the returned list."""
+        stacked in the order of the returned list. Isolated (prefill-only) sequences each get a
+        forward of their own after the shared one."""
+        shared = [(seq, n) for seq, n in scheduled if not seq.isolated]
+        sample, logits = self._forward(shared) if shared else ([], None)
+        for item in scheduled:
+            if item[0].isolated:
+                self._forward([item])  # its rows depend on nothing else in the step
+        return sample, logits
+
+    def _forward(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
         bs = self.cache.block_size
         ids: list[int] = []
         spans: list[tuple[int, int, PromptInputs | None]] = []  # per sequence: its tokens' inputs

@@ -14,7 +14,8 @@ So an interactive request's prefill step is as short as on an idle engine even w
 decodes many sequences (issue #6); background work still runs in every other step. Sequences of
 priority >= `background_priority` (when set) get at most `background_prefill_tokens` prompt tokens
 per step all together, so a burst of background prompts cannot make one step long (a step being
-computed when an interactive request arrives is what that request waits for first).
+computed when an interactive request arrives is what that request waits for first). An `isolated`
+sequence takes fixed chunks of `max_num_batched_tokens` from position 0, whatever else the step holds.
 Pure CPU logic over `Sequence` and `BlockManager`; unit-tested without a model.
 """
 
@@ -156,6 +157,8 @@ class Scheduler:
             n = seq.diffusion.chunk(seq.num_computed, budget)  # runs alone in a step of its own
             full = budget == self.config.max_num_batched_tokens
             return n if n or not full else seq.num_uncomputed
+        if seq.isolated:  # fixed chunks (a step may exceed the budget by one): the same forwards always
+            return min(seq.num_uncomputed, self.config.max_num_batched_tokens)
         n = min(seq.num_uncomputed, budget)
         if n > 1 and self._is_background(seq):
             n = min(n, self._background_left)

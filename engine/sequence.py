@@ -55,6 +55,9 @@ class Sequence:
     diffusion: Any = None  # engine.diffusion.run.DiffusionRun of a block-diffusion request
     media: Any = None  # engine.multimodal.MediaState of a prompt with media (images, audio, video)
     hidden: Any = None  # engine.hidden_states.HiddenCapture of a prefill-only request
+    # Computed in forwards of its own, in fixed chunks, without prefix-cache reuse: its rows are
+    # bit-identical whatever runs beside it (prefill-only requests that must be reproducible).
+    isolated: bool = False
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -80,6 +83,8 @@ class Sequence:
         token (its logits sample the next one), or a prefill-only request's first hidden position (its
         row exists only in the forward that computes it)."""
         last = len(self.token_ids) - 1
+        if self.isolated:
+            return 0  # a cache hit would change how its KV was computed
         return last if self.hidden is None else min(last, self.hidden.first)
 
     @property

@@ -6,12 +6,16 @@ So an abort is queued here and carried out by the engine thread itself at the en
 progress (the step hook, `after_step`), and it is also tried directly, for when no step comes (engine
 idle, or the request waits for KV room). `engine.abort` succeeds once per request: the attempt that
 succeeds queues the terminal event, with the engine step count at that moment in `info`.
+A request that is more than one engine request (an image job: thinker prefills, then the image
+stage) registers its own abort (`register`): it is called instead of `engine.abort`, with the same
+contract (True exactly once, when this call ended it).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +36,14 @@ class Aborter:
     def __init__(self, engine: LLMEngine, emitter: Emitter) -> None:
         self._engine, self._emitter = engine, emitter
         self._pending: deque[_Pending] = deque()
+        self._custom: dict[str, Callable[[], bool]] = {}
+
+    def register(self, request_id: str, abort: Callable[[], bool]) -> None:
+        """Use `abort()` instead of `engine.abort` for this request (until `unregister`)."""
+        self._custom[request_id] = abort
+
+    def unregister(self, request_id: str) -> None:
+        self._custom.pop(request_id, None)
 
     def stop(
         self,
@@ -72,7 +84,9 @@ class Aborter:
             self._abort(pending)
 
     def _abort(self, pending: _Pending) -> None:
-        if not self._engine.abort(pending.request_id):
+        custom = self._custom.get(pending.request_id)
+        ended = custom() if custom is not None else self._engine.abort(pending.request_id)
+        if not ended:
             return  # done by the other attempt, or it finished on its own (its DONE is queued)
         fields = dict(pending.fields)
         if pending.info is not None:

@@ -111,6 +111,7 @@ class Heartbeat(_Service):
             max_num_seqs=cfg.max_num_seqs,
             max_model_len=engine.max_model_len,
             modalities=runtime.family.modalities,
+            outputs=runtime.outputs,
             started_at=runtime.started_at,
             metrics_port=cfg.metrics_port,
         )

@@ -46,6 +46,9 @@ class WorkerConfig:
     max_audio_seconds: float | None = None
     max_video_seconds: float | None = None
     max_video_frames: int | None = None
+    # Image generation (checkpoints with generation heads): per-request limits
+    max_image_steps: int = 200
+    max_images_per_request: int = 4
 
     def __post_init__(self) -> None:
         if self.family not in KNOWN_FAMILIES:
@@ -72,6 +75,8 @@ class WorkerConfig:
         _positive_int("batch_prefill_tokens", self.batch_prefill_tokens)
         _positive_int("max_image_pixels", self.max_image_pixels, allow_none=True)
         _positive_int("max_video_frames", self.max_video_frames, allow_none=True)
+        _positive_int("max_image_steps", self.max_image_steps)
+        _positive_int("max_images_per_request", self.max_images_per_request)
         for name in ("max_audio_seconds", "max_video_seconds"):
             value = getattr(self, name)
             if value is not None and (

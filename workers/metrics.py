@@ -16,6 +16,7 @@ from engine.metrics import EngineMetrics
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_IMAGE_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 class StepObservingMetrics(EngineMetrics):
@@ -111,6 +112,39 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         )
+
+        self.images = Counter("bailing_worker_images", "Images generated", ["model", "size"], registry=reg)
+        self.image_steps = Counter(
+            "bailing_worker_image_steps",
+            "Denoising steps run, one per image per step (its rate is the stage's steps/s)",
+            ["model"],
+            registry=reg,
+        ).labels(**labels)
+        self.image_seconds = Histogram(
+            "bailing_worker_image_seconds",
+            "Per image: seconds from the job's start to its bytes, by snapped size (WxH)",
+            ["model", "size"],
+            buckets=_IMAGE_BUCKETS,
+            registry=reg,
+        )
+        self.image_batch = Histogram(
+            "bailing_worker_image_batch_size",
+            "Images per DiT forward of the image stage (requests batched together)",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=reg,
+        ).labels(**labels)
+
+    def image_forward(self, images: int, seconds: float) -> None:
+        """One DiT forward of the image stage over `images` images (all their CFG branches)."""
+        self.image_steps.inc(images)
+        self.image_batch.observe(images)
+
+    def images_done(self, n: int, width: int, height: int, seconds: float) -> None:
+        size = f"{width}x{height}"
+        self.images.labels(model=self._model, size=size).inc(n)
+        for _ in range(n):
+            self.image_seconds.labels(model=self._model, size=size).observe(seconds / n)
 
     def media(self, parts: dict[str, int], process_s: float, encode_s: float) -> None:
         for kind, n in parts.items():

@@ -6,6 +6,8 @@ engine inputs with `pipelines.text`, adds the request with the emitter's queue a
 and waits until the emitter has written the request's terminal event. Cancels (pub/sub listener),
 deadlines (the waiting task thread) and shutdown end a request through `stop_request` (see
 `workers.aborts`): its KV blocks are freed within one engine step and the terminal event says why.
+Image jobs (task "image", checkpoints with generation heads) go to `images` (`workers.image_jobs`):
+thinker prefills on this engine, then the image stage's denoising loop beside it.
 Batch items go through `batches` (`workers.batch.BatchRunner`), which calls `run` for each.
 """
 
@@ -24,6 +26,7 @@ from engine.errors import BailingError, RequestError
 from engine.model_loader import generation_config
 from models.family import get_family
 from pipelines import text
+from pipelines.image_generation import ImageLimits
 from pipelines.media import MediaLimits, MediaPipeline
 from pipelines.protocol import (
     ErrorCode,
@@ -39,6 +42,7 @@ from workers.background import CancelListener, Heartbeat
 from workers.batch import BATCH_PRIORITY_OFFSET, BatchRunner
 from workers.config import WorkerConfig
 from workers.emitter import Control, Emitter, Flight, Flights
+from workers.image_jobs import ImageJobs
 from workers.metrics import StepObservingMetrics, WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,7 @@ class WorkerRuntime:
         self.flights = Flights()
         self.emitter = Emitter(self.redis, self.flights, self.metrics, config.name)
         self.aborter = Aborter(self.engine, self.emitter)
+        self.images = self._load_images(config)  # None: the checkpoint has no image-generation heads
         self.engine.metrics = StepObservingMetrics(self._after_step)  # before the first step
         self.cancels = CancelListener(self)
         self.heartbeat = Heartbeat(self)
@@ -85,6 +90,22 @@ class WorkerRuntime:
         )
         return LLMEngine(config.model_dir, config.device, config.dtype, engine_config)
 
+    def _load_images(self, config: WorkerConfig) -> ImageJobs | None:
+        if self.media is None:
+            return None
+        from models.ming.generation.generator import ImageGenerator
+
+        generator = ImageGenerator.load(config.model_dir, self.engine.device, self.engine.dtype)
+        if generator is None:
+            return None
+        limits = ImageLimits(config.max_image_steps, config.max_images_per_request)
+        return ImageJobs(self, generator, limits)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """What this worker's model produces (announced in its WorkerInfo)."""
+        return ("text", "image") if self.images is not None else ("text",)
+
     def _media_bytes(self, ref: MediaRef) -> bytes | None:
         return self.redis.get(ref.key)
 
@@ -99,6 +120,8 @@ class WorkerRuntime:
     def start(self) -> None:
         """Start the engine loop, emitter, cancel listener, metrics server and heartbeat."""
         self.engine.start()
+        if self.images is not None:
+            self.images.start()
         self.emitter.start()
         self.cancels.start()
         if self.config.metrics_port:
@@ -123,6 +146,8 @@ class WorkerRuntime:
         self.end_in_flight()
         self.cancels.stop()
         self.heartbeat.stop()  # leaves the registry
+        if self.images is not None:
+            self.images.stop()
         self.engine.shutdown()
         self.emitter.stop()
         if self._metrics_server is not None:
@@ -193,6 +218,8 @@ class WorkerRuntime:
         try:
             if self.redis.exists(cancel_key(rid)):  # after registering: a later cancel finds the flight
                 self.stop_request(flight, EventType.CANCELLED, ErrorCode.CANCELLED, "cancelled by the client")
+            elif job.task == "image":
+                self._image(job, flight)
             else:
                 self._submit(job, flight, final_only)
         except (BailingError, ValueError, TypeError) as exc:
@@ -239,6 +266,13 @@ class WorkerRuntime:
             )
             flight.added = True
         self.metrics.prompt_tokens.inc(len(prepared.prompt_ids))
+
+    def _image(self, job: GenerateJob, flight: Flight) -> None:
+        if job.model != self.config.name:
+            raise RequestError(f"model {job.model!r} sent to the queue of {self.config.name!r}")
+        if self.images is None:
+            raise RequestError(f"model '{job.model}' does not generate images (outputs: text)")
+        self.images.run(job, flight)
 
     def _wait(self, job: GenerateJob, flight: Flight) -> None:
         """Block until the terminal event is written; end the request when its deadline passes."""

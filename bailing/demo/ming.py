@@ -23,6 +23,7 @@ from bailing.demo.ling_config import (
     ling_config_dict,
     padded_vocab_size,
 )
+from bailing.demo.ming_generation import GenerationDemoSpec, write_generation_heads
 from bailing.demo.ming_weights import PREVIEW_IMAGE_EMB_DIM, random_ming_state_dict
 from bailing.demo.safetensors_writer import write_safetensors_checkpoint
 from bailing.demo.tokenizer import (
@@ -121,6 +122,8 @@ class MingDemoSpec:
     audio_n_ctx: int = 15000  # encoder positions: 2·n_ctx mel frames = 300 s, the processor's limit
     min_pixels: int = 4 * 28 * 28
     max_pixels: int = 224 * 224
+    # Image-generation heads (mlp/, connector/, transformer/, vae/, scheduler/); None: understanding only
+    image_generation: GenerationDemoSpec | None = dataclasses.field(default_factory=GenerationDemoSpec)
 
     def __post_init__(self) -> None:
         if not isinstance(self.llm, LingDemoSpec):
@@ -272,6 +275,7 @@ def write_ming_checkpoint(
     Files: config.json, generation_config.json, preprocessor_config.json, tokenizer.json,
     tokenizer_config.json (eos `<|role_end|>`, Ming chat template), special_tokens_map.json and the
     weights (sharded past `max_shard_bytes`). Every token id in the configs is the tokenizer's.
+    With `spec.image_generation` the image-generation heads are written beside it (2.0 layout).
     """
     if not isinstance(spec, MingDemoSpec):
         raise ValueError(f"spec must be a MingDemoSpec, got {type(spec).__name__}")
@@ -288,4 +292,6 @@ def write_ming_checkpoint(
     write_json(out / "generation_config.json", _generation_config(tokenizer))
     write_json(out / "preprocessor_config.json", ming_preprocessor_config(spec))
     write_safetensors_checkpoint(out, state_dict, dtype=dtype, max_shard_bytes=max_shard_bytes)
+    if spec.image_generation is not None:
+        write_generation_heads(out, spec.llm.hidden_size, spec.image_generation, seed=seed + 1, dtype=dtype)
     return out

@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 # Bump whenever the bytes written for the same spec change (corpus, template, init, layout).
-WRITER_VERSION = 1
+WRITER_VERSION = 2  # 2: Ming with image-generation heads
 STAMP_FILE = "bailing_demo.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -207,13 +207,15 @@ def _family_spec(family: str) -> DemoSpec:
 
 
 def _demo_stamp(model: DemoModel, spec: DemoSpec, dtype: torch.dtype) -> dict[str, Any]:
-    return {
+    """As written to and read back from the stamp file (JSON: a spec's tuples become lists)."""
+    stamp = {
         "writer_version": WRITER_VERSION,
         "family": model.family,
         "seed": model.seed,
         "dtype": _dtype_name(dtype),
         "spec": dataclasses.asdict(spec),
     }
+    return json.loads(json.dumps(stamp))
 
 
 def _is_complete(folder: Path, stamp: dict[str, Any]) -> bool:

@@ -205,9 +205,40 @@ def test_write_demo_models_writes_ming_once(tmp_path):
     (path,) = write_demo_models(tmp_path, ["ming"]).values()
     stamp = json.loads((path / STAMP_FILE).read_text())
     assert (stamp["family"], stamp["seed"]) == ("ming", 3)
-    assert stamp["spec"] == dataclasses.asdict(MingDemoSpec())
+    assert stamp["spec"] == json.loads(json.dumps(dataclasses.asdict(MingDemoSpec())))
     assert {"config.json", "preprocessor_config.json", "tokenizer.json"} <= set(stamp["files"])
     before = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
     assert write_demo_models(tmp_path, ["ming"]) == {"ming": path}
     assert {p.name: p.stat().st_mtime_ns for p in path.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ming"]  # no temp folder left
+
+
+def test_generation_heads_in_the_2_0_layout(demo_ming):
+    """mlp/ (config + query tokens, projections, condition MLP), connector/, transformer/, vae/ and
+    scheduler/ beside the thinker; they load strictly and sized to the thinker's hidden width."""
+    from models.ming.generation.config import image_generation_config
+    from models.ming.generation.generator import ImageGenerator
+
+    for part, name in [("mlp", "model.safetensors"), ("connector", "model.safetensors"),
+                       ("transformer", "diffusion_pytorch_model.safetensors"),
+                       ("vae", "diffusion_pytorch_model.safetensors"),
+                       ("scheduler", "scheduler_config.json")]:  # fmt: skip
+        assert (demo_ming / part / name).is_file(), part
+    assert json.loads((demo_ming / "transformer" / "config.json").read_text())["_class_name"] == (
+        "ZImageTransformer2DModel"
+    )
+    cfg = image_generation_config(demo_ming)
+    assert (cfg.dit_type, cfg.scales) == ("zimage", (2, 4))
+    gen = ImageGenerator.load(demo_ming, "cpu", torch.float32)
+    hidden = json.loads((demo_ming / "config.json").read_text())["llm_config"]["hidden_size"]
+    assert gen.heads.queries().shape == (4 + 16, hidden)
+    with safe_open(demo_ming / "mlp" / "model.safetensors", "pt") as f:
+        assert f.get_tensor("query_tokens_dict.4x4").dtype == torch.bfloat16
+
+
+def test_a_spec_without_heads_writes_an_understanding_only_model(tmp_path):
+    from models.ming.generation.config import image_generation_config
+
+    small = MingDemoSpec(image_generation=None)
+    path = write_ming_checkpoint(tmp_path / "m", small)
+    assert image_generation_config(path) is None and not (path / "mlp").exists()

@@ -142,6 +142,32 @@ def test_the_prefix_cache_is_capped_before_the_first_hidden_position(ling):
     close(tail[0].hidden_states, want[[47]])
 
 
+def test_isolated_rows_are_bit_identical_whatever_runs_beside_them(ling):
+    """Reproducible rows: the same isolated request alone, after a cache-filling run of its own
+    prompt, beside text requests and chunked prompts, and beside another isolated request, gives
+    exactly the same bits (a shared forward only matches to ~1e-6)."""
+    positions = [2, 20, 40, 49]
+    eng = ling_engine(ling, block_size=4, max_num_batched_tokens=20)
+    isolated = dict(prompt=PROMPT, hidden_positions=positions, isolated=True)
+    (alone,), steps = run(eng, [isolated])
+    assert len(steps) == 3  # fixed chunks of max_num_batched_tokens: 20 + 20 + 10
+    (again,), _ = run(eng, [isolated])
+    assert again.metrics.cached_prompt_tokens == 0  # never reuses the prefix cache
+    texts = [dict(prompt=list(range(30, 61)), params=GREEDY), dict(prompt=[5, 17, 300], params=GREEDY)]
+    beside, _ = run(eng, [texts[0], isolated, texts[1], {**isolated, "hidden_positions": [49]}])
+    for out in (again, beside[1]):
+        assert torch.equal(out.hidden_states, alone.hidden_states)
+    assert torch.equal(beside[3].hidden_states, alone.hidden_states[3:])
+    close(alone.hidden_states, full_forward(eng, PROMPT)[positions])
+    solo = [run(ling_engine(ling), [t])[0][0].token_ids for t in texts]
+    assert [beside[0].token_ids, beside[2].token_ids] == solo
+
+
+def test_isolated_needs_a_prefill_only_request(ling):
+    with pytest.raises(RequestError, match="isolated applies to prefill-only requests"):
+        ling_engine(ling).add_request(PROMPT, GREEDY, isolated=True)
+
+
 def test_the_block_manager_reuses_only_blocks_before_compute_from():
     blocks = BlockManager(16, 4)
     tokens = list(range(20))

@@ -13,6 +13,7 @@ Legend: k = images of a request, C = latent channels, h / w = latent size, L = c
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from diffusers import ZImageTransformer2DModel
 from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift
@@ -71,7 +72,8 @@ def zimage_timesteps(scheduler, steps: int, latent_hw: tuple[int, int], patch: i
         cfg.get("max_shift", 1.15),
     )
     scheduler.sigma_min = 0.0
-    scheduler.set_timesteps(steps, mu=mu)
+    with np.errstate(divide="ignore"):  # the time shift of sigma 0 divides by zero, to 0 (as upstream)
+        scheduler.set_timesteps(steps, mu=mu)
 
 
 class ZImageVariant:

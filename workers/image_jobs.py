@@ -1,0 +1,235 @@
+"""ImageJobs: one image-generation job in its task thread, from the job to its IMAGE and DONE events.
+
+Flow: `pipelines.image_generation.plan` (prompt + query blocks, settings, reference) -> the thinker
+pass(es) on the shared engine as prefill-only requests (`hidden_positions`, in the steps every other
+request shares; `isolated`, so the query states - and the image - are the same bits whatever runs
+beside them) -> `ImageGenerator.condition` -> a `DenoiseJob` submitted to the process's `ImageStage`
+(progress events per step) -> decode + encode here, in the task thread -> the bytes parked in Redis
+(`image_key`, TTL) -> IMAGE events, then DONE with the `ImageSummary`.
+Ending early: the job registers its own abort with the `Aborter` (`_ImageAbort`): in the thinker
+phase it aborts the engine requests, in the diffusion phase the stage drops the job at its next step
+(tensors freed). It ends the request exactly once: whichever of abort and completion comes first.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.errors import RequestError
+from engine.sampling_params import SamplingParams
+from pipelines import image_generation
+from pipelines.image_generation import ImageLimits, ImagePlan, ThinkerPass
+from pipelines.protocol import (
+    IMAGE_TTL_S,
+    ErrorCode,
+    EventType,
+    GenerateJob,
+    ImageInfo,
+    ImageSummary,
+    Usage,
+    image_key,
+)
+from workers import redelivery
+from workers.emitter import Control, Flight
+from workers.image_stage import ImageStage
+
+if TYPE_CHECKING:
+    from models.ming.generation.generator import ImageGenerator
+    from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_POLL_S = 0.05  # how often a waiting image job looks at its deadline
+
+
+class _Deadline:
+    """The job's deadline, checked while its task thread waits (the runtime's own deadline wait
+    starts only after the job returns): once passed, the request ends DEADLINE_EXCEEDED."""
+
+    def __init__(self, runtime: WorkerRuntime, job: GenerateJob, flight: Flight) -> None:
+        self.runtime, self.flight = runtime, flight
+        self.at = redelivery.job_deadline(job)
+
+    def check(self) -> None:
+        if self.at is not None and time.time() >= self.at:
+            self.at = None  # once
+            self.runtime.stop_request(
+                self.flight, EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed"
+            )
+
+
+class _ImageAbort:
+    """The request's abort (for the Aborter) and its completion, mutually exclusive."""
+
+    def __init__(self, engine, request_ids: list[str]) -> None:
+        self._engine, self._ids = engine, request_ids
+        self._lock = threading.Lock()
+        self.cancelled = self.completed = False
+
+    def __call__(self) -> bool:
+        with self._lock:
+            if self.cancelled or self.completed:
+                return False
+            self.cancelled = True
+        for rid in self._ids:  # in the thinker phase: frees their KV now; later: no-ops
+            self._engine.abort(rid)
+        return True
+
+    def complete(self) -> bool:
+        """True if the job may write its result (no abort came first)."""
+        with self._lock:
+            if self.cancelled:
+                return False
+            self.completed = True
+            return True
+
+
+class ImageJobs:
+    """The image side of a worker whose checkpoint has generation heads."""
+
+    def __init__(self, runtime: WorkerRuntime, generator: ImageGenerator, limits: ImageLimits) -> None:
+        self.runtime, self.generator, self.limits = runtime, generator, limits
+        self.stage = ImageStage(generator, runtime.metrics.image_forward)
+
+    def start(self) -> None:
+        self.stage.start()
+
+    def stop(self) -> None:
+        self.stage.stop()
+
+    def run(self, job: GenerateJob, flight: Flight) -> None:
+        """Serve one image job (task thread); RequestError for a client mistake (the caller reports it)."""
+        rt = self.runtime
+        if rt.media is None:
+            raise RequestError(f"model '{job.model}' does not generate images")
+        t0 = time.monotonic()
+        image_plan = image_generation.plan(job, rt.media, self.generator, self.limits)
+        negative_id = f"{job.request_id}:negative"
+        abort = _ImageAbort(rt.engine, [job.request_id, negative_id])
+        rt.aborter.register(job.request_id, abort)
+        try:
+            with flight.lock:
+                if flight.stopping:
+                    return
+                flight.added = True  # from here on, ending it early goes through `abort`
+            flight.prompt_tokens = len(image_plan.positive.ids)
+            self._generate(job, image_plan, abort, negative_id, t0, _Deadline(self.runtime, job, flight))
+        finally:
+            rt.aborter.unregister(job.request_id)
+
+    # ---- phases ------------------------------------------------------------------------------
+    def _generate(
+        self,
+        job: GenerateJob,
+        plan: ImagePlan,
+        abort: _ImageAbort,
+        negative_id: str,
+        t0: float,
+        deadline: _Deadline,
+    ) -> None:
+        passes = [(job.request_id, plan.positive)]
+        if plan.negative is not None:
+            passes.append((negative_id, plan.negative))
+        states = self._thinker(job, passes, abort, deadline)
+        if states is None:
+            return  # aborted: the Aborter queued the terminal event
+        gen, s = self.generator, plan.settings
+        condition = gen.condition(states[0])
+        negative = gen.condition(states[1]) if len(states) > 1 else None
+        djob = gen.new_job(
+            condition, height=s.height, width=s.width, seeds=s.seeds, steps=s.steps, guidance=s.guidance,
+            image_guidance=s.image_guidance, negative=negative, reference=plan.reference,
+        )  # fmt: skip
+        progress = self._progress(job.request_id)
+        ticket = self.stage.submit(djob, progress, lambda: abort.cancelled)
+        while not ticket.wait(_POLL_S):
+            deadline.check()
+        if ticket.outcome == "failed":
+            raise RuntimeError(f"the denoising loop failed: {ticket.error}")
+        if ticket.outcome != "finished":
+            return  # stopped: cancel, deadline or shutdown (their terminal event is queued)
+        pixels = gen.decode(djob)  # (k, H, W, 3) uint8
+        encoded = [encode_image(p, s.output_format, s.quality) for p in pixels]
+        if not abort.complete():
+            return
+        tokens = len(plan.positive.ids) + (len(plan.negative.ids) if plan.negative else 0)
+        self._publish(job.request_id, plan, encoded, tokens)
+        self.runtime.metrics.images_done(s.num_images, s.width, s.height, time.monotonic() - t0)
+
+    def _thinker(
+        self, job: GenerateJob, passes: list[tuple[str, ThinkerPass]], abort: _ImageAbort, deadline: _Deadline
+    ):
+        """The passes' last-scale query states [Q, H] each, or None when the job was aborted."""
+        engine, outputs = self.runtime.engine, queue.SimpleQueue()
+        try:
+            for rid, p in passes:  # encoders run here, outside the engine lock
+                encoded = engine.encode_media(p.ids, p.media)
+                if abort.cancelled:
+                    return None
+                engine.add_request(
+                    p.ids, SamplingParams(max_tokens=1), request_id=rid, priority=job.priority,
+                    output_queue=outputs, media=encoded, hidden_positions=p.positions, isolated=True,
+                )  # fmt: skip
+                self.runtime.metrics.prompt_tokens.inc(len(p.ids))
+            rows: dict[str, torch.Tensor] = {}
+            while len(rows) < len(passes):
+                try:
+                    out = outputs.get(timeout=_POLL_S)
+                except queue.Empty:
+                    deadline.check()
+                    continue
+                if out.finish_reason == "abort":
+                    return None
+                if out.hidden_states is None:
+                    raise RuntimeError(f"the thinker pass {out.request_id} failed: {out.stop_reason}")
+                rows[out.request_id] = out.hidden_states
+            return [rows[rid] for rid, _ in passes]
+        finally:
+            for rid, _ in passes:  # no-ops for finished passes; frees the others' KV
+                engine.abort(rid)
+
+    def _progress(self, request_id: str):
+        emitter = self.runtime.emitter
+
+        def on_step(step: int, steps: int) -> None:
+            emitter.put(Control(request_id, EventType.PROGRESS, {"info": {"step": step, "steps": steps}}))
+
+        return on_step
+
+    def _publish(self, request_id: str, plan: ImagePlan, encoded: list[bytes], prompt_tokens: int) -> None:
+        """Park the bytes in Redis, then queue one IMAGE event per image and the DONE event."""
+        s = plan.settings
+        pipe = self.runtime.redis.pipeline(transaction=False)
+        for i, data in enumerate(encoded):
+            pipe.set(image_key(request_id, i), data, ex=IMAGE_TTL_S)
+        pipe.execute()
+        emitter = self.runtime.emitter
+        for i, (data, seed) in enumerate(zip(encoded, s.seeds, strict=True)):
+            info = ImageInfo(
+                i, image_key(request_id, i), MIME[s.output_format], s.width, s.height, seed, len(data)
+            )
+            emitter.put(Control(request_id, EventType.IMAGE, {"info": info.to_info()}))
+        summary = ImageSummary(
+            requested_width=s.requested[0], requested_height=s.requested[1], width=s.width, height=s.height,
+            steps=s.steps, guidance_scale=s.guidance, seed=s.seed, images=s.num_images,
+        )  # fmt: skip
+        usage = Usage(prompt_tokens=prompt_tokens, forwards=s.steps)
+        done = {"finish_reason": "stop", "usage": usage, "info": summary.to_info()}
+        emitter.put(Control(request_id, EventType.DONE, done))
+
+
+def encode_image(pixels: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
+    """uint8 [H, W, 3] -> PNG / JPEG / WebP bytes (deterministic for the same pixels and settings)."""
+    out = io.BytesIO()
+    options = {} if quality is None else {"quality": quality}
+    Image.fromarray(pixels).save(out, format=fmt.upper(), **options)
+    return out.getvalue()
