@@ -2,16 +2,16 @@
 
 Flow: keyword options and chat messages (dicts) -> `build_request` -> the gateway -> plain dataclasses
 (`Completion` with its `Choice`s, `Chunk`, `ModelInfo`) back; speech recognition (`transcribe`) sends
-audio and gets a `Transcription` (or `Chunk`s) back; batch jobs (`create_batch` ... `batch_results`)
-go to the Jobs service and come back as `BatchInfo` / `BatchItemResult`. No protobuf type reaches the
-caller; every failure is a `BailingClientError` carrying the gRPC status name (`BailingConnectionError`
-when nothing answers).
+audio and gets a `Transcription` (or `Chunk`s) back; image generation (`generate_image`, from
+`bailing.client_image`) gets an `ImageResult` (or `ImageEvent`s) back; batch jobs (`create_batch`
+... `batch_results`) go to the Jobs service and come back as `BatchInfo` / `BatchItemResult`. No
+protobuf type reaches the caller; every failure is a `BailingClientError` carrying the gRPC status
+name (`BailingConnectionError` when nothing answers).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import queue
 import time
@@ -22,12 +22,17 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bailing.client_convert import (
-    BailingClientError,
-    BailingConnectionError,
+from bailing.client_batch import (
     BatchInfo,
     BatchItemError,
     BatchItemResult,
+    batch_from_pb,
+    batch_result_from_pb,
+    build_batch_request,
+)
+from bailing.client_convert import (
+    BailingClientError,
+    BailingConnectionError,
     Choice,
     Chunk,
     Completion,
@@ -35,17 +40,29 @@ from bailing.client_convert import (
     RequestOptions,
     Timing,
     Usage,
-    batch_from_pb,
-    batch_result_from_pb,
-    build_batch_request,
     build_request,
-    chunk_from_pb,
     completion_from_pb,
     error_from_rpc,
     health_status_name,
     messages_to_pb,
     models_from_pb,
 )
+from bailing.client_image import (
+    AsyncImageCalls,
+    GeneratedImageData,
+    ImageCalls,
+    ImageDone,
+    ImageEvent,
+    ImageGenerated,
+    ImageProgress,
+    ImageQueued,
+    ImageRequestOptions,
+    ImageResult,
+    ImageSize,
+    ImageStarted,
+    ImageUsage,
+)
+from bailing.client_streams import AsyncChunkStream, ChunkStream
 from bailing.client_transcribe import (
     TranscribeOptions,
     Transcription,
@@ -67,6 +84,17 @@ __all__ = [
     "ChunkStream",
     "Client",
     "Completion",
+    "GeneratedImageData",
+    "ImageDone",
+    "ImageEvent",
+    "ImageGenerated",
+    "ImageProgress",
+    "ImageQueued",
+    "ImageRequestOptions",
+    "ImageResult",
+    "ImageSize",
+    "ImageStarted",
+    "ImageUsage",
     "ModelInfo",
     "RequestOptions",
     "Timing",
@@ -104,47 +132,7 @@ class _Base:
 
 
 # ---- blocking client -------------------------------------------------------------------------
-class ChunkStream:
-    """Iterator of `Chunk`s of one streaming call; `close()` (or leaving a `with`) cancels the RPC."""
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._closed = False
-
-    def __iter__(self) -> ChunkStream:
-        return self
-
-    def __next__(self) -> Chunk:
-        if self._closed:
-            raise StopIteration
-        try:
-            return chunk_from_pb(next(self._call))
-        except StopIteration:
-            self._closed = True
-            raise
-        except grpc.RpcError as exc:
-            if self._closed:  # cancelled by close() from another thread
-                raise StopIteration from None
-            self._closed = True
-            raise error_from_rpc(exc) from None
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._call.cancel()
-
-    def __enter__(self) -> ChunkStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter exit grpc may already be torn down
-            self.close()
-
-
-class Client(_Base):
+class Client(ImageCalls, _Base):
     """Blocking client: `with Client("127.0.0.1:50051") as c: print(c.generate("ling", "Hi").text)`."""
 
     def __init__(
@@ -301,53 +289,7 @@ class Client(_Base):
 
 
 # ---- asyncio client --------------------------------------------------------------------------
-class AsyncChunkStream:
-    """Async iterator of `Chunk`s; `close()`, leaving `async with` or cancelling the task cancels the RPC."""
-
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._closed = False
-
-    def __aiter__(self) -> AsyncChunkStream:
-        return self
-
-    async def __anext__(self) -> Chunk:
-        if self._closed:
-            raise StopAsyncIteration
-        try:
-            msg = await self._call.read()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._closed and not (task and task.cancelling()):  # close() ended a pending read
-                raise StopAsyncIteration from None
-            self.close()  # this task was cancelled: cancel the RPC too
-            raise
-        except grpc.RpcError as exc:
-            if self._closed:
-                raise StopAsyncIteration from None
-            self._closed = True
-            raise error_from_rpc(exc) from None
-        if msg is grpc.aio.EOF:
-            self._closed = True
-            raise StopAsyncIteration
-        return chunk_from_pb(msg)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._call.cancel()
-
-    async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> AsyncChunkStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncClient(_Base):
+class AsyncClient(AsyncImageCalls, _Base):
     """grpc.aio client with the `Client` API; create it inside the event loop that uses it."""
 
     def __init__(

@@ -1,27 +1,24 @@
 """The data of the client API (results, errors) and its conversion to and from bailing.v1 messages.
 
 Flow: chat messages (dicts with text or media parts) + options -> `build_request` -> `GenerateRequest`;
-responses -> `Completion` (with its `Choice`s) / `Chunk` / `ModelInfo`; batch jobs: JSONL or items ->
-`build_batch_request`, `Batch` -> `BatchInfo`, `BatchResult` -> `BatchItemResult`; `grpc.RpcError` ->
-`BailingClientError`. `bailing.client` re-exports the public names; protobuf types never leave this
-module and the client.
+responses -> `Completion` (with its `Choice`s) / `Chunk` / `ModelInfo`; `grpc.RpcError` ->
+`BailingClientError`. Batch jobs live in `bailing.client_batch`, image generation in
+`bailing.client_image`. `bailing.client` re-exports the public names; protobuf types never leave
+these modules and the client.
 """
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, TypedDict
 
 import grpc
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 
 from gateway.api import OPTIONAL_SAMPLING_FIELDS, pb
-from pipelines.batches import TERMINAL_STATUSES
 from pipelines.protocol import Usage  # the same counts the workers report
 
 MEDIA_TYPES = ("image", "audio", "video")
@@ -138,7 +135,8 @@ class ModelInfo:
     family: str
     live_workers: int
     max_model_len: int
-    modalities: tuple[str, ...]
+    modalities: tuple[str, ...]  # inputs it accepts: text, image, audio, video
+    outputs: tuple[str, ...] = ()  # what it produces: text, image (empty: no live worker says)
 
 
 # ---- request building ------------------------------------------------------------------------
@@ -315,7 +313,8 @@ def chunk_from_pb(msg: Any) -> Chunk:
 
 def models_from_pb(msg: Any) -> list[ModelInfo]:
     return [
-        ModelInfo(m.name, m.family, m.live_workers, m.max_model_len, tuple(m.modalities)) for m in msg.models
+        ModelInfo(m.name, m.family, m.live_workers, m.max_model_len, tuple(m.modalities), tuple(m.outputs))
+        for m in msg.models
     ]
 
 
@@ -330,129 +329,3 @@ def error_from_rpc(exc: grpc.RpcError) -> BailingClientError:
     if name == "UNAVAILABLE" and "failed to connect" in details.lower():
         return BailingConnectionError(name, details)
     return BailingClientError(name, details)
-
-
-# ---- batch jobs ------------------------------------------------------------------------------
-class BatchItemError(NamedTuple):
-    code: str  # a gRPC status name: INVALID_ARGUMENT, CANCELLED, DEADLINE_EXCEEDED, ...
-    message: str
-
-
-@dataclass(frozen=True)
-class BatchInfo:
-    """A queued batch job. Times are unix seconds (0 = not yet; expires_at 0 = no completion window)."""
-
-    id: str
-    model: str
-    status: str  # validating, queued, running, completed, failed, cancelling, cancelled, expiring, expired
-    total: int
-    completed: int  # items with a response
-    failed: int  # items with an error
-    created_at: float
-    started_at: float
-    finished_at: float
-    expires_at: float
-    metadata: dict[str, str]
-    usage: Usage  # summed over the completed items
-
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-
-@dataclass(frozen=True)
-class BatchItemResult:
-    """The outcome of one finished item: exactly one of `response` and `error` is set."""
-
-    index: int  # position in the input
-    custom_id: str
-    response: Completion | None = None
-    error: BatchItemError | None = None
-
-    def to_json_line(self) -> str:
-        """One JSONL line: `{"custom_id", "response": <GenerateResponse JSON>}` or
-        `{"custom_id", "error": {"code", "message"}}`."""
-        if self.response is not None:
-            message = completion_to_pb(self.response)
-            body = json_format.MessageToDict(message, preserving_proto_field_name=True)
-            record: dict[str, Any] = {"custom_id": self.custom_id, "response": body}
-        else:
-            code, message = self.error or BatchItemError("UNKNOWN", "no outcome")
-            record = {"custom_id": self.custom_id, "error": {"code": code, "message": message}}
-        return json.dumps(record, ensure_ascii=False)
-
-
-def build_batch_request(
-    model: str,
-    jsonl: bytes | None,
-    items: Iterable[tuple[str, Mapping[str, Any]]] | None,
-    completion_window_s: float = 0.0,
-    skip_invalid_items: bool = False,
-    metadata: Mapping[str, str] | None = None,
-) -> Any:
-    """A `CreateBatchRequest` from JSONL bytes or from (custom_id, `generate` keyword fields) pairs."""
-    if not isinstance(model, str) or not model:
-        raise invalid_argument("model", "a model name is required")
-    if (jsonl is None) == (items is None):
-        raise invalid_argument("items", "give exactly one of jsonl and items")
-    request = pb.CreateBatchRequest(
-        model=model,
-        completion_window_s=completion_window_s,
-        skip_invalid_items=skip_invalid_items,
-        metadata=dict(metadata or {}),
-    )
-    if jsonl is not None:
-        request.jsonl = bytes(jsonl)
-    for i, (custom_id, fields) in enumerate(items or ()):
-        if not isinstance(fields, Mapping):
-            raise invalid_argument(
-                f"items[{i}]", f"the request fields are a dict, got {type(fields).__name__}"
-            )
-        item = pb.BatchItem(custom_id=custom_id, request=build_request(model, **fields))
-        request.items.append(item)
-    return request
-
-
-def completion_to_pb(completion: Completion) -> Any:
-    """The `GenerateResponse` a `Completion` came from (for writing results as JSON)."""
-    u, t = completion.usage, completion.timing
-    return pb.GenerateResponse(
-        request_id=completion.request_id,
-        model=completion.model,
-        text=completion.text,
-        reasoning_text=completion.reasoning_text,
-        finish_reason=completion.finish_reason,
-        usage=pb.Usage(**asdict(u), tokens_per_forward=u.tokens_per_forward),
-        timing=pb.Timing(queue_s=t.queue_s, time_to_first_token_s=t.time_to_first_token_s, total_s=t.total_s),
-        choices=[pb.Choice(**asdict(c)) for c in completion.choices],
-    )
-
-
-def batch_status_name(value: int) -> str:
-    name = pb.BatchStatus.Name(value) if value in pb.BatchStatus.values() else "BATCH_STATUS_UNSPECIFIED"
-    return "unspecified" if name == "BATCH_STATUS_UNSPECIFIED" else name.lower()
-
-
-def batch_from_pb(msg: Any) -> BatchInfo:
-    return BatchInfo(
-        id=msg.id,
-        model=msg.model,
-        status=batch_status_name(msg.status),
-        total=msg.counts.total,
-        completed=msg.counts.completed,
-        failed=msg.counts.failed,
-        created_at=msg.created_at,
-        started_at=msg.started_at,
-        finished_at=msg.finished_at,
-        expires_at=msg.expires_at,
-        metadata=dict(msg.metadata),
-        usage=usage_from_pb(msg.usage),
-    )
-
-
-def batch_result_from_pb(msg: Any) -> BatchItemResult:
-    outcome = msg.WhichOneof("outcome")
-    if outcome == "response":
-        return BatchItemResult(msg.index, msg.custom_id, response=completion_from_pb(msg.response))
-    error = BatchItemError(msg.error.code, msg.error.message) if outcome == "error" else None
-    return BatchItemResult(msg.index, msg.custom_id, error=error or BatchItemError("UNKNOWN", "no outcome"))

@@ -2,10 +2,11 @@
 `BatchRecord` / `ItemResult` (pipelines.batches) -> pb.Batch / pb.BatchResult.
 
 Items come inline (`items[i]`, 0-based) or as JSONL (`line n`, 1-based); each one goes through
-`convert.request_to_job`, so batch items get exactly the interactive validation (media parts
-included: their bytes, base64 in JSONL as protobuf's JSON mapping has it, are kept with the item's
-spec for the gateway to park in Redis). Errors are collected for every item; the whole batch is
-rejected unless `skip_invalid_items`.
+`convert.request_to_job` (image items: `request.image_request` / a line with "method":
+"GenerateImage", through `image.image_request_to_job`), so batch items get exactly the interactive
+validation (media parts included: their bytes, base64 in JSONL as protobuf's JSON mapping has it,
+are kept with the item's spec for the gateway to park in Redis). Errors are collected for every
+item; the whole batch is rejected unless `skip_invalid_items`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from gateway.api import pb
 from gateway.config import GatewayConfig
 from gateway.convert import request_to_job
 from gateway.errors import Rejection, invalid
+from gateway.image import image_request_to_job
 from gateway.media import MediaBlob
 from gateway.state import ModelState
 from pipelines.batches import BatchRecord, ItemResult
 from pipelines.protocol import GenerateJob
 
 MAX_LISTED_ERRORS = 20
-JSONL_KEYS = ("custom_id", "body")
+JSONL_KEYS = ("custom_id", "method", "body")
+# a JSONL line's "method" -> the message its body is (no "method": Generate)
+JSONL_METHODS = {"Generate": pb.GenerateRequest, "GenerateImage": pb.GenerateImageRequest}
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class BatchItemSpec:
 class _RawItem:
     where: str  # "line 3" | "items[2]"
     custom_id: str
-    request: pb.GenerateRequest | None
+    request: pb.GenerateRequest | pb.GenerateImageRequest | None
     error: str = ""  # a problem found before conversion (JSON, custom_id)
 
 
@@ -81,7 +85,7 @@ def _raw_items(req: pb.CreateBatchRequest, limit: int) -> list[_RawItem]:
         raise invalid("items and jsonl are both set: send the batch's items one way")
     if req.items:
         _check_count(len(req.items), limit)
-        return [_RawItem(f"items[{i}]", it.custom_id, it.request) for i, it in enumerate(req.items)]
+        return [_inline_item(i, it) for i, it in enumerate(req.items)]
     if not req.jsonl:
         raise invalid("the batch is empty: set items or jsonl")
     try:
@@ -93,6 +97,15 @@ def _raw_items(req: pb.CreateBatchRequest, limit: int) -> list[_RawItem]:
         raise invalid("the batch is empty: jsonl has no non-blank line")
     _check_count(len(lines), limit)
     return [_jsonl_item(n, line) for n, line in lines]
+
+
+def _inline_item(i: int, item: pb.BatchItem) -> _RawItem:
+    where = f"items[{i}]"
+    if not item.HasField("image_request"):
+        return _RawItem(where, item.custom_id, item.request)
+    if item.HasField("request"):
+        return _RawItem(where, item.custom_id, None, f"{where}: request and image_request are both set")
+    return _RawItem(where, item.custom_id, item.image_request)
 
 
 def _check_count(n: int, limit: int) -> None:
@@ -113,11 +126,17 @@ def _jsonl_item(n: int, line: str) -> _RawItem:
     unknown = sorted(set(obj) - set(JSONL_KEYS))
     if unknown:
         return _RawItem(where, custom_id, None, f"{where}: unknown key(s) {', '.join(unknown)}")
+    method = obj.get("method", "Generate")
+    message = JSONL_METHODS.get(method) if isinstance(method, str) else None
+    if message is None:
+        known = " or ".join(JSONL_METHODS)
+        return _RawItem(where, custom_id, None, f"{where}: unknown method {method!r} ({known})")
     body = obj.get("body")
     if not isinstance(body, dict):
-        return _RawItem(where, custom_id, None, f"{where}: body must be a JSON object (a GenerateRequest)")
+        name = message.DESCRIPTOR.name
+        return _RawItem(where, custom_id, None, f"{where}: body must be a JSON object (a {name})")
     try:
-        request = json_format.ParseDict(body, pb.GenerateRequest())
+        request = json_format.ParseDict(body, message())
     except (json_format.ParseError, ValueError, TypeError) as exc:
         return _RawItem(where, custom_id, None, f"{where}: body: {exc}")
     return _RawItem(where, custom_id, request)
@@ -152,7 +171,7 @@ def _convert(
 ) -> BatchItemSpec:
     if raw.error:
         return BatchItemSpec(index, raw.custom_id, error=raw.error)
-    request = pb.GenerateRequest()
+    request = type(raw.request)()
     request.CopyFrom(raw.request)
     if request.model and request.model != model:
         message = f"model {request.model!r} differs from the batch's model {model!r}"
@@ -160,7 +179,8 @@ def _convert(
     request.model = model
     request.request_id = f"{batch_id}-{index}"
     try:
-        job, blobs = request_to_job(request, cfg, state, submitted_at=submitted_at)
+        to_job = image_request_to_job if isinstance(request, pb.GenerateImageRequest) else request_to_job
+        job, blobs = to_job(request, cfg, state, submitted_at=submitted_at)
     except Rejection as rej:
         return BatchItemSpec(index, raw.custom_id, error=f"{raw.where}: {rej.message}")
     return BatchItemSpec(index, raw.custom_id, job=job, blobs=tuple(blobs))
@@ -197,7 +217,11 @@ def result_to_pb(result: ItemResult) -> pb.BatchResult:
         out.error.message = str(result.error.get("message", ""))
         return out
     try:
-        json_format.ParseDict(result.response or {}, out.response, ignore_unknown_fields=True)
+        if result.image_response is not None:
+            out.image_response.SetInParent()
+            json_format.ParseDict(result.image_response, out.image_response, ignore_unknown_fields=True)
+        else:
+            json_format.ParseDict(result.response or {}, out.response, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError) as exc:
         out.error.code, out.error.message = "INTERNAL", f"the item's stored response is unreadable: {exc}"
     return out

@@ -30,6 +30,12 @@ class GatewayConfig:
     worker_dead_after_s: float = WORKER_DEAD_AFTER_S
     health_interval_s: float = 0.5  # how often health and queue depth are refreshed from Redis
     max_batch_items: int = 50000  # items per CreateBatch at most
+    # image generation (GenerateImage): the largest request the gateway passes on to a worker
+    max_image_side: int = 4096  # width / height in pixels at most
+    max_image_pixels: int = 2048 * 2048  # width * height at most
+    max_image_steps: int = 200  # denoising steps at most
+    max_images_per_request: int = 4  # num_images at most
+    max_image_prompt_chars: int = 4000  # prompt / negative_prompt characters at most
 
     def __post_init__(self) -> None:
         if not self.redis_url:
@@ -50,6 +56,11 @@ class GatewayConfig:
             "max_media_bytes",
             "max_tokens_limit",
             "max_batch_items",
+            "max_image_side",
+            "max_image_pixels",
+            "max_image_steps",
+            "max_images_per_request",
+            "max_image_prompt_chars",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

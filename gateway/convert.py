@@ -392,4 +392,5 @@ def model_info(state: ModelState) -> pb.ModelInfo:
         live_workers=state.live,
         max_model_len=state.max_model_len,
         modalities=list(state.modalities),
+        outputs=list(state.outputs),
     )

@@ -4,6 +4,7 @@ Flow: `live_workers(model)` reads the heartbeat ZSET + WorkerInfo -> `submit(job
 and sends the Celery task (task id = request id) -> `events(rid, model)` XREADs the request's stream
 until its terminal event, checking meanwhile that the worker (or, before one started, any worker)
 is alive and writing a terminal ERROR itself when not -> `cancel(rid)` sets the flag and publishes.
+`take_image(key)` fetches (and deletes) a generated image a worker parked under `image_key`.
 """
 
 from __future__ import annotations
@@ -179,6 +180,15 @@ class Dispatcher:
             queue=queue_name(job.model),
             priority=celery_priority(job.priority),
         )
+
+    async def take_image(self, key: str) -> bytes | None:
+        """A generated image's bytes (None if the key is gone), deleted in the same round trip so
+        they do not linger for IMAGE_TTL_S (GET + DEL rather than GETDEL: any Redis version)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.delete(key)
+            data, _ = await pipe.execute()
+        return data
 
     async def cancel(self, request_id: str) -> None:
         """Ask the worker (now or when it picks the task up) to drop the request."""

@@ -1,7 +1,8 @@
 """Prometheus metrics of the gateway, on a registry of its own (served over HTTP when a port is set).
 
-The servicer reports each finished request (`observe_request`), token deltas as they pass
-(`observe_token`), and the health loop sets per-model queue depth and live worker counts.
+The servicer reports each finished request (`observe_request`: requests by method, tokens, images),
+token deltas as they pass (`observe_token`), and the health loop sets per-model queue depth and live
+worker counts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class GatewayMetrics:
         )
         self.tokens = Counter(
             "bailing_gateway_tokens", "Tokens of finished requests", ["model", "kind"], registry=r
+        )
+        self.images = Counter(
+            "bailing_gateway_images", "Generated images delivered", ["model", "method"], registry=r
         )
         self.inflight = Gauge(
             "bailing_gateway_inflight_requests", "Requests being served", ["model"], registry=r
@@ -65,7 +69,9 @@ class GatewayMetrics:
     def observe_request(self, trace: RequestTrace, duration_s: float) -> None:
         self.requests.labels(trace.model, trace.method, trace.code).inc()
         self.duration.labels(trace.model, trace.method).observe(duration_s)
-        if trace.first_token_at is not None:
+        if trace.images:  # image requests: their first output is an image, not a token
+            self.images.labels(trace.model, trace.method).inc(trace.images)
+        elif trace.first_token_at is not None:
             self.ttft.labels(trace.model).observe(trace.ttft_s)
         if trace.usage is not None:
             u = trace.usage

@@ -1,11 +1,12 @@
 """The grpc.aio gateway: InferenceServicer (admit -> validate -> dispatch -> relay) and its server.
 
 Flow of a call: draining? -> model served? (NOT_FOUND) -> admission (RESOURCE_EXHAUSTED) -> live
-workers (UNAVAILABLE) -> `convert.request_to_job` (Transcribe: `transcribe.transcribe_to_job`;
-INVALID_ARGUMENT) -> `Dispatcher.submit` -> `Dispatcher.events` relayed as chunks or collected into
-one response. Whenever a call ends without its terminal event (client cancel, deadline, error) the
-request is cancelled in Redis. Health, reflection, the bearer-token interceptor, the SIGTERM drain
-and the batch `JobsServicer` (gateway/jobs.py) are wired up in `GatewayServer`.
+workers (UNAVAILABLE) -> `convert.request_to_job` (Transcribe: `transcribe.transcribe_to_job`,
+GenerateImage: `image.image_request_to_job`; INVALID_ARGUMENT) -> `Dispatcher.submit` ->
+`Dispatcher.events` relayed as chunks / image events or collected into one response. Whenever a
+call ends without its terminal event (client cancel, deadline, error) the request is cancelled in
+Redis. Health, reflection, the bearer-token interceptor, the SIGTERM drain and the batch
+`JobsServicer` (gateway/jobs.py) are wired up in `GatewayServer`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from gateway.convert import (
 from gateway.dispatch import Dispatcher
 from gateway.errors import Rejection
 from gateway.health import HealthMonitor
+from gateway.image import ImageReply, collect_images, image_request_to_job, relay_images
 from gateway.jobs import JobsServicer
 from gateway.media import MediaBlob
 from gateway.metrics import GatewayMetrics
@@ -63,7 +65,7 @@ class _Call:
     cancel_sent: bool = False
 
 
-# request -> (job, media blobs): `convert.request_to_job` or `transcribe.transcribe_to_job`
+# request -> (job, media blobs): `convert.request_to_job`, `transcribe.transcribe_to_job`, ...
 ToJob = Callable[..., tuple[GenerateJob, list[MediaBlob]]]
 ToChunks = Callable[[str, Event], list[Any]]  # request id, event -> the GenerateChunks to send
 WARM_CONNECTIONS = 64  # Redis connections opened before serving (each stream holds one while it waits)
@@ -105,6 +107,25 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         ) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async def GenerateImage(self, request, context):
+        async with (
+            self._call(request, context, "GenerateImage", image_request_to_job) as call,
+            contextlib.aclosing(self._events(call, context)) as events,
+        ):
+            reply = ImageReply(call.job, self.dispatcher.take_image)
+            return await collect_images(events, reply, call.trace, self.cfg.max_message_bytes)
+
+    async def GenerateImageStream(self, request, context):
+        async with (
+            self._call(request, context, "GenerateImageStream", image_request_to_job) as call,
+            contextlib.aclosing(self._events(call, context)) as events,
+            contextlib.aclosing(
+                relay_images(events, ImageReply(call.job, self.dispatcher.take_image), call.trace)
+            ) as replies,
+        ):
+            async for reply in replies:
+                yield reply
 
     # ---- one call ---------------------------------------------------------------------------
     async def _answer(self, request, context, method: str, to_job: ToJob):
@@ -237,6 +258,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             "prompt_tokens": u.prompt_tokens if u else 0,
             "completion_tokens": u.completion_tokens if u else 0,
             "reasoning_tokens": u.reasoning_tokens if u else 0,
+            "images": trace.images,
             "queue_s": round(trace.queue_s, 4),
             "ttft_s": round(trace.ttft_s, 4) if trace.first_token_at else None,
             "total_s": round(duration_s, 4),

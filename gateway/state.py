@@ -1,7 +1,8 @@
 """Plain facts the gateway derives at run time: a model's live workers, and one request's timeline.
 
 `ModelState` is built by `dispatch.live_workers` from the WorkerInfo records; `RequestTrace` follows
-one request's events and yields the timings that the response, the metrics and the log line report.
+one request's events and yields the timings that the response, the metrics and the log line report
+(for image generation the first IMAGE event is the first output).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from pipelines.protocol import MODALITIES, Event, EventType, Usage, WorkerInfo
+from pipelines.protocol import MODALITIES, OUTPUTS, Event, EventType, Usage, WorkerInfo
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,14 @@ class ModelState:
         common = set.intersection(*(set(w.modalities) for w in self.workers))
         return tuple(m for m in MODALITIES if m in common)
 
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """What every live worker produces (text; image with generation heads), in OUTPUTS order."""
+        if not self.workers:
+            return ()
+        common = set.intersection(*(set(w.outputs) for w in self.workers))
+        return tuple(o for o in OUTPUTS if o in common)
+
 
 @dataclass
 class RequestTrace:
@@ -54,6 +63,7 @@ class RequestTrace:
     last_token_at: float | None = None
     finished_at: float | None = None
     worker_id: str = ""
+    images: int = 0  # IMAGE events seen (image generation)
     usage: Usage | None = None
     finish_reason: str = ""
     code: str = "OK"  # the gRPC status name the client got
@@ -71,6 +81,10 @@ class RequestTrace:
             elif self.last_token_at is not None:
                 gap = max(0.0, t - self.last_token_at)
             self.last_token_at = t
+        elif event.type is EventType.IMAGE:  # an image is the first output; no inter-token gap
+            self.images += 1
+            if self.first_token_at is None:
+                self.first_token_at = t
         if event.terminal:
             self.finished_at = t
             self.usage = event.usage

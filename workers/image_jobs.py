@@ -106,8 +106,11 @@ class ImageJobs:
     def stop(self) -> None:
         self.stage.stop()
 
-    def run(self, job: GenerateJob, flight: Flight) -> None:
-        """Serve one image job (task thread); RequestError for a client mistake (the caller reports it)."""
+    def run(self, job: GenerateJob, flight: Flight, progress: bool = True) -> None:
+        """Serve one image job (task thread); RequestError for a client mistake (the caller reports it).
+
+        `progress` False (batch items: nobody reads their stream while they run) skips the step events.
+        """
         rt = self.runtime
         if rt.media is None:
             raise RequestError(f"model '{job.model}' does not generate images")
@@ -122,7 +125,8 @@ class ImageJobs:
                     return
                 flight.added = True  # from here on, ending it early goes through `abort`
             flight.prompt_tokens = len(image_plan.positive.ids)
-            self._generate(job, image_plan, abort, negative_id, t0, _Deadline(self.runtime, job, flight))
+            deadline = _Deadline(self.runtime, job, flight)
+            self._generate(job, image_plan, abort, negative_id, t0, deadline, progress)
         finally:
             rt.aborter.unregister(job.request_id)
 
@@ -135,6 +139,7 @@ class ImageJobs:
         negative_id: str,
         t0: float,
         deadline: _Deadline,
+        report: bool,
     ) -> None:
         passes = [(job.request_id, plan.positive)]
         if plan.negative is not None:
@@ -149,7 +154,7 @@ class ImageJobs:
             condition, height=s.height, width=s.width, seeds=s.seeds, steps=s.steps, guidance=s.guidance,
             image_guidance=s.image_guidance, negative=negative, reference=plan.reference,
         )  # fmt: skip
-        progress = self._progress(job.request_id)
+        progress = self._progress(job.request_id) if report else (lambda step, steps: None)
         ticket = self.stage.submit(djob, progress, lambda: abort.cancelled)
         while not ticket.wait(_POLL_S):
             deadline.check()

@@ -219,7 +219,7 @@ class WorkerRuntime:
             if self.redis.exists(cancel_key(rid)):  # after registering: a later cancel finds the flight
                 self.stop_request(flight, EventType.CANCELLED, ErrorCode.CANCELLED, "cancelled by the client")
             elif job.task == "image":
-                self._image(job, flight)
+                self._image(job, flight, final_only)
             else:
                 self._submit(job, flight, final_only)
         except (BailingError, ValueError, TypeError) as exc:
@@ -267,12 +267,12 @@ class WorkerRuntime:
             flight.added = True
         self.metrics.prompt_tokens.inc(len(prepared.prompt_ids))
 
-    def _image(self, job: GenerateJob, flight: Flight) -> None:
+    def _image(self, job: GenerateJob, flight: Flight, final_only: bool = False) -> None:
         if job.model != self.config.name:
             raise RequestError(f"model {job.model!r} sent to the queue of {self.config.name!r}")
         if self.images is None:
             raise RequestError(f"model '{job.model}' does not generate images (outputs: text)")
-        self.images.run(job, flight)
+        self.images.run(job, flight, progress=not final_only)
 
     def _wait(self, job: GenerateJob, flight: Flight) -> None:
         """Block until the terminal event is written; end the request when its deadline passes."""

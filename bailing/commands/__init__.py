@@ -9,5 +9,6 @@ MODULES = (
     "bailing.commands.worker",  # bailing worker
     "bailing.commands.stack",  # bailing up
     "bailing.commands.client",  # bailing chat / transcribe / models / healthcheck
+    "bailing.commands.image",  # bailing image
     "bailing.commands.batch",  # bailing batch submit / status / list / cancel / results
 )

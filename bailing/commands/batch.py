@@ -304,8 +304,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="queued batch jobs: submit, status, list, cancel, results",
         description=(
             "Queue thousands of requests as one job. FILE.jsonl holds one\n"
-            '{"custom_id": ..., "body": <GenerateRequest as JSON>} per line; results come back as\n'
-            '{"custom_id": ..., "response": ...} or {"custom_id": ..., "error": {"code", "message"}} lines.'
+            '{"custom_id": ..., "body": <GenerateRequest as JSON>} per line (with\n'
+            '"method": "GenerateImage" the body is a GenerateImageRequest); results come back as\n'
+            '{"custom_id": ..., "response": ...}, {"custom_id": ..., "image_response": ...}\n'
+            '(image bytes base64) or {"custom_id": ..., "error": {"code", "message"}} lines.'
         ),
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawTextHelpFormatter,

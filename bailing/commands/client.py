@@ -222,9 +222,17 @@ def _cmd_models(client: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(m) for m in models]))
         return EXIT_OK
-    rows = [("NAME", "FAMILY", "LIVE WORKERS", "MAX MODEL LEN", "MODALITIES")]
+    rows = [("NAME", "FAMILY", "LIVE WORKERS", "MAX MODEL LEN", "MODALITIES", "OUTPUTS")]
     rows += [
-        (m.name, m.family, str(m.live_workers), str(m.max_model_len), ",".join(m.modalities)) for m in models
+        (
+            m.name,
+            m.family,
+            str(m.live_workers),
+            str(m.max_model_len),
+            ",".join(m.modalities),
+            ",".join(m.outputs),
+        )
+        for m in models
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

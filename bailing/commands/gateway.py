@@ -37,7 +37,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=20 * 1024 * 1024,
         help="bytes per image / audio / video part at most (default 20 MiB); more is INVALID_ARGUMENT",
     )
+    images = p.add_argument_group(
+        "image generation (GenerateImage)", "larger requests are INVALID_ARGUMENT; unset: the default"
+    )
+    for flag, metavar, help in _IMAGE_LIMIT_FLAGS:
+        images.add_argument(flag, type=int, default=None, metavar=metavar, help=help)
     p.set_defaults(func=_cmd_gateway)
+
+
+# flag -> GatewayConfig field (dashes -> underscores), all optional ints
+_IMAGE_LIMIT_FLAGS = (
+    ("--max-image-side", "PX", "width / height in pixels at most (default 4096)"),
+    ("--max-image-pixels", "PX", "width * height at most (default 4194304 = 2048 * 2048)"),
+    ("--max-image-steps", "N", "denoising steps at most (default 200)"),
+    ("--max-images-per-request", "N", "num_images at most (default 4)"),
+    ("--max-image-prompt-chars", "N", "prompt / negative_prompt characters at most (default 4000)"),
+)
+
+
+def _image_limits(args: argparse.Namespace) -> dict[str, int]:
+    names = (flag[2:].replace("-", "_") for flag, _, _ in _IMAGE_LIMIT_FLAGS)
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def _config(args: argparse.Namespace):
@@ -57,6 +77,7 @@ def _config(args: argparse.Namespace):
         metrics_port=args.metrics_port,
         drain_grace_s=args.drain_grace,
         max_media_bytes=args.max_media_bytes,
+        **_image_limits(args),
     )
 
 

@@ -22,14 +22,14 @@ from bailing.client import (
     Timing,
     Usage,
 )
-from bailing.client_convert import (
+from bailing.client_batch import (
     batch_from_pb,
     batch_result_from_pb,
     batch_status_name,
     build_batch_request,
-    completion_from_pb,
     completion_to_pb,
 )
+from bailing.client_convert import completion_from_pb
 from bailing.commands import batch as commands
 from gateway.api import pb
 

@@ -68,8 +68,8 @@ class ScriptedClient:
 
     def list_models(self):
         return [
-            ModelInfo("ling", "ling", 2, 4096, ("text",)),
-            ModelInfo("ming-omni", "ming", 0, 8192, ("text", "image")),
+            ModelInfo("ling", "ling", 2, 4096, ("text",), ("text",)),
+            ModelInfo("ming-omni", "ming", 0, 8192, ("text", "image"), ("text", "image")),
         ]
 
 
@@ -185,9 +185,10 @@ def test_chat_sends_diffusion_flags_as_one_option():
 def test_models_table(capsys):
     assert commands._cmd_models(ScriptedClient(), _args("models")) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "FAMILY", "LIVE", "WORKERS", "MAX", "MODEL", "LEN", "MODALITIES"]
-    assert lines[1].split() == ["ling", "ling", "2", "4096", "text"]
-    assert lines[2].split() == ["ming-omni", "ming", "0", "8192", "text,image"]
+    header = ["NAME", "FAMILY", "LIVE", "WORKERS", "MAX", "MODEL", "LEN", "MODALITIES", "OUTPUTS"]
+    assert lines[0].split() == header
+    assert lines[1].split() == ["ling", "ling", "2", "4096", "text", "text"]
+    assert lines[2].split() == ["ming-omni", "ming", "0", "8192", "text,image", "text,image"]
     assert lines[0].index("FAMILY") == lines[2].index(" ming ") + 1  # columns line up
 
 

@@ -1,7 +1,8 @@
 """Gateway test helpers: an in-process gateway on a free port, and a stand-in worker made of Redis data.
 
-`FakeWorker` writes what a real worker writes (heartbeat ZSET entry, WorkerInfo, stream events) and
-takes tasks off the real Celery queue list; no Redis, Celery or gRPC code is mocked.
+`FakeWorker` writes what a real worker writes (heartbeat ZSET entry, WorkerInfo, stream events; for
+image jobs the image bytes under `image_key` too) and takes tasks off the real Celery queue list; no
+Redis, Celery or gRPC code is mocked.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 import pytest
 import redis
 
 from pipelines.protocol import (
+    IMAGE_TTL_S,
     Event,
     EventType,
+    ImageInfo,
+    ImageSummary,
     Usage,
     WorkerInfo,
+    image_key,
     queue_name,
     stream_key,
     worker_info_key,
@@ -163,6 +168,43 @@ class FakeWorker:
             self.emit(request_id, EventType.DELTA, text=word + " ")
         usage = Usage(prompt_tokens=3, completion_tokens=len(text.split(" ")))
         self.emit(request_id, EventType.DONE, finish_reason="stop", usage=usage)
+
+    def put_image(
+        self, request_id: str, index: int, data: bytes, *, size=(64, 64), seed=7, mime_type="image/png"
+    ) -> str:
+        """Park one image's bytes under its key (TTL IMAGE_TTL_S), then emit its IMAGE event."""
+        key = image_key(request_id, index)
+        self.redis.set(key, data, ex=IMAGE_TTL_S)
+        info = ImageInfo(index, key, mime_type, size[0], size[1], seed + index, len(data))
+        self.emit(request_id, EventType.IMAGE, info=info.to_info())
+        return key
+
+    def draw(
+        self,
+        request_id: str,
+        images: Sequence[bytes] = (b"\x89PNG-image-0",),
+        *,
+        steps: int = 3,
+        size: tuple[int, int] = (64, 64),
+        requested: tuple[int, int] = (0, 0),
+        seed: int = 7,
+        guidance_scale: float = 4.0,
+        prompt_tokens: int = 5,
+        order: Sequence[int] | None = None,
+    ) -> list[str]:
+        """A complete image stream: started, one progress event per step, each image (in `order`,
+        default index order), done with an ImageSummary; returns the image keys."""
+        self.emit(request_id, EventType.STARTED)
+        for step in range(1, steps + 1):
+            self.emit(request_id, EventType.PROGRESS, info={"step": step, "steps": steps})
+        keys = [
+            self.put_image(request_id, i, images[i], size=size, seed=seed)
+            for i in (order if order is not None else range(len(images)))
+        ]
+        summary = ImageSummary(*requested, *size, steps, guidance_scale, seed, len(images))
+        usage = Usage(prompt_tokens=prompt_tokens, forwards=steps)
+        self.emit(request_id, EventType.DONE, usage=usage, info=summary.to_info())
+        return keys
 
     def take_job(self, timeout: float = 10.0) -> dict:
         """Pop the next Celery message of the model's queue; returns its job payload (args[0])."""
