@@ -134,6 +134,8 @@ class Heartbeat(_Service):
         pipe.set(worker_info_key(cfg.worker_id), self.info.to_json(), ex=_INFO_TTL_S)
         pipe.execute()
         self.runtime.metrics.update_from_engine(_engine_snapshot(self.runtime))
+        if self.runtime.images is not None:
+            self.runtime.metrics.image_jobs.set(len(self.runtime.images.stage))
 
     def stop(self) -> None:
         """Stop beating and leave the registry (best effort: Redis may be gone)."""

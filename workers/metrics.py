@@ -127,6 +127,9 @@ class WorkerMetrics:
             buckets=_IMAGE_BUCKETS,
             registry=reg,
         )
+        self.image_jobs = self._gauge(
+            "bailing_worker_image_jobs", "Image requests in the image stage's denoising loop now"
+        )
         self.image_batch = Histogram(
             "bailing_worker_image_batch_size",
             "Images per DiT forward of the image stage (requests batched together)",
