@@ -28,9 +28,10 @@ from models.ming.generation.denoise import DenoiseJob, denoise_step, groups, ini
 from models.ming.generation.loading import build_empty, check_materialized, load_part, load_strict
 from models.ming.generation.loading import materialize_module as materialize
 from models.ming.generation.queries import QueryTokens
+from models.ming.generation.sd3 import SD3Variant
 from models.ming.generation.zimage import ZImageVariant
 
-VARIANTS: dict[str, Any] = {"zimage": ZImageVariant}
+VARIANTS: dict[str, Any] = {"zimage": ZImageVariant, "sd3": SD3Variant}
 
 
 @dataclass(frozen=True)
