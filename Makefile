@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
-.PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming
+.PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming \
+	bench-ming-image gpu-check
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -58,3 +59,11 @@ bench-diffusion: $(STAMP)
 
 bench-ming: $(STAMP)
 	$(PY) -m bench.ming
+
+bench-ming-image: $(STAMP)
+	$(PY) -m bench.ming_image
+
+# On a machine with a CUDA device: the tests marked gpu, then the GPU benchmarks (bf16).
+gpu-check: $(STAMP)
+	$(VENV)/bin/pytest -m gpu -ra
+	$(PY) -m bench.ming_image --device cuda --dtype bfloat16

@@ -37,6 +37,8 @@ def _banner(address: str, models: list[str], token: bool, samples: str = "sample
                 [
                     f'  {program} chat --model ming{where} --image {samples}/photo.jpg "what is this?"',
                     f"  {program} transcribe --model ming{where} {samples}/speech.wav",
+                    f"  {program} image --model ming{where} --width 512 --height 512 --steps 8 -o fox.png"
+                    ' "a red fox"',
                 ]
                 if "ming" in models
                 else []

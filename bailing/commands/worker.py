@@ -41,6 +41,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     media.add_argument("--max-audio-seconds", type=float, default=None, help="seconds per audio clip (300)")
     media.add_argument("--max-video-seconds", type=float, default=None, help="seconds per video (600)")
     media.add_argument("--max-video-frames", type=int, default=None, help="frames sampled per video (128)")
+    images = p.add_argument_group("image generation (checkpoints with generation heads, e.g. ming)")
+    images.add_argument("--max-image-steps", type=int, default=200, help="denoising steps per request (200)")
+    images.add_argument("--max-images-per-request", type=int, default=4, help="images per request (4)")
     p.add_argument("--max-model-len", type=int, default=None, help="context length cap (default: model's)")
     p.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size (default: engine's)")
     p.add_argument(
@@ -100,6 +103,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         max_audio_seconds=args.max_audio_seconds,
         max_video_seconds=args.max_video_seconds,
         max_video_frames=args.max_video_frames,
+        max_image_steps=args.max_image_steps,
+        max_images_per_request=args.max_images_per_request,
     )
     logging.basicConfig(level=args.loglevel, format=_LOG_FORMAT)
     return run_worker(config, args.loglevel)

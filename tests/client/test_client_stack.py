@@ -193,4 +193,5 @@ def test_the_banner_shows_how_to_send_media_when_ming_is_served():
     text = _banner("127.0.0.1:50051", ["ling", "ming"], token=False, samples=".bailing/demo/samples")
     assert 'bailing chat --model ming --image .bailing/demo/samples/photo.jpg "what is this?"' in text
     assert "bailing transcribe --model ming .bailing/demo/samples/speech.wav" in text
+    assert 'bailing image --model ming --width 512 --height 512 --steps 8 -o fox.png "a red fox"' in text
     assert "--image" not in _banner("127.0.0.1:50051", ["ling"], token=False)
