@@ -39,7 +39,7 @@ from bench.engine import BENCH_ROOT, _git_state, _publish, _stamp_matches, log, 
 from engine.model_loader import resolve_dtype
 from models.ming.generation.denoise import run_to_end
 from models.ming.generation.generator import ImageGenerator
-from workers.image_jobs import encode_image
+from workers.image_output import encode_image
 from workers.image_stage import ImageStage
 
 WRITER = 1

@@ -13,33 +13,26 @@ phase it aborts the engine requests, in the diffusion phase the stage drops the 
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import threading
 import time
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from PIL import Image
 
 from engine.errors import RequestError
 from engine.sampling_params import SamplingParams
 from pipelines import image_generation
 from pipelines.image_generation import ImageLimits, ImagePlan, ThinkerPass
 from pipelines.protocol import (
-    IMAGE_TTL_S,
     ErrorCode,
     EventType,
     GenerateJob,
-    ImageInfo,
-    ImageSummary,
-    Usage,
-    image_key,
 )
 from workers import redelivery
-from workers.emitter import Control, Flight
+from workers.emitter import Flight
+from workers.image_output import POLL_S, Outlet, finish_images
 from workers.image_stage import ImageStage
 
 if TYPE_CHECKING:
@@ -47,8 +40,6 @@ if TYPE_CHECKING:
     from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
-MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-_POLL_S = 0.05  # how often a waiting image job looks at its deadline
 
 
 class _Deadline:
@@ -154,21 +145,14 @@ class ImageJobs:
             condition, height=s.height, width=s.width, seeds=s.seeds, steps=s.steps, guidance=s.guidance,
             image_guidance=s.image_guidance, negative=negative, reference=plan.reference,
         )  # fmt: skip
-        progress = self._progress(job.request_id) if report else (lambda step, steps: None)
-        ticket = self.stage.submit(djob, progress, lambda: abort.cancelled)
-        while not ticket.wait(_POLL_S):
-            deadline.check()
-        if ticket.outcome == "failed":
-            raise RuntimeError(f"the denoising loop failed: {ticket.error}")
-        if ticket.outcome != "finished":
-            return  # stopped: cancel, deadline or shutdown (their terminal event is queued)
-        pixels = gen.decode(djob)  # (k, H, W, 3) uint8
-        encoded = [encode_image(p, s.output_format, s.quality) for p in pixels]
-        if not abort.complete():
-            return
         tokens = len(plan.positive.ids) + (len(plan.negative.ids) if plan.negative else 0)
-        self._publish(job.request_id, plan, encoded, tokens)
-        self.runtime.metrics.images_done(s.num_images, s.width, s.height, time.monotonic() - t0)
+        outlet = Outlet(job.request_id, self.runtime.redis, self.runtime.emitter)
+        published = finish_images(
+            gen, self.stage, djob, s, outlet, stopped=lambda: abort.cancelled, complete=abort.complete,
+            waiting=deadline.check, report=report, prompt_tokens=tokens,
+        )  # fmt: skip
+        if published:
+            self.runtime.metrics.images_done(s.num_images, s.width, s.height, time.monotonic() - t0)
 
     def _thinker(
         self, job: GenerateJob, passes: list[tuple[str, ThinkerPass]], abort: _ImageAbort, deadline: _Deadline
@@ -188,7 +172,7 @@ class ImageJobs:
             rows: dict[str, torch.Tensor] = {}
             while len(rows) < len(passes):
                 try:
-                    out = outputs.get(timeout=_POLL_S)
+                    out = outputs.get(timeout=POLL_S)
                 except queue.Empty:
                     deadline.check()
                     continue
@@ -201,40 +185,3 @@ class ImageJobs:
         finally:
             for rid, _ in passes:  # no-ops for finished passes; frees the others' KV
                 engine.abort(rid)
-
-    def _progress(self, request_id: str):
-        emitter = self.runtime.emitter
-
-        def on_step(step: int, steps: int) -> None:
-            emitter.put(Control(request_id, EventType.PROGRESS, {"info": {"step": step, "steps": steps}}))
-
-        return on_step
-
-    def _publish(self, request_id: str, plan: ImagePlan, encoded: list[bytes], prompt_tokens: int) -> None:
-        """Park the bytes in Redis, then queue one IMAGE event per image and the DONE event."""
-        s = plan.settings
-        pipe = self.runtime.redis.pipeline(transaction=False)
-        for i, data in enumerate(encoded):
-            pipe.set(image_key(request_id, i), data, ex=IMAGE_TTL_S)
-        pipe.execute()
-        emitter = self.runtime.emitter
-        for i, (data, seed) in enumerate(zip(encoded, s.seeds, strict=True)):
-            info = ImageInfo(
-                i, image_key(request_id, i), MIME[s.output_format], s.width, s.height, seed, len(data)
-            )
-            emitter.put(Control(request_id, EventType.IMAGE, {"info": info.to_info()}))
-        summary = ImageSummary(
-            requested_width=s.requested[0], requested_height=s.requested[1], width=s.width, height=s.height,
-            steps=s.steps, guidance_scale=s.guidance, seed=s.seed, images=s.num_images,
-        )  # fmt: skip
-        usage = Usage(prompt_tokens=prompt_tokens, forwards=s.steps)
-        done = {"finish_reason": "stop", "usage": usage, "info": summary.to_info()}
-        emitter.put(Control(request_id, EventType.DONE, done))
-
-
-def encode_image(pixels: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
-    """uint8 [H, W, 3] -> PNG / JPEG / WebP bytes (deterministic for the same pixels and settings)."""
-    out = io.BytesIO()
-    options = {} if quality is None else {"quality": quality}
-    Image.fromarray(pixels).save(out, format=fmt.upper(), **options)
-    return out.getvalue()
