@@ -7,8 +7,9 @@ learnable rows join the media tensors -> a `ThinkerPass` (ids, media, the last s
 for the engine's hidden-state prefill; a negative prompt gets its own pass. Settings the client left
 unset take the variant's upstream defaults; the size is snapped to a bucket (an edit keeps its
 reference's aspect ratio); the reference is resized to that bucket for the VAE (Pillow bilinear,
-as upstream's torchvision resize of a PIL image) and scaled to [-1, 1]. Every client mistake raises
-RequestError naming the request field.
+as upstream's torchvision resize of a PIL image) and scaled to [-1, 1]. With a glyph encoder (`byt5/`),
+the text the prompt quotes becomes `glyph_text` (for `ImageGenerator.add_glyph`). Every client
+mistake raises RequestError naming the request field.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import Image
 from engine.errors import RequestError
 from engine.multimodal import MediaInputs
 from models.ming.generation.generator import ImageGenerator
+from models.ming.generation.glyph import extract_glyph_text
 from models.ming.generation.queries import append_queries, query_grids
 from models.ming.generation.sizes import snap_size
 from models.ming.processing import open_image
@@ -78,6 +80,7 @@ class ImagePlan:
     negative: ThinkerPass | None  # the negative prompt's pass; None: the variant's zero condition
     reference: torch.Tensor | None  # [3, H, W] in [-1, 1] at the snapped size (editing)
     settings: ImageSettings
+    glyph_text: str = ""  # 'Text "<quoted span>". ' for the glyph encoder; "" = no glyph tokens
 
 
 def plan(job: GenerateJob, media: MediaPipeline, generator: ImageGenerator, limits: ImageLimits) -> ImagePlan:
@@ -97,7 +100,8 @@ def plan(job: GenerateJob, media: MediaPipeline, generator: ImageGenerator, limi
         negative_job = dataclasses.replace(job, messages=(message,))
         negative = thinker_pass(media, negative_job, generator)
     pixels = None if reference is None else reference_pixels(reference, settings.height, settings.width)
-    return ImagePlan(positive, negative, pixels, settings)
+    glyph = extract_glyph_text(_user_text(job)) if generator.glyph is not None else ""
+    return ImagePlan(positive, negative, pixels, settings, glyph)
 
 
 def thinker_pass(media: MediaPipeline, job: GenerateJob, generator: ImageGenerator) -> ThinkerPass:
@@ -127,6 +131,12 @@ def _reference_part(job: GenerateJob) -> Part | None:
     if not text:
         raise RequestError("prompt is empty: say what to draw (or how to edit the reference image)")
     return images[0] if images else None
+
+
+def _user_text(job: GenerateJob) -> str:
+    """The user turn's text as the chat renders it (text parts joined as they are): upstream extracts
+    the glyph text from the whole chat, whose other parts hold no quote, apostrophe or removal word."""
+    return "".join(p.text for p in job.messages[0].parts if p.type == "text" and isinstance(p.text, str))
 
 
 def _reference_image(part: Part, media: MediaPipeline) -> Image.Image:

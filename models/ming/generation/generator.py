@@ -5,6 +5,8 @@ Flow of one request: the thinker's last-scale query hidden states [Q, H] -> `con
 `step(jobs)` as often as needed (one DiT forward per compatible group, any number of requests) ->
 `decode(job)` -> uint8 pixels. `generate` runs that for a list of conditions in one call (tests,
 benchmarks, offline use). The variant (Z-Image 2.0 / SD3 Preview) comes from `mlp/config.json`.
+With a `byt5/` folder, `add_glyph` appends the prompt's quoted text as ByT5 glyph tokens [T, c] to the
+condition (upstream's glyph branch; zeros on a negative condition) before `new_job`.
 Legend: Q = queries of the last scale, H = thinker hidden, c = condition width, k = images.
 """
 
@@ -25,6 +27,7 @@ from engine.safetensors_io import SafetensorsFile
 from models.ming.generation.condition import BidirectionalConnector, GenerationHeads, condition_from_queries
 from models.ming.generation.config import ImageGenConfig, image_generation_config, read_json
 from models.ming.generation.denoise import DenoiseJob, denoise_step, groups, initial_latents, run_to_end
+from models.ming.generation.glyph_loading import load_glyph_encoder
 from models.ming.generation.loading import build_empty, check_materialized, load_part, load_strict
 from models.ming.generation.loading import materialize_module as materialize
 from models.ming.generation.queries import QueryTokens
@@ -50,13 +53,33 @@ class ThinkerFacts:
         return cls(hidden, QueryTokens.from_patch_token(int(llm.get("image_patch_token", 157157))))
 
 
+PARTS = ("all", "condition", "diffusion")
+
+
 class ImageGenerator:
-    def __init__(self, root: Path, cfg: ImageGenConfig, device: torch.device, dtype: torch.dtype) -> None:
-        self.root, self.config, self.device, self.dtype = root, cfg, device, dtype
+    """`parts`: "all"; "condition" (what a thinker worker that hands requests to a stage worker needs:
+    the queries, projections and connector, no DiT or VAE); "diffusion" (what a stage worker needs:
+    the condition MLP, DiT, VAE and scheduler, no connector)."""
+
+    def __init__(
+        self, root: Path, cfg: ImageGenConfig, device: torch.device, dtype: torch.dtype, parts: str = "all"
+    ) -> None:
+        if parts not in PARTS:
+            raise ValueError(f"parts must be one of {PARTS}, got {parts!r}")
+        self.root, self.config, self.device, self.dtype, self.parts = root, cfg, device, dtype, parts
         self.thinker = ThinkerFacts.read(root)
-        self.connector = _load_connector(root / "connector", device, dtype)
-        self.heads = _load_heads(root / "mlp", cfg, self.thinker.hidden_size, self.connector, device, dtype)
-        variant_cls = VARIANTS[cfg.dit_type]
+        connector_config = read_json(root / "connector" / "config.json")
+        self.connector = None if parts == "diffusion" else _load_connector(root / "connector", device, dtype)
+        hidden = int(connector_config.get("hidden_size", 0))
+        self.heads = _load_heads(root / "mlp", cfg, self.thinker.hidden_size, hidden, device, dtype)
+        no_glyph = parts == "diffusion"  # the glyph tokens are part of the condition a stage receives
+        self.glyph = None if no_glyph else load_glyph_encoder(root / "byt5", cfg.condition_dim, device, dtype)
+        self.variant = self.vae = None
+        if parts != "condition":
+            self._load_diffusion(root, device, dtype)
+
+    def _load_diffusion(self, root: Path, device: torch.device, dtype: torch.dtype) -> None:
+        variant_cls = VARIANTS[self.config.dit_type]
         dit_config = read_json(root / "transformer" / "config.json")
         dit = load_part(
             lambda: variant_cls.dit_class.from_config(dit_config), root / "transformer", device, dtype
@@ -71,21 +94,39 @@ class ImageGenerator:
         self.images = VaeImageProcessor(vae_scale_factor=self.vae_scale * 2)
 
     @classmethod
-    def load(cls, root: str | Path, device: torch.device | str, dtype: torch.dtype) -> ImageGenerator | None:
-        """The checkpoint's generator, or None when it has no image-generation heads."""
+    def load(
+        cls, root: str | Path, device: torch.device | str, dtype: torch.dtype, parts: str = "all"
+    ) -> ImageGenerator | None:
+        """The checkpoint's generator (those `parts`), or None when it has no image-generation heads."""
         root = Path(root)
         cfg = image_generation_config(root)
-        return None if cfg is None else cls(root, cfg, torch.device(device), dtype)
+        return None if cfg is None else cls(root, cfg, torch.device(device), dtype, parts)
 
     # ---- condition ----------------------------------------------------------------------------
     @torch.inference_mode()
     def condition(self, queries: torch.Tensor) -> torch.Tensor:
         """The last scale's query hidden states [B, Q, H] (or [Q, H]) -> condition [B, Q, c] ([Q, c])."""
+        if self.connector is None:
+            raise RuntimeError("this generator holds the diffusion parts only (parts='diffusion')")
         squeeze = queries.dim() == 2
         out = condition_from_queries(
             self.heads, self.connector, queries.to(self.device).reshape(-1, *queries.shape[-2:])
         )
         return out[0] if squeeze else out
+
+    @torch.inference_mode()
+    def add_glyph(
+        self, condition: torch.Tensor, negative: torch.Tensor | None, text: str
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Upstream's glyph branch for one request: condition [Q, c] -> [Q + T, c], `text`'s glyph
+        tokens after it (`glyph.extract_glyph_text` of the prompt); a negative condition gains zeros
+        [T, c] (None stays None: the variant's zero condition then has the full shape). Unchanged
+        without a `byt5/` folder or without text."""
+        if self.glyph is None or not text:
+            return condition, negative
+        tokens = self.glyph([text])[0].to(condition.device, condition.dtype)  # (T, c)
+        negative = None if negative is None else torch.cat([negative, torch.zeros_like(tokens)])
+        return torch.cat([condition, tokens]), negative
 
     # ---- denoising ----------------------------------------------------------------------------
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
@@ -116,6 +157,8 @@ class ImageGenerator:
         latents: torch.Tensor | None = None,
     ) -> DenoiseJob:
         """One request's images (k = len(seeds)); `reference` = pixels [3, height, width] in [-1, 1]."""
+        if self.variant is None:
+            raise RuntimeError("this generator holds the condition parts only (parts='condition')")
         shape = self.latent_shape(height, width)
         noise = latents if latents is not None else initial_latents(list(seeds), shape, self.device)
         ref = None if reference is None else self.encode_reference(reference)
@@ -192,10 +235,13 @@ def _load_heads(
     folder: Path,
     cfg: ImageGenConfig,
     llm_hidden: int,
-    connector: BidirectionalConnector,
+    connector_hidden: int,
     device: torch.device,
     dtype: torch.dtype,
 ) -> GenerationHeads:
+    if connector_hidden <= 0:
+        raise CheckpointError(f"{folder.parent}/connector/config.json needs a positive hidden_size")
     widths = _mlp_widths(folder, cfg)
-    hidden = connector.hf_config.hidden_size
-    return load_part(lambda: GenerationHeads(cfg, llm_hidden, hidden, widths), folder, device, dtype)
+    return load_part(
+        lambda: GenerationHeads(cfg, llm_hidden, connector_hidden, widths), folder, device, dtype
+    )

@@ -126,3 +126,21 @@ def test_bad_mlp_config_values_are_named(ckpt, key, value, message):
     edit_json(ckpt / "mlp" / "config.json", **{key: value})
     with pytest.raises(CheckpointError, match=message):
         image_generation_config(ckpt)
+
+
+def test_partial_loads_for_a_split_thinker_and_stage(ckpt):
+    """A thinker that hands requests over loads no DiT / VAE; a stage worker loads no connector."""
+    thinker = ImageGenerator.load(ckpt, "cpu", torch.float32, parts="condition")
+    assert thinker.variant is None and thinker.vae is None and thinker.connector is not None
+    stage = ImageGenerator.load(ckpt, "cpu", torch.float32, parts="diffusion")
+    assert stage.connector is None and stage.variant is not None
+    whole = ImageGenerator.load(ckpt, "cpu", torch.float32)
+    queries = torch.randn(16, 48, generator=torch.Generator().manual_seed(0))
+    condition = thinker.condition(queries)
+    assert torch.equal(condition, whole.condition(queries))
+    with pytest.raises(RuntimeError, match="condition parts only"):
+        thinker.new_job(condition, height=64, width=96, seeds=[0], steps=2, guidance=2.0)
+    with pytest.raises(RuntimeError, match="diffusion parts only"):
+        stage.condition(queries)
+    with pytest.raises(ValueError, match="parts must be one of"):
+        ImageGenerator.load(ckpt, "cpu", torch.float32, parts="dit")
