@@ -24,6 +24,7 @@ from gateway.media import MediaBlob, store_media
 from gateway.state import ModelState
 from pipelines.protocol import (
     CANCEL_CHANNEL,
+    IMAGE_STAGE,
     STREAM_TTL_S,
     TASK_GENERATE,
     ErrorCode,
@@ -33,6 +34,7 @@ from pipelines.protocol import (
     WorkerInfo,
     cancel_key,
     queue_name,
+    stage_workers_key,
     stream_key,
     worker_info_key,
     workers_key,
@@ -215,6 +217,7 @@ class Dispatcher:
         Also ends, without a terminal event, once `call_done()` says the RPC is over.
         """
         key, last_id, worker_id, last_seq = stream_key(request_id), "0-0", "", -1
+        registry = workers_key(model)  # where the worker that runs it heartbeats
         next_check = time.monotonic() + LIVENESS_EVERY_S
         while not call_done():
             resp = await self.redis.xread({key: last_id}, count=256, block=BLOCK_MS)
@@ -226,22 +229,24 @@ class Dispatcher:
                 last_seq = event.seq
                 if event.type is EventType.STARTED:
                     worker_id = event.worker_id
+                    if (event.info or {}).get("stage") == IMAGE_STAGE:  # a diffusion-stage worker took over
+                        registry = stage_workers_key(model)
                 yield event
                 if event.terminal:
                     return
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + LIVENESS_EVERY_S
-                problem = await self._liveness_problem(model, worker_id)
+                problem = await self._liveness_problem(model, worker_id, registry)
                 if problem:
                     log.warning("request %s: %s", request_id, problem)
                     await self.fail(request_id, ErrorCode.UNAVAILABLE, problem)
                     # the next XREAD returns the first terminal: ours, or the worker's if it won
 
-    async def _liveness_problem(self, model: str, worker_id: str) -> str | None:
+    async def _liveness_problem(self, model: str, worker_id: str, registry: str | None = None) -> str | None:
         now = time.time()
         dead_after = self.cfg.worker_dead_after_s
         if worker_id:
-            score = await self.redis.zscore(workers_key(model), worker_id)
+            score = await self.redis.zscore(registry or workers_key(model), worker_id)
             if score is None:
                 return f"worker {worker_id} stopped (it left the registry of model {model!r})"
             if now - score > dead_after:

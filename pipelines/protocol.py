@@ -17,6 +17,9 @@ from enum import StrEnum
 from typing import Any
 
 TASK_GENERATE = "bailing.generate"
+# An image job handed from a thinker worker to a diffusion-stage worker (payload: `ImageHandoff`)
+TASK_IMAGE_STAGE = "bailing.image_stage"
+IMAGE_STAGE = "image-stage"  # the stage workers' role: their queue and registry names end in it
 CANCEL_CHANNEL = "bailing:cancel"
 HEARTBEAT_INTERVAL_S = 1.0
 WORKER_DEAD_AFTER_S = 3.0  # no heartbeat for this long: the worker is gone
@@ -38,6 +41,21 @@ IMAGE_TTL_S = STREAM_TTL_S  # a generated image's bytes wait in Redis this long 
 
 def queue_name(model: str) -> str:
     return f"bailing.{model}"
+
+
+def stage_queue_name(model: str) -> str:
+    """The queue of `model`'s diffusion-stage workers (`bailing worker --role image-stage`)."""
+    return f"bailing.{model}.{IMAGE_STAGE}"
+
+
+def stage_workers_key(model: str) -> str:
+    """The heartbeat registry of `model`'s diffusion-stage workers (they take no other jobs)."""
+    return f"bailing:workers:{model}:{IMAGE_STAGE}"
+
+
+def handoff_key(request_id: str) -> str:
+    """Where a thinker worker parks a request's condition tensors for the stage worker (safetensors)."""
+    return f"bailing:handoff:{request_id}"
 
 
 def stream_key(request_id: str) -> str:

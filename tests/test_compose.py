@@ -204,3 +204,17 @@ def test_constraints_agree_with_pyproject():
             assert pins[name] == exact.group(1), (
                 f"{name}: pyproject {exact.group(1)} != constraints {pins[name]}"
             )
+
+
+def test_the_optional_ming_image_stage(services):
+    """`--profile split-image`: a diffusion-stage worker of ming on its own GPU; worker-ming hands
+    image requests to it when BAILING_MING_IMAGE_STAGE=remote (default local: no second worker)."""
+    stage = services["image-stage-ming"]
+    assert stage["profiles"] == ["split-image"]
+    args = _parse(stage["command"])
+    assert (args.command, args.family, args.role, args.device) == ("worker", "ming", "image-stage", "cuda")
+    check = _parse(stage["healthcheck"]["test"][2:])
+    assert check.worker == "ming" and check.image_stage
+    (device,) = stage["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"]
+    assert _parse(services["worker-ming"]["command"]).image_stage == "local"

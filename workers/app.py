@@ -20,7 +20,7 @@ from typing import Any
 from celery import Celery, signals
 from kombu import Queue
 
-from pipelines.protocol import queue_name
+from pipelines.protocol import IMAGE_STAGE, queue_name
 from workers.batch_feeder import BatchFeeder
 from workers.config import WorkerConfig
 from workers.runtime import WorkerRuntime, close_runtime, get_runtime
@@ -69,7 +69,14 @@ def make_app(config: WorkerConfig) -> Celery:
 
 
 def run_worker(config: WorkerConfig, loglevel: str = "INFO") -> int:
-    """Load the engine, then consume jobs until a shutdown signal; returns the exit code."""
+    """Load the engine, then consume jobs until a shutdown signal; returns the exit code.
+
+    A worker of role "image-stage" is a diffusion stage only (`workers.stage_app`).
+    """
+    if config.role == IMAGE_STAGE:
+        from workers.stage_app import run_stage_worker
+
+        return run_stage_worker(config, loglevel)
     runtime = get_runtime(config)  # loads the engine and starts its threads; raises for a bad checkpoint
     on_shutdown = _shutdown_timer(runtime)
     signals.worker_shutting_down.connect(on_shutdown, weak=False)  # one worker per process

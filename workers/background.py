@@ -83,7 +83,7 @@ class CancelListener(_Service):
             message = pubsub.get_message(timeout=0.2)
             if message is None or message.get("type") != "message":
                 continue
-            seen_step = self.runtime.engine.metrics.steps
+            seen_step = self.runtime.steps()
             data = message["data"]
             request_id = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
             self.runtime.cancel(request_id, seen_step)
@@ -92,7 +92,7 @@ class CancelListener(_Service):
         """Cancel in-flight requests whose cancel key was set while this listener was not subscribed."""
         for flight in self.runtime.flights.all():
             if self.runtime.redis.exists(cancel_key(flight.request_id)):
-                self.runtime.cancel(flight.request_id, self.runtime.engine.metrics.steps)
+                self.runtime.cancel(flight.request_id, self.runtime.steps())
 
 
 class Heartbeat(_Service):
@@ -135,7 +135,7 @@ class Heartbeat(_Service):
         pipe.execute()
         self.runtime.metrics.update_from_engine(_engine_snapshot(self.runtime))
         if self.runtime.images is not None:
-            self.runtime.metrics.image_jobs.set(len(self.runtime.images.stage))
+            self.runtime.metrics.image_jobs.set(self.runtime.images.in_flight())
 
     def stop(self) -> None:
         """Stop beating and leave the registry (best effort: Redis may be gone)."""

@@ -13,6 +13,8 @@ from pathlib import Path
 from models.family import known_families
 
 KNOWN_FAMILIES = frozenset(known_families())  # families this worker can serve (`models.family`)
+ROLES = ("model", "image-stage")
+IMAGE_STAGES = ("local", "remote")
 
 
 def _positive_int(name: str, value: object, *, allow_none: bool = False, minimum: int = 1) -> None:
@@ -49,6 +51,10 @@ class WorkerConfig:
     # Image generation (checkpoints with generation heads): per-request limits
     max_image_steps: int = 200
     max_images_per_request: int = 4
+    # "model": serve the model's queue (thinker, and a local image stage); "image-stage": a diffusion
+    # stage of its own, fed by thinker workers started with image_stage "remote" (workers.image_handoff)
+    role: str = "model"
+    image_stage: str = "local"  # "local": denoise in this worker; "remote": hand requests to stage workers
 
     def __post_init__(self) -> None:
         if self.family not in KNOWN_FAMILIES:
@@ -75,6 +81,11 @@ class WorkerConfig:
         _positive_int("batch_prefill_tokens", self.batch_prefill_tokens)
         _positive_int("max_image_pixels", self.max_image_pixels, allow_none=True)
         _positive_int("max_video_frames", self.max_video_frames, allow_none=True)
+        if self.role not in ROLES:
+            raise ValueError(f"WorkerConfig.role must be one of {ROLES}, got {self.role!r}")
+        if self.image_stage not in IMAGE_STAGES:
+            stage = self.image_stage
+            raise ValueError(f"WorkerConfig.image_stage must be one of {IMAGE_STAGES}, got {stage!r}")
         _positive_int("max_image_steps", self.max_image_steps)
         _positive_int("max_images_per_request", self.max_images_per_request)
         for name in ("max_audio_seconds", "max_video_seconds"):

@@ -83,6 +83,11 @@ class Flights:
 
 
 @dataclass(frozen=True)
+class _Barrier:
+    done: threading.Event
+
+
+@dataclass(frozen=True)
 class Control:
     """An event the engine does not produce: `fields` are Event fields besides seq and time."""
 
@@ -108,6 +113,12 @@ class Emitter:
     def put(self, item: Control) -> None:
         self.queue.put(item)
 
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything queued before this call is written (False on timeout)."""
+        done = threading.Event()
+        self.queue.put(_Barrier(done))
+        return done.wait(timeout)
+
     # ---- the loop ----------------------------------------------------------------------------------
     def _loop(self) -> None:
         stop = False
@@ -119,10 +130,13 @@ class Emitter:
                 except queue.Empty:
                     break
             stop = any(item is _STOP for item in batch)
+            barriers = [item for item in batch if isinstance(item, _Barrier)]
             try:
-                self._emit([item for item in batch if item is not _STOP])
+                self._emit([item for item in batch if item is not _STOP and not isinstance(item, _Barrier)])
             except Exception:  # never let the emitter die: task threads wait on it
                 log.exception("emitter failed on a batch of %d items", len(batch))
+            for barrier in barriers:  # everything queued before it is written (or given up on)
+                barrier.done.set()
 
     def _emit(self, batch: list[Any]) -> None:
         events: list[tuple[Flight, Event]] = []

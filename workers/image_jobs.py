@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -32,6 +33,7 @@ from pipelines.protocol import (
 )
 from workers import redelivery
 from workers.emitter import Flight
+from workers.image_handoff import HandOff
 from workers.image_output import POLL_S, Outlet, finish_images
 from workers.image_stage import ImageStage
 
@@ -84,18 +86,48 @@ class _ImageAbort:
             return True
 
 
-class ImageJobs:
-    """The image side of a worker whose checkpoint has generation heads."""
+@dataclass(eq=False)
+class _Request:
+    """One image job in its task thread."""
 
-    def __init__(self, runtime: WorkerRuntime, generator: ImageGenerator, limits: ImageLimits) -> None:
+    job: GenerateJob
+    flight: Flight
+    plan: ImagePlan
+    abort: _ImageAbort
+    deadline: _Deadline
+    report: bool  # step events (False for batch items: nobody reads their stream while they run)
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def prompt_tokens(self) -> int:
+        plan = self.plan
+        return len(plan.positive.ids) + (len(plan.negative.ids) if plan.negative else 0)
+
+
+class ImageJobs:
+    """The image side of a worker whose checkpoint has generation heads: a local image stage, or
+    (`remote`) the thinker half only, handing each request to a diffusion-stage worker."""
+
+    def __init__(
+        self, runtime: WorkerRuntime, generator: ImageGenerator, limits: ImageLimits, remote: bool = False
+    ) -> None:
         self.runtime, self.generator, self.limits = runtime, generator, limits
-        self.stage = ImageStage(generator, runtime.metrics.image_forward)
+        self.stage = None if remote else ImageStage(generator, runtime.metrics.image_forward)
+        self.handoff = HandOff(runtime) if remote else None
 
     def start(self) -> None:
-        self.stage.start()
+        if self.stage is not None:
+            self.stage.start()
 
     def stop(self) -> None:
-        self.stage.stop()
+        if self.stage is not None:
+            self.stage.stop()
+        if self.handoff is not None:
+            self.handoff.close()
+
+    def in_flight(self) -> int:
+        """Requests in this process's denoising loop now."""
+        return 0 if self.stage is None else len(self.stage)
 
     def run(self, job: GenerateJob, flight: Flight, progress: bool = True) -> None:
         """Serve one image job (task thread); RequestError for a client mistake (the caller reports it).
@@ -105,10 +137,8 @@ class ImageJobs:
         rt = self.runtime
         if rt.media is None:
             raise RequestError(f"model '{job.model}' does not generate images")
-        t0 = time.monotonic()
         image_plan = image_generation.plan(job, rt.media, self.generator, self.limits)
-        negative_id = f"{job.request_id}:negative"
-        abort = _ImageAbort(rt.engine, [job.request_id, negative_id])
+        abort = _ImageAbort(rt.engine, [job.request_id, _negative_id(job)])
         rt.aborter.register(job.request_id, abort)
         try:
             with flight.lock:
@@ -116,43 +146,39 @@ class ImageJobs:
                     return
                 flight.added = True  # from here on, ending it early goes through `abort`
             flight.prompt_tokens = len(image_plan.positive.ids)
-            deadline = _Deadline(self.runtime, job, flight)
-            self._generate(job, image_plan, abort, negative_id, t0, deadline, progress)
+            req = _Request(job, flight, image_plan, abort, _Deadline(rt, job, flight), progress)
+            self._generate(req)
         finally:
             rt.aborter.unregister(job.request_id)
 
     # ---- phases ------------------------------------------------------------------------------
-    def _generate(
-        self,
-        job: GenerateJob,
-        plan: ImagePlan,
-        abort: _ImageAbort,
-        negative_id: str,
-        t0: float,
-        deadline: _Deadline,
-        report: bool,
-    ) -> None:
+    def _generate(self, req: _Request) -> None:
+        job, plan = req.job, req.plan
         passes = [(job.request_id, plan.positive)]
         if plan.negative is not None:
-            passes.append((negative_id, plan.negative))
-        states = self._thinker(job, passes, abort, deadline)
+            passes.append((_negative_id(job), plan.negative))
+        states = self._thinker(job, passes, req.abort, req.deadline)
         if states is None:
             return  # aborted: the Aborter queued the terminal event
         gen, s = self.generator, plan.settings
         condition = gen.condition(states[0])
         negative = gen.condition(states[1]) if len(states) > 1 else None
+        condition, negative = gen.add_glyph(condition, negative, plan.glyph_text)  # quoted text, if any
+        if self.handoff is not None:
+            self.handoff.send(req, condition, negative)
+            return
         djob = gen.new_job(
             condition, height=s.height, width=s.width, seeds=s.seeds, steps=s.steps, guidance=s.guidance,
             image_guidance=s.image_guidance, negative=negative, reference=plan.reference,
         )  # fmt: skip
-        tokens = len(plan.positive.ids) + (len(plan.negative.ids) if plan.negative else 0)
         outlet = Outlet(job.request_id, self.runtime.redis, self.runtime.emitter)
+        abort = req.abort
         published = finish_images(
             gen, self.stage, djob, s, outlet, stopped=lambda: abort.cancelled, complete=abort.complete,
-            waiting=deadline.check, report=report, prompt_tokens=tokens,
+            waiting=req.deadline.check, report=req.report, prompt_tokens=req.prompt_tokens,
         )  # fmt: skip
         if published:
-            self.runtime.metrics.images_done(s.num_images, s.width, s.height, time.monotonic() - t0)
+            self.runtime.metrics.images_done(s.num_images, s.width, s.height, time.monotonic() - req.t0)
 
     def _thinker(
         self, job: GenerateJob, passes: list[tuple[str, ThinkerPass]], abort: _ImageAbort, deadline: _Deadline
@@ -185,3 +211,7 @@ class ImageJobs:
         finally:
             for rid, _ in passes:  # no-ops for finished passes; frees the others' KV
                 engine.abort(rid)
+
+
+def _negative_id(job: GenerateJob) -> str:
+    return f"{job.request_id}:negative"

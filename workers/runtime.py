@@ -95,11 +95,12 @@ class WorkerRuntime:
             return None
         from models.ming.generation.generator import ImageGenerator
 
-        generator = ImageGenerator.load(config.model_dir, self.engine.device, self.engine.dtype)
+        parts = "condition" if config.image_stage == "remote" else "all"  # remote: no DiT / VAE here
+        generator = ImageGenerator.load(config.model_dir, self.engine.device, self.engine.dtype, parts)
         if generator is None:
             return None
         limits = ImageLimits(config.max_image_steps, config.max_images_per_request)
-        return ImageJobs(self, generator, limits)
+        return ImageJobs(self, generator, limits, remote=config.image_stage == "remote")
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -311,6 +312,10 @@ class WorkerRuntime:
             self.aborter.after_step()
         except Exception:  # an exception here would fail the engine step and every request in it
             log.exception("step hook failed")
+
+    def steps(self) -> int:
+        """The engine's step count (what a cancel's info reports as seen)."""
+        return self.engine.metrics.steps
 
     def cancel(self, request_id: str, seen_step: int) -> None:
         """A client cancel for `request_id` (from the listener); no-op unless it is in flight here."""

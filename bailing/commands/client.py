@@ -261,7 +261,13 @@ def _worker_healthcheck(args: argparse.Namespace) -> int:
     import redis
 
     from bailing.settings import read_environment
-    from pipelines.protocol import WORKER_DEAD_AFTER_S, WorkerInfo, worker_info_key, workers_key
+    from pipelines.protocol import (
+        WORKER_DEAD_AFTER_S,
+        WorkerInfo,
+        stage_workers_key,
+        worker_info_key,
+        workers_key,
+    )
 
     url = args.redis_url or read_environment().redis_url
     if not url:
@@ -270,13 +276,15 @@ def _worker_healthcheck(args: argparse.Namespace) -> int:
     host = socket.gethostname()
     try:
         db = redis.Redis.from_url(url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout)
-        live = db.zrangebyscore(workers_key(args.worker), time.time() - WORKER_DEAD_AFTER_S, "+inf")
+        registry = stage_workers_key(args.worker) if args.image_stage else workers_key(args.worker)
+        live = db.zrangebyscore(registry, time.time() - WORKER_DEAD_AFTER_S, "+inf")
         infos = [db.get(worker_info_key(member.decode())) for member in live]
     except redis.RedisError as exc:
         print(f"error: cannot reach Redis at {url}: {exc}", file=sys.stderr)
         return EXIT_CONNECT
     mine = [info for info in (WorkerInfo.from_json(raw) for raw in infos if raw) if info.host == host]
-    print(f"{len(mine)} live worker(s) of {args.worker} on {host}")
+    role = "image-stage worker(s)" if args.image_stage else "worker(s)"
+    print(f"{len(mine)} live {role} of {args.worker} on {host}")
     return EXIT_OK if mine else EXIT_SERVER_ERROR
 
 
@@ -361,4 +369,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="check instead that a worker serving MODEL on this host heartbeats in Redis",
     )  # fmt: skip
     health.add_argument("--redis-url", help="with --worker (default: $BAILING_REDIS_URL)")
+    health.add_argument(
+        "--image-stage", action="store_true", help="with --worker: a diffusion-stage worker of MODEL instead"
+    )
     health.set_defaults(func=_healthcheck)

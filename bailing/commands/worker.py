@@ -44,6 +44,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     images = p.add_argument_group("image generation (checkpoints with generation heads, e.g. ming)")
     images.add_argument("--max-image-steps", type=int, default=200, help="denoising steps per request (200)")
     images.add_argument("--max-images-per-request", type=int, default=4, help="images per request (4)")
+    images.add_argument(
+        "--image-stage",
+        default="local",
+        choices=["local", "remote"],
+        help="where image requests denoise: in this worker (local, default), or handed to the model's "
+        "--role image-stage workers through Redis (remote: this worker then loads no DiT / VAE)",
+    )
+    p.add_argument(
+        "--role",
+        default="model",
+        choices=["model", "image-stage"],
+        help="model (default): serve the model's queue; image-stage: a diffusion stage of its own for "
+        "the model's workers started with --image-stage remote (loads the DiT / VAE only)",
+    )
     p.add_argument("--max-model-len", type=int, default=None, help="context length cap (default: model's)")
     p.add_argument("--kv-cache-bytes", type=int, default=None, help="KV cache size (default: engine's)")
     p.add_argument(
@@ -105,6 +119,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         max_video_frames=args.max_video_frames,
         max_image_steps=args.max_image_steps,
         max_images_per_request=args.max_images_per_request,
+        role=args.role,
+        image_stage=args.image_stage,
     )
     logging.basicConfig(level=args.loglevel, format=_LOG_FORMAT)
     return run_worker(config, args.loglevel)

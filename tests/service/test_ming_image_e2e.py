@@ -19,12 +19,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import numpy as np
 import pytest
 from google.protobuf import json_format
 from PIL import Image
 
 from gateway.api import pb, pb_grpc
+from tests.models.ming.processing_media import gradient_jpeg
 from tests.service.procs import Processes
 
 pytestmark = pytest.mark.slow
@@ -51,14 +51,6 @@ def stub(service):
 def request(prompt: str = "a red fox", **fields) -> pb.GenerateImageRequest:
     values = {"seed": 7} | FAST | fields
     return pb.GenerateImageRequest(model=MODEL, prompt=prompt, **values)
-
-
-def jpeg() -> bytes:
-    y, x = np.mgrid[0:96, 0:128]
-    pixels = np.stack([(x * 2) % 256, (y * 3) % 256, ((x + y) * 5) % 256], axis=-1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 def test_list_models_shows_the_image_output(stub):
@@ -101,7 +93,7 @@ def test_same_seed_same_bytes_across_calls_and_concurrency(stub):
 
 
 def test_editing_a_real_jpeg(stub):
-    ref = pb.Media(data=jpeg(), mime_type="image/jpeg")
+    ref = pb.Media(data=gradient_jpeg(), mime_type="image/jpeg")
     out = stub.GenerateImage(request("make the sky purple", reference_image=ref), timeout=120)
     img = Image.open(io.BytesIO(out.images[0].data))
     assert img.size == (576, 416)  # the reference's 4:3 ratio in the requested 512 tier
@@ -142,7 +134,8 @@ def test_bad_requests_are_invalid_and_the_worker_keeps_serving(stub, fields, nam
     look = pb.GenerateRequest(
         model=MODEL,
         messages=[pb.Message(role="user", content=[
-            pb.ContentPart(image=pb.Media(data=jpeg(), mime_type="image/jpeg")), pb.ContentPart(text="what?"),
+            pb.ContentPart(image=pb.Media(data=gradient_jpeg(), mime_type="image/jpeg")),
+            pb.ContentPart(text="what?"),
         ])],
         sampling=pb.SamplingParams(max_tokens=3),
     )  # fmt: skip
@@ -182,7 +175,7 @@ def test_the_image_cli(service, tmp_path):
     assert done.returncode == 0, done.stderr.decode()
     assert Image.open(out).size == (512, 512) and b"fox.png" in done.stderr
     photo = tmp_path / "photo.jpg"
-    photo.write_bytes(jpeg())
+    photo.write_bytes(gradient_jpeg())
     edited = tmp_path / "edit.png"
     done = subprocess.run(
         [*cmd, "--steps", "2", "--width", "512", "--height", "512", "--edit", str(photo), "-o", str(edited),

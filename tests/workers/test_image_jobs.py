@@ -10,7 +10,6 @@ import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -31,6 +30,7 @@ from pipelines.protocol import (
     media_key,
     worker_info_key,
 )
+from tests.models.ming.processing_media import gradient_jpeg
 from tests.workers.helpers import WorkerProcess, free_port, new_id, read_events, send
 
 pytestmark = pytest.mark.slow
@@ -77,14 +77,6 @@ def park(rds, data: bytes, mime: str) -> MediaRef:
     return MediaRef("image", key, mime, len(data))
 
 
-def photo_jpeg() -> bytes:
-    y, x = np.mgrid[0:96, 0:128]
-    pixels = np.stack([(x * 2) % 256, (y * 3) % 256, ((x + y) * 5) % 256], axis=-1).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
 def test_the_worker_announces_image_output(worker, rds):
     info = WorkerInfo.from_json(rds.get(worker_info_key(worker.worker_id)))
     assert info.outputs == ("text", "image")
@@ -128,7 +120,7 @@ def test_a_negative_prompt_changes_the_image(worker, sender, rds):
 
 
 def test_editing_a_jpeg(worker, sender, rds):
-    ref = park(rds, photo_jpeg(), "image/jpeg")
+    ref = park(rds, gradient_jpeg(), "image/jpeg")
     events = run(sender, rds, image_job("make the sky blue", reference=ref, output_format="jpeg", quality=80))
     assert events[-1].type == EventType.DONE, events[-1]
     ((info, data),) = images(rds, events)
@@ -186,7 +178,7 @@ def test_a_corrupt_reference_is_refused_and_the_worker_serves_on(worker, sender,
     assert events[-1].error_code == ErrorCode.INVALID_ARGUMENT and "reference_image" in events[-1].message
     text = GenerateJob(new_id(), NAME, prompt="hello", sampling=Sampling(max_tokens=3, temperature=0.0))
     assert run(sender, rds, text)[-1].type == EventType.DONE
-    photo = park(rds, photo_jpeg(), "image/jpeg")
+    photo = park(rds, gradient_jpeg(), "image/jpeg")
     question = ChatMessage("user", (Part("image", media=photo), Part("text", text="what?")))
     look = GenerateJob(new_id(), NAME, messages=(question,), sampling=Sampling(max_tokens=3, temperature=0.0))
     assert run(sender, rds, look)[-1].type == EventType.DONE

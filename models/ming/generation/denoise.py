@@ -101,6 +101,34 @@ def run_to_end(variant: Variant, jobs: list[DenoiseJob]) -> None:
             denoise_step(variant, group)
 
 
+def split_by_branch(variant: Variant, jobs: list[DenoiseJob], flat: torch.Tensor) -> list[torch.Tensor]:
+    """A DiT output over [branch 0 of every job's images, branch 1 ..., ...] (N, C, h, w) -> per job
+    [branches, k, C, h, w]: the order both variants lay their inputs out in."""
+    parts: dict[int, list[torch.Tensor]] = {id(j): [] for j in jobs}
+    i = 0
+    for branch in range(max(variant.branches(j) for j in jobs)):
+        for job in jobs:
+            if branch < variant.branches(job):
+                k = job.latents.shape[0]
+                parts[id(job)].append(flat[i : i + k])
+                i += k
+    return [torch.stack(parts[id(j)]) for j in jobs]
+
+
+def shift_mu(
+    image_tokens: int,
+    base_seq: int = 256,
+    max_seq: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """The dynamic time-shift exponent for `image_tokens` (the pipelines' `calculate_shift`: a line
+    through (base_seq, base_shift) and (max_seq, max_shift)). Ours because diffusers keeps it in its
+    pipeline modules, whose import pulls in transformers' image processors (and their warnings)."""
+    slope = (max_shift - base_shift) / (max_seq - base_seq)
+    return image_tokens * slope + (base_shift - slope * base_seq)
+
+
 def initial_latents(seeds: list[int], shape: tuple[int, int, int], device: torch.device) -> torch.Tensor:
     """(k, C, h, w) float32 noise; image i from its own CPU generator seeded seeds[i], so an image does
     not depend on the others of its request (and image 0 equals upstream's draw for one image)."""

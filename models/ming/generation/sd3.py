@@ -25,12 +25,11 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, SD35AdaLayerNormZeroX
 from diffusers.models.transformers.transformer_sd3 import SD3SingleTransformerBlock
-from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 from torch import nn
 
 from engine.errors import CheckpointError
 from models.ming.generation.condition import GenerationHeads
-from models.ming.generation.denoise import DenoiseJob
+from models.ming.generation.denoise import DenoiseJob, shift_mu, split_by_branch
 
 ROPE_AXES = (20, 22, 22)  # channels per head for (frame, row, column); upstream hard-codes them
 ROPE_THETA = 10000
@@ -250,7 +249,7 @@ def sd3_timesteps(scheduler, steps: int, latent_hw: tuple[int, int], patch: int 
     if not cfg.get("use_dynamic_shifting"):
         scheduler.set_timesteps(steps)
         return
-    mu = calculate_shift(
+    mu = shift_mu(
         (latent_hw[0] // patch) * (latent_hw[1] // patch),
         cfg.get("base_image_seq_len", 256),
         cfg.get("max_image_seq_len", 4096),
@@ -338,15 +337,7 @@ class SD3Variant:
 
     def forward(self, jobs: list[DenoiseJob]) -> list[torch.Tensor]:
         flat = self.dit(**self.dit_inputs(jobs), return_dict=False)[0].float()  # (N, C, h, w)
-        parts: dict[int, list[torch.Tensor]] = {id(j): [] for j in jobs}
-        i = 0
-        for branch in range(max(self.branches(j) for j in jobs)):
-            for job in jobs:
-                if branch < self.branches(job):
-                    k = job.latents.shape[0]
-                    parts[id(job)].append(flat[i : i + k])
-                    i += k
-        return [torch.stack(parts[id(j)]) for j in jobs]  # each (branches, k, C, h, w)
+        return split_by_branch(self, jobs, flat)  # each (branches, k, C, h, w)
 
     def model_output(self, job: DenoiseJob, out: torch.Tensor) -> torch.Tensor:
         """The guided velocity for `scheduler.step` (cfg_mode 1 with four branches)."""

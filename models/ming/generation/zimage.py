@@ -16,10 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from diffusers import ZImageTransformer2DModel
-from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift
 
 from models.ming.generation.condition import GenerationHeads
-from models.ming.generation.denoise import DenoiseJob
+from models.ming.generation.denoise import DenoiseJob, shift_mu, split_by_branch
 
 
 class MingZImageTransformer(ZImageTransformer2DModel):
@@ -64,7 +63,7 @@ def zimage_timesteps(scheduler, steps: int, latent_hw: tuple[int, int], patch: i
     """Set `scheduler`'s timesteps as upstream does: sigma_min 0, mu from the token count (used only
     when the scheduler config has use_dynamic_shifting; otherwise its static shift applies)."""
     cfg = scheduler.config
-    mu = calculate_shift(
+    mu = shift_mu(
         (latent_hw[0] // patch) * (latent_hw[1] // patch),
         cfg.get("base_image_seq_len", 256),
         cfg.get("max_image_seq_len", 4096),
@@ -121,19 +120,7 @@ class ZImageVariant:
         xs, ts, caps, refs = self.dit_inputs(jobs)
         out = self.dit(xs, ts, caps, ref_x=refs, return_dict=False)[0]  # list of (C, 1, h, w)
         flat = torch.stack(out).squeeze(2).float()  # (N, C, h, w)
-        return self._split(jobs, flat)
-
-    def _split(self, jobs: list[DenoiseJob], flat: torch.Tensor) -> list[torch.Tensor]:
-        """Undo dit_inputs' order: per job [branches, k, C, h, w]."""
-        parts: dict[int, list[torch.Tensor]] = {id(j): [] for j in jobs}
-        i = 0
-        for branch in range(max(self.branches(j) for j in jobs)):
-            for job in jobs:
-                if branch < self.branches(job):
-                    k = job.latents.shape[0]
-                    parts[id(job)].append(flat[i : i + k])
-                    i += k
-        return [torch.stack(parts[id(j)]) for j in jobs]
+        return split_by_branch(self, jobs, flat)
 
     def model_output(self, job: DenoiseJob, out: torch.Tensor) -> torch.Tensor:
         """-(pos + g·(pos - neg)) with CFG, else -pos: what upstream hands `scheduler.step`."""

@@ -140,3 +140,10 @@ def mp4_bytes(frames: np.ndarray, fps: int) -> bytes:
 def ramp_video(n: int, height: int = 48, width: int = 64) -> np.ndarray:
     """n flat frames whose grey level encodes the frame index (i·4): sampled indices can be read back."""
     return np.stack([np.full((height, width, 3), 4 * i, np.uint8) for i in range(n)])
+
+
+def gradient_jpeg(height: int = 96, width: int = 128) -> bytes:
+    """A JPEG of a colour gradient (a real, decodable photo-like image for editing tests)."""
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([(x * 2) % 256, (y * 3) % 256, ((x + y) * 5) % 256], axis=-1).astype(np.uint8)
+    return jpeg_bytes(pixels)
