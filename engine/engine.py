@@ -14,7 +14,6 @@ request's outputs as they are produced and aborts it if the consumer stops early
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import logging
 import queue
@@ -28,12 +27,12 @@ from typing import Protocol
 
 import torch
 
+from engine.admission import check_fits, check_ids, diffusion_params
 from engine.block_manager import BlockManager
-from engine.diffusion.params import DiffusionParams
-from engine.diffusion.run import MASK_TOKEN, DiffusionRun, diffuse_step, start_diffusion
+from engine.diffusion.run import diffuse_step, start_diffusion
 from engine.errors import RequestError
 from engine.groups import fork_samples, new_group
-from engine.hidden_states import HiddenCapture, check_hidden_request, finish_hidden
+from engine.hidden_states import check_hidden_request, finish_hidden
 from engine.kv_cache import PagedKVCache
 from engine.metrics import EngineMetrics
 from engine.model_loader import generation_config, load_model, resolve_dtype
@@ -222,8 +221,8 @@ class LLMEngine:
         hidden = None
         if hidden_positions is not None:
             hidden = check_hidden_request(hidden_positions, len(ids), params, self.model.diffusion)
-        diffusion = self._diffusion_params(params)
-        self._check_fits(ids, params, diffusion, hidden)
+        diffusion = diffusion_params(self.model, self.tokenizer, params)
+        check_fits(ids, params, self.blocks, self.max_model_len, diffusion, prefill_only=hidden is not None)
         encoded = media if media is None or isinstance(media, MediaState) else self.encode_media(ids, media)
         if params.n > self.config.max_num_seqs:
             raise RequestError(
@@ -274,72 +273,7 @@ class LLMEngine:
         return self.eos_token_ids, tuple(self.model.default_stop_strings)
 
     def _check_ids(self, ids: list[int]) -> list[int]:
-        rt = self.model.runtime
-        if not ids:
-            raise RequestError("the prompt is empty")
-        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < rt.vocab_size]
-        if bad:
-            raise RequestError(f"token ids out of range [0, {rt.vocab_size}): {bad[:5]}")
-        if len(ids) >= self.max_model_len:
-            raise RequestError(f"prompt has {len(ids)} tokens; the model's context is {self.max_model_len}")
-        return ids
-
-    def _diffusion_params(self, params: SamplingParams) -> DiffusionParams | None:
-        """The request's block-diffusion settings with mask/eos ids resolved; None for an AR model."""
-        if not self.model.diffusion:
-            if params.diffusion is not None:
-                raise RequestError(
-                    "diffusion options need a diffusion model (e.g. LLaDA2); this one is autoregressive"
-                )
-            return None
-        if params.n != 1 or params.logprobs is not None or params.logits_processors:
-            raise RequestError("a diffusion model takes n=1 and no logprobs or logits processors")
-        d = params.diffusion or DiffusionParams()
-        mask = d.mask_token_id if d.mask_token_id is not None else self._mask_token_id()
-        vocab = self.model.runtime.vocab_size
-        for name, value in (("mask_token_id", mask), ("eos_token_id", d.eos_token_id)):
-            if value is not None and not 0 <= value < vocab:
-                raise RequestError(f"diffusion.{name} must be a token id in [0, {vocab}), got {value}")
-        return dataclasses.replace(d, mask_token_id=mask)
-
-    def _mask_token_id(self) -> int:
-        """The tokenizer's `<|mask|>`, else config.json's `mask_token_id`; never a built-in constant."""
-        found = self.tokenizer.get_vocab().get(MASK_TOKEN) if self.tokenizer is not None else None
-        if found is None:
-            found = getattr(self.model, "mask_token_id", None)
-        if found is None:
-            raise RequestError(
-                f"the model's tokenizer has no {MASK_TOKEN} token: pass diffusion.mask_token_id"
-            )
-        return int(found)
-
-    def _check_fits(
-        self,
-        ids: list[int],
-        params: SamplingParams,
-        diffusion: DiffusionParams | None = None,
-        hidden: HiddenCapture | None = None,
-    ) -> None:
-        """A request that could never fit in the whole KV cache alone would be preempted forever."""
-        capacity = self.blocks.num_blocks * self.blocks.block_size
-        need = min(len(ids) + params.max_tokens, self.max_model_len)
-        if hidden is not None:  # prefill-only: max_tokens does not apply
-            need = len(ids)
-        if diffusion is not None:  # whole blocks, masks included, must fit the context
-            need = DiffusionRun.total_length(len(ids), params.max_tokens, diffusion.block_length)
-            if need > self.max_model_len:
-                raise RequestError(
-                    f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}), rounded up to whole "
-                    f"blocks of {diffusion.block_length}, is {need} tokens; the model's context is "
-                    f"{self.max_model_len}"
-                )
-        if need > capacity:
-            asked = f"prompt ({len(ids)} tokens)" + ("" if hidden else f" + max_tokens ({params.max_tokens})")
-            fix = "" if hidden else "lower max_tokens or "
-            raise RequestError(
-                f"{asked} needs {need} KV slots, but the cache holds {capacity}: "
-                f"{fix}give the engine a larger KV cache"
-            )
+        return check_ids(ids, self.model.runtime.vocab_size, self.max_model_len)
 
     def abort(self, request_id: str) -> bool:
         """Stop a request (all its samples) now and free its KV blocks; False if unknown or finished."""
