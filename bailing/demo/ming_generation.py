@@ -4,8 +4,9 @@ Folders (ming_generation.md 1.4): `mlp/` (config.json with dit_type "zimage"; mo
 `query_tokens_dict.{s}x{s}`, `proj_in.*`, `proj_out.*`, `mlp.*`), `connector/` (a Qwen2ForCausalLM
 folder), `transformer/` (a ZImageTransformer2DModel folder), `vae/` (AutoencoderKL), `scheduler/`
 (FlowMatchEulerDiscreteScheduler with dynamic shifting). The library parts are built from their
-configs with a seeded init and saved by their own libraries (`save_pretrained`), so their files are
-exactly what those libraries read. The weights are random: images come out as noise, by design.
+configs with a seeded init; each folder gets its library's own config file (`save_config` /
+`PretrainedConfig.save_pretrained`) and its weights under the library's file name, in `dtype`.
+The weights are random: images come out as noise, by design.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+from safetensors.torch import save_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from bailing.demo.safetensors_writer import write_safetensors_checkpoint
@@ -56,7 +58,7 @@ def write_generation_heads(
         axes_dims=list(spec.axes_dims), axes_lens=[1024, 512, 512],
     )  # fmt: skip
     _wake(dit)
-    dit.to(dtype).save_pretrained(out / "transformer")
+    _save_diffusers(dit, out / "transformer", dtype)
     n = len(spec.vae_channels)
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=16, block_out_channels=list(spec.vae_channels),
@@ -64,7 +66,7 @@ def write_generation_heads(
         layers_per_block=1, norm_num_groups=8, scaling_factor=0.3611, shift_factor=0.1159,
         use_quant_conv=False, use_post_quant_conv=False,
     )  # fmt: skip
-    vae.to(dtype).save_pretrained(out / "vae")
+    _save_diffusers(vae, out / "vae", dtype)
     FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096,
@@ -78,7 +80,8 @@ def _write_connector(folder: Path, spec: GenerationDemoSpec, dtype: torch.dtype)
         max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=False,
     )  # fmt: skip
     config.architectures = ["Qwen2ForCausalLM"]
-    Qwen2ForCausalLM(config).to(dtype).save_pretrained(folder)
+    config.save_pretrained(folder)
+    write_safetensors_checkpoint(folder, Qwen2ForCausalLM(config).state_dict(), dtype=dtype)
 
 
 def _write_mlp(folder: Path, llm_hidden: int, spec: GenerationDemoSpec, dtype: torch.dtype) -> None:
@@ -102,6 +105,15 @@ def _write_mlp(folder: Path, llm_hidden: int, spec: GenerationDemoSpec, dtype: t
         state[f"{name}.weight"] = 1 + 0.1 * torch.randn(width)
         state[f"{name}.bias"] = 0.1 * torch.randn(width)
     write_safetensors_checkpoint(folder, state, dtype=dtype, max_shard_bytes=None)
+
+
+def _save_diffusers(model: torch.nn.Module, folder: Path, dtype: torch.dtype) -> None:
+    """A diffusers model folder: config.json (with `_class_name`) + diffusion_pytorch_model.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_config(folder)
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    (folder / "diffusion_pytorch_model.safetensors").chmod(0o644)
 
 
 @torch.no_grad()
