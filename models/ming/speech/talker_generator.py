@@ -1,0 +1,275 @@
+"""Offline AR generation of latent patches with `BailingTalker2` (upstream `BailingTalker2.generate` +
+`CFMGraphExecutor`, without CUDA graphs or threads), for one request or several batched together.
+
+Per step: ONE backbone call for every active request (the left-padded prefill at step 0, then each
+request's previous aggregator output) -> h = last hidden -> noise drawn per request from its own
+torch.Generator in upstream's order (y0 [1, P, C], then the SDE noise [S, 1, P, C]) -> CFM patch ->
+aggregator embedding (the next input) and stop probabilities -> history shift -> stop rule (step >
+min_new_tokens and p_stop > 0.5, or the step limit). A request's stopping patch is part of its output,
+as upstream yields it. Finished requests leave the batch (their KV rows are dropped).
+Legend: B = active requests, L = padded prompt length, H = backbone hidden, P = patch frames,
+Hp = history frames, C = latent width, S = ODE steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from models.ming.speech.cfm import FlowSampling, ODEStep, settings_tensor
+from models.ming.speech.talker import BailingTalker2
+
+MIN_NEW_TOKENS = 10  # upstream generate(min_new_token=10): no stop before step 11
+MAX_STEPS = 1000  # upstream's loop bound
+MAX_CACHE_LEN = 2048  # upstream's StaticCache size, which also bounds the steps: L + steps <= 2048
+STOP_THRESHOLD = 0.5
+
+
+@dataclass
+class TalkerRequest:
+    """One request's prefill (see talker_prompt.talker_inputs) and generation settings."""
+
+    inputs_embeds: torch.Tensor  # [L, H]
+    history: torch.Tensor  # [Hp, C]
+    sampling: FlowSampling = field(default_factory=FlowSampling)
+    # None: torch's default RNG on the model's device (as upstream). A generator on the model's device
+    # reproduces upstream's draws there; a CPU generator gives the same draws on any device.
+    generator: torch.Generator | None = None
+    min_new_tokens: int = MIN_NEW_TOKENS
+    max_steps: int = MAX_STEPS
+
+    def __post_init__(self) -> None:
+        if self.inputs_embeds.ndim != 2 or not self.inputs_embeds.shape[0]:
+            raise ValueError(
+                f"inputs_embeds must be [L, H] with L > 0, got {tuple(self.inputs_embeds.shape)}"
+            )
+        if self.history.ndim != 2:
+            raise ValueError(f"history must be [Hp, C], got {tuple(self.history.shape)}")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+        if self.max_steps <= 0:
+            raise ValueError(f"max_steps must be > 0, got {self.max_steps}")
+
+
+@dataclass(frozen=True)
+class StepNoise:
+    """The random draws of one AR step for the active requests."""
+
+    y0: torch.Tensor  # [B, P, C] initial ODE state
+    sde: torch.Tensor  # [S, B, P, C] per-Euler-step SDE noise
+
+
+@dataclass(frozen=True)
+class TalkerStep:
+    """What one AR step computed, for the requests that were active (rows in `TalkerStep.rows` order)."""
+
+    rows: tuple[int, ...]  # request index of each row
+    last_hidden_state: torch.Tensor  # [B, L or 1, H] the backbone call's output
+    h: torch.Tensor  # [B, 1, H] the condition
+    noise: StepNoise
+    latents: torch.Tensor  # [B, P, C] the sampled patch
+    next_embeds: torch.Tensor  # [B, 1, H] aggregator(latents): the next backbone input
+    stop_logits: torch.Tensor  # [B, 2]
+    stop_probs: torch.Tensor  # [B, 2]
+    history_in: torch.Tensor  # [B, Hp, C]
+    history_out: torch.Tensor  # [B, Hp, C]
+    finished: tuple[bool, ...]  # per row: this patch is the request's last
+    trace: list[ODEStep] | None  # every Euler step, when asked for
+
+
+@dataclass
+class TalkerBatch:
+    """The state between steps: KV cache, masks, positions and histories of the active requests."""
+
+    requests: list[TalkerRequest]
+    rows: list[int]  # request index of each active row
+    cache: DynamicCache
+    attention_mask: torch.Tensor | None  # [B, L + steps] (None: no padding anywhere)
+    positions: torch.Tensor  # [B, L] at step 0, then [B, 1]: the next input's positions
+    pending: torch.Tensor  # [B, L, H] padded prompts at step 0, then [B, 1, H]
+    history: torch.Tensor  # [B, Hp, C]
+    step: int = 0
+    limits: list[int] = field(default_factory=list)  # per request: the most steps it may take
+    latents: list[list[torch.Tensor]] = field(default_factory=list)  # per request: its patches [P, C]
+    stop_reasons: list[str | None] = field(default_factory=list)  # per request: "stop" | "length"
+
+    @property
+    def done(self) -> bool:
+        return not self.rows
+
+
+def _left_pad(embeds: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Prompts [L_i, H] -> (padded [B, L, H], mask [B, L] or None without padding, positions [B, L])."""
+    longest = max(e.shape[0] for e in embeds)
+    first = embeds[0]
+    padded = first.new_zeros(len(embeds), longest, first.shape[1])  # (B, L, H)
+    mask = torch.zeros(len(embeds), longest, dtype=torch.long, device=first.device)  # (B, L)
+    for i, e in enumerate(embeds):
+        padded[i, longest - e.shape[0] :] = e
+        mask[i, longest - e.shape[0] :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): 0.. from each prompt's first token
+    return padded, (None if bool(mask.all()) else mask), positions
+
+
+class TalkerGenerator:
+    """Drives `BailingTalker2` step by step: `start` -> `step` until `done`, or `generate`."""
+
+    def __init__(self, talker: BailingTalker2, max_cache_len: int | None = MAX_CACHE_LEN) -> None:
+        self.talker, self.max_cache_len = talker, max_cache_len
+        self.device = talker.model.embed_tokens.weight.device
+        self.dtype = talker.model.embed_tokens.weight.dtype
+
+    def start(self, requests: list[TalkerRequest]) -> TalkerBatch:
+        """A batch ready for its first (prefill) step."""
+        if not requests:
+            raise ValueError("no requests")
+        cfg = self.talker.config
+        for i, r in enumerate(requests):
+            if r.history.shape != (cfg.history_patch_size, cfg.latent_dim):
+                raise ValueError(f"request {i}: history must be [{cfg.history_patch_size}, {cfg.latent_dim}]")
+            if r.inputs_embeds.shape[1] != cfg.llm_hidden_size:
+                raise ValueError(f"request {i}: inputs_embeds width must be {cfg.llm_hidden_size}")
+        embeds = [r.inputs_embeds.to(self.device, self.dtype) for r in requests]
+        padded, mask, positions = _left_pad(embeds)
+        history = torch.stack([r.history.to(self.device, self.dtype) for r in requests])  # (B, Hp, C)
+        limits = [self._limit(r) for r in requests]
+        return TalkerBatch(
+            requests=list(requests),
+            rows=list(range(len(requests))),
+            cache=DynamicCache(config=self.talker.backbone_config),
+            attention_mask=mask,
+            positions=positions,
+            pending=padded,
+            history=history,
+            limits=limits,
+            latents=[[] for _ in requests],
+            stop_reasons=[None for _ in requests],
+        )
+
+    def _limit(self, request: TalkerRequest) -> int:
+        if self.max_cache_len is None:
+            return request.max_steps
+        room = self.max_cache_len - request.inputs_embeds.shape[0]
+        if room <= 0:
+            raise ValueError(
+                f"a prompt of {request.inputs_embeds.shape[0]} tokens leaves no room in the cache"
+            )
+        return min(request.max_steps, room)
+
+    def draw_noise(self, batch: TalkerBatch) -> StepNoise:
+        """Per active request, from its generator: y0 [1, P, C], then the SDE noise [S, 1, P, C]."""
+        cfg = self.talker.config
+        shape = (1, cfg.patch_size, cfg.latent_dim)
+        y0s, sdes = [], []
+        for i in batch.rows:
+            gen = batch.requests[i].generator
+            where = self.device if gen is None else gen.device  # drawn where the generator lives
+            y0s.append(torch.randn(shape, generator=gen, device=where, dtype=self.dtype))
+            sdes.append(torch.randn((cfg.steps, *shape), generator=gen, device=where, dtype=self.dtype))
+        y0 = torch.cat(y0s).to(self.device)  # (B, P, C)
+        return StepNoise(y0=y0, sde=torch.cat(sdes, dim=1).to(self.device))  # (S, B, P, C)
+
+    def _check_noise(self, batch: TalkerBatch, noise: StepNoise) -> StepNoise:
+        cfg = self.talker.config
+        y0_shape = (len(batch.rows), cfg.patch_size, cfg.latent_dim)
+        if tuple(noise.y0.shape) != y0_shape or tuple(noise.sde.shape) != (cfg.steps, *y0_shape):
+            raise ValueError(
+                f"noise must be y0 {list(y0_shape)} and sde {[cfg.steps, *y0_shape]}, "
+                f"got {list(noise.y0.shape)} and {list(noise.sde.shape)}"
+            )
+        return StepNoise(noise.y0.to(self.device, self.dtype), noise.sde.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def _backbone(self, batch: TalkerBatch) -> torch.Tensor:
+        """One call over every active row: [B, L or 1, H] after the final norm."""
+        out = self.talker.model(
+            inputs_embeds=batch.pending,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.positions,
+            cache=batch.cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    @torch.no_grad()
+    def step(self, batch: TalkerBatch, noise: StepNoise | None = None, trace: bool = False) -> TalkerStep:
+        """One AR step for every active request; `noise` replaces the draws (e.g. a golden's)."""
+        if batch.done:
+            raise ValueError("the batch has finished")
+        noise = None if noise is None else self._check_noise(batch, noise)  # before any state changes
+        hidden = self._backbone(batch)
+        h = hidden[:, -1:]  # (B, 1, H)
+        noise = self.draw_noise(batch) if noise is None else noise
+        settings = [batch.requests[i].sampling for i in batch.rows]
+        args = settings_tensor(settings, self.device, self.dtype)
+        steps: list[ODEStep] | None = [] if trace else None
+        latents = self.talker.sample_patch(h, batch.history, noise.y0, args, noise.sde, steps)
+        next_embeds = self.talker.embed_patches(latents)  # (B, 1, H)
+        logits = self.talker.stop_logits(h)
+        probs = logits.softmax(dim=-1)
+        history_in = batch.history
+        batch.history = torch.cat([history_in[:, latents.shape[1] :], latents], dim=1)  # (B, Hp, C)
+        finished = self._bookkeep(batch, latents, probs)
+        result = TalkerStep(
+            rows=tuple(batch.rows),
+            last_hidden_state=hidden,
+            h=h,
+            noise=noise,
+            latents=latents,
+            next_embeds=next_embeds,
+            stop_logits=logits,
+            stop_probs=probs,
+            history_in=history_in,
+            history_out=batch.history,
+            finished=finished,
+            trace=steps,
+        )
+        self._advance(batch, next_embeds, finished)
+        return result
+
+    def _bookkeep(self, batch: TalkerBatch, latents: torch.Tensor, probs: torch.Tensor) -> tuple[bool, ...]:
+        """Record each row's patch and apply the stop rule; returns which rows are finished."""
+        finished = []
+        p_stop = probs[:, 1].tolist()
+        for row, i in enumerate(batch.rows):
+            request = batch.requests[i]
+            batch.latents[i].append(latents[row])
+            if batch.step > request.min_new_tokens and p_stop[row] > STOP_THRESHOLD:
+                batch.stop_reasons[i] = "stop"
+            elif batch.step + 1 >= batch.limits[i]:
+                batch.stop_reasons[i] = "length"
+            finished.append(batch.stop_reasons[i] is not None)
+        return tuple(finished)
+
+    def _advance(self, batch: TalkerBatch, next_embeds: torch.Tensor, finished: tuple[bool, ...]) -> None:
+        """Next inputs and positions; finished rows leave the batch (and the KV cache)."""
+        batch.pending = next_embeds
+        batch.positions = batch.positions[:, -1:] + 1  # (B, 1)
+        if batch.attention_mask is not None:
+            ones = batch.attention_mask.new_ones(batch.attention_mask.shape[0], 1)
+            batch.attention_mask = torch.cat([batch.attention_mask, ones], dim=1)  # (B, L + steps)
+        batch.step += 1
+        keep = [row for row, f in enumerate(finished) if not f]
+        if len(keep) == len(finished):
+            return
+        batch.rows = [batch.rows[row] for row in keep]
+        if not keep:
+            return
+        index = torch.tensor(keep, device=self.device)
+        batch.cache.batch_select_indices(index)
+        batch.pending, batch.positions, batch.history = (
+            batch.pending[index],
+            batch.positions[index],
+            batch.history[index],
+        )
+        if batch.attention_mask is not None:
+            batch.attention_mask = batch.attention_mask[index]
+
+    def generate(self, requests: list[TalkerRequest]) -> list[torch.Tensor]:
+        """Run every request to its end; per request its latent frames [T, C] (T = patches x P)."""
+        batch = self.start(requests)
+        while not batch.done:
+            self.step(batch)
+        return [torch.cat(patches) for patches in batch.latents]
