@@ -251,7 +251,7 @@ def ming_preprocessor_config(spec: MingDemoSpec) -> dict[str, Any]:
     }
 
 
-def _generation_config(tokenizer: Tokenizer) -> dict[str, Any]:
+def ming_generation_config(tokenizer: Tokenizer) -> dict[str, Any]:
     """Stop on the end of the assistant's turn (`<|role_end|>`, the processor's gen_terminator)."""
     return {
         "_from_model_config": False,
@@ -289,7 +289,7 @@ def write_ming_checkpoint(
         model_max_length=spec.llm.max_position_embeddings, extra_special_tokens=MING_SPECIAL_TOKENS,
     )  # fmt: skip
     write_json(out / "config.json", config)
-    write_json(out / "generation_config.json", _generation_config(tokenizer))
+    write_json(out / "generation_config.json", ming_generation_config(tokenizer))
     write_json(out / "preprocessor_config.json", ming_preprocessor_config(spec))
     write_safetensors_checkpoint(out, state_dict, dtype=dtype, max_shard_bytes=max_shard_bytes)
     if spec.image_generation is not None:

@@ -1,5 +1,5 @@
-"""Upstream Ming-flash-omni Preview state-dict layout (specs/ming_layout.md section 2) and seeded
-random weights for it.
+"""Upstream Ming-flash-omni state-dict layouts (specs/ming_layout.md section 2: the Preview's, and
+2.0's, which differs in `vision.*` and the width of `linear_proj.0`) and seeded random weights for them.
 
 Flow: config.json dict -> `ming_tensor_layout` (key, shape, init kind per tensor: `vision.*`,
 `audio.*`, `model.model.*` + `model.lm_head.weight`, `linear_proj.*`, `linear_proj_audio.*`)
@@ -7,6 +7,7 @@ Flow: config.json dict -> `ming_tensor_layout` (key, shape, init kind per tensor
 under `model.` with `q_norm` / `k_norm` and two more routers per MoE layer (`image_gate`,
 `audio_gate`); Whisper's `positional_embedding` holds sinusoids, as upstream's buffer does.
 Legend: W = Whisper width (n_state), V = ViT width, m = spatial merge, d = LLM hidden, E = experts.
+The release is read from `vision_config.model_type`: `qwen3_moe_vit` is 2.0, anything else the Preview.
 """
 
 from __future__ import annotations
@@ -69,6 +70,53 @@ def _vision_layout(vision: dict[str, Any]) -> Iterator[TensorSpec]:
     yield from _linear("vision.merger.mlp.2", PREVIEW_IMAGE_EMB_DIM, merged)
 
 
+def _vision3_layout(vision: dict[str, Any]) -> Iterator[TensorSpec]:
+    """2.0's Qwen3-VL-MoE-style ViT (transformers' names): biased Conv3d patch embed, learned position
+    table, LayerNorm blocks with a plain GELU MLP, the 2x2 merger and one deepstack merger per
+    `deepstack_visual_indexes` entry (LayerNorm over the merged V·m² width)."""
+    where = "vision_config"
+    width, inner = _int(vision, where, "hidden_size"), _int(vision, where, "intermediate_size")
+    patch, frames = _int(vision, where, "patch_size"), _int(vision, where, "temporal_patch_size")
+    channels, out = _int(vision, where, "in_channels"), _int(vision, where, "out_hidden_size")
+    merged = width * _int(vision, where, "spatial_merge_size") ** 2  # V·m²: one merged unit
+    yield from _linear_conv3d("vision.patch_embed.proj", width, channels, frames, patch)
+    positions = _int(vision, where, "num_position_embeddings")
+    yield TensorSpec("vision.pos_embed.weight", (positions, width), "embedding")
+    for i in range(_int(vision, where, "depth")):
+        block = f"vision.blocks.{i}"
+        yield from _layer_norm(f"{block}.norm1", width)
+        yield from _layer_norm(f"{block}.norm2", width)
+        yield from _linear(f"{block}.attn.qkv", 3 * width, width)  # [Q | K | V]
+        yield from _linear(f"{block}.attn.proj", width, width)
+        yield from _linear(f"{block}.mlp.linear_fc1", inner, width)
+        yield from _linear(f"{block}.mlp.linear_fc2", width, inner)
+    mergers = [("vision.merger", width)]
+    mergers += [(f"vision.deepstack_merger_list.{j}", merged) for j in range(len(_deepstack(vision)))]
+    for prefix, norm_width in mergers:  # the main merger normalises before the 2x2 grouping
+        yield from _layer_norm(f"{prefix}.norm", norm_width)
+        yield from _linear(f"{prefix}.linear_fc1", merged, merged)
+        yield from _linear(f"{prefix}.linear_fc2", out, merged)
+
+
+def _deepstack(vision: dict[str, Any]) -> list[int]:
+    value = vision.get("deepstack_visual_indexes")
+    if not isinstance(value, list) or not all(isinstance(i, int) for i in value):
+        raise ValueError(
+            f"config field 'vision_config.deepstack_visual_indexes' must be a list of ints, got {value!r}"
+        )
+    return value
+
+
+def _linear_conv3d(prefix: str, rows: int, channels: int, frames: int, patch: int) -> Iterator[TensorSpec]:
+    yield TensorSpec(f"{prefix}.weight", (rows, channels, frames, patch, patch), "linear")
+    yield TensorSpec(f"{prefix}.bias", (rows,), "bias")
+
+
+def is_ming2(config: dict[str, Any]) -> bool:
+    """Whether config.json describes a 2.0 thinker (its `vision_config.model_type`)."""
+    return _section(config, "vision_config").get("model_type") == "qwen3_moe_vit"
+
+
 def _audio_layout(audio: dict[str, Any]) -> Iterator[TensorSpec]:
     """The Whisper encoder (openai-whisper's names; `attn.key` has no bias, LayerNorms have one)."""
     where = "audio_config.whisper_encoder_config"
@@ -119,20 +167,23 @@ def _language_layout(llm: dict[str, Any]) -> Iterator[TensorSpec]:
 
 
 def _projector_layout(config: dict[str, Any], hidden: int) -> Iterator[TensorSpec]:
-    """`linear_proj` (Linear 8192 -> d, GELU, Linear) and `linear_proj_audio` (Conv1d W -> d with
-    the audio config's kernel, Transpose, GELU, Linear, Transpose)."""
+    """`linear_proj` (Linear image_emb_dim -> d, GELU, Linear; image_emb_dim is 8192 in the Preview,
+    `out_hidden_size` in 2.0) and `linear_proj_audio` (Conv1d W -> d with the audio config's kernel,
+    Transpose, GELU, Linear, Transpose)."""
     audio = _section(config, "audio_config")
     whisper = _section(audio, "whisper_encoder_config", "audio_config")
     width = _int(whisper, "audio_config.whisper_encoder_config", "n_state")
     kernel = _int({"ds_kernel_size": 3, **audio}, "audio_config", "ds_kernel_size")
-    yield from _linear("linear_proj.0", hidden, PREVIEW_IMAGE_EMB_DIM)
+    vision = _section(config, "vision_config")
+    emb = _int(vision, "vision_config", "out_hidden_size") if is_ming2(config) else PREVIEW_IMAGE_EMB_DIM
+    yield from _linear("linear_proj.0", hidden, emb)
     yield from _linear("linear_proj.2", hidden, hidden)
     yield from _linear_conv("linear_proj_audio.0", hidden, width, kernel)
     yield from _linear("linear_proj_audio.3", hidden, hidden)
 
 
 def ming_tensor_layout(config: dict[str, Any]) -> list[TensorSpec]:
-    """Every tensor a Ming Preview thinker checkpoint with this config.json holds, in upstream order.
+    """Every tensor a Ming thinker checkpoint (Preview or 2.0) with this config.json holds, in upstream order.
 
     The upstream LLM always builds q/k norms and expert biases, so `llm_config` flags that would
     turn them off in Ling are ignored here as they are upstream.
@@ -143,8 +194,9 @@ def ming_tensor_layout(config: dict[str, Any]) -> list[TensorSpec]:
     llm = {**_section(config, "llm_config"), "use_qk_norm": True, "moe_router_enable_expert_bias": True}
     llm.pop("num_nextn_predict_layers", None)  # the Ming LLM has no MTP layers
     hidden = _int(llm, "llm_config", "hidden_size")
+    vision = _vision3_layout if is_ming2(config) else _vision_layout
     return [
-        *_vision_layout(_section(config, "vision_config")),
+        *vision(_section(config, "vision_config")),
         *_audio_layout(_section(config, "audio_config")),
         *_language_layout(llm),
         *_projector_layout(config, hidden),

@@ -1,12 +1,15 @@
 """Ming-flash-omni (BailingMM2) config.json -> frozen dataclasses: `MingConfig` holds the language
-model's `BailingMoeV2Config` (`llm_config`, via `ming_llm_config`), the Qwen2.5-VL ViT's `MingVisionConfig`
-(`vision_config`), the Whisper encoder's `MingAudioConfig` (`audio_config`) and the vision-block token
-ids (`tokens`, from `llm_config`). Invalid values raise ValueError naming the field.
+model's `BailingMoeV2Config` (`llm_config`, via `ming_llm_config`), the ViT's config (`vision_config`:
+the Preview's Qwen2.5-VL `MingVisionConfig` or 2.0's Qwen3-VL-MoE-style `MingVision3Config`, chosen by
+`ming_version` from that section's own model_type / architectures), the Whisper encoder's
+`MingAudioConfig` (`audio_config`) and the vision-block token ids (`tokens`, from `llm_config`).
+Invalid values raise ValueError naming the field.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from typing import Any
 
 from models.ling.config import BailingMoeV2Config
@@ -25,6 +28,10 @@ MING_LLM_FIXED: dict[str, Any] = {
     "num_nextn_predict_layers": 0,
     "rope_scaling": None,  # video_rope: 3-row positions, applied through video_rope_rows()
 }
+# `vision_config.model_type` / `.architectures[0]` -> the Ming release whose thinker it describes.
+PREVIEW, MING_2_0 = "preview", "2.0"
+VISION_MODEL_TYPES = {"qwen2_5_vit": PREVIEW, "qwen3_moe_vit": MING_2_0}
+VISION_ARCHITECTURES = {"Qwen2_5_VisionTransformer": PREVIEW, "Qwen3MoeVisionTransformer": MING_2_0}
 # The Preview's vision-block ids (real Ling-2.0 tokenizer), used when llm_config omits them.
 PREVIEW_TOKENS = {
     "image_start_token": 157158,
@@ -84,8 +91,9 @@ def ming_llm_config(llm_config: dict[str, Any]) -> BailingMoeV2Config:
     return cfg
 
 
-def vision_tokens(llm_config: dict[str, Any], merge: int) -> VisionTokens:
-    """The start / patch ids that mark image and video blocks (llm_config, Preview ids by default)."""
+def vision_tokens(llm_config: dict[str, Any], merge: int, interleaved_video: bool = False) -> VisionTokens:
+    """The start / patch ids that mark image and video blocks (llm_config, Preview ids by default);
+    `interleaved_video`: video frames are `<image>` + `<framePatch>` blocks (2.0's timestamps)."""
     ids = {
         key: _field(llm_config, "llm_config", key, int, default) for key, default in PREVIEW_TOKENS.items()
     }
@@ -95,7 +103,34 @@ def vision_tokens(llm_config: dict[str, Any], merge: int) -> VisionTokens:
         video_start=ids["video_start_token"],
         video_patch=ids["video_patch_token"],
         merge=merge,
+        interleaved_video=interleaved_video,
     )
+
+
+def ming_version(vision_config: dict[str, Any]) -> str:
+    """PREVIEW or MING_2_0, from the checkpoint's own `vision_config`: its model_type (`qwen2_5_vit`,
+    `qwen3_moe_vit`), else its architectures[0]; a section naming neither is the Preview's (whose
+    configs were read that way before 2.0). Unknown or contradictory values raise ValueError."""
+    s = "vision_config"
+    model_type, archs = vision_config.get("model_type"), vision_config.get("architectures")
+    if model_type is not None and model_type not in VISION_MODEL_TYPES:
+        raise ValueError(
+            f"config.json field '{s}.model_type' must be one of {sorted(VISION_MODEL_TYPES)}, "
+            f"got {model_type!r}"
+        )
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if arch is not None and arch not in VISION_ARCHITECTURES:
+        raise ValueError(
+            f"config.json field '{s}.architectures' must name one of {sorted(VISION_ARCHITECTURES)}, "
+            f"got {archs!r}"
+        )
+    by_type, by_arch = VISION_MODEL_TYPES.get(model_type), VISION_ARCHITECTURES.get(arch)
+    if by_type and by_arch and by_type != by_arch:
+        raise ValueError(
+            f"config.json fields '{s}.model_type' ({model_type!r}) and '{s}.architectures' ({archs!r}) "
+            "name different vision transformers"
+        )
+    return by_type or by_arch or PREVIEW
 
 
 @dataclass(frozen=True)
@@ -172,6 +207,70 @@ class MingVisionConfig:
 
 
 @dataclass(frozen=True)
+class MingVision3Config:
+    """`vision_config` of Ming 2.0 (Qwen3-VL-MoE-style ViT, model_type `qwen3_moe_vit`). Absent fields
+    take the upstream class's defaults (`Qwen3VLMoeVisionConfig` in qwen3_moe_vit.py); its merged
+    output width `out_hidden_size` is `image_emb_dim`, the input of `linear_proj`."""
+
+    depth: int = 27
+    hidden_size: int = 1152
+    num_heads: int = 16
+    intermediate_size: int = 4304
+    hidden_act: str = "gelu_pytorch_tanh"
+    in_channels: int = 3
+    patch_size: int = 16
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    num_position_embeddings: int = 2304
+    out_hidden_size: int = 3584
+    deepstack_visual_indexes: tuple[int, ...] = (8, 16, 24)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MingVision3Config:
+        s = "vision_config"
+        deepstack = d.get("deepstack_visual_indexes", list(cls.deepstack_visual_indexes))
+        if not isinstance(deepstack, list | tuple) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in deepstack
+        ):
+            raise ValueError(
+                f"config.json field '{s}.deepstack_visual_indexes' must be a list of ints, got {deepstack!r}"
+            )
+        upstream = cls()  # the defaults, unvalidated
+        values = {
+            f.name: _field(d, s, f.name, type(getattr(upstream, f.name)), getattr(upstream, f.name))
+            for f in fields(cls)
+            if f.name != "deepstack_visual_indexes"
+        }
+        cfg = cls(**values, deepstack_visual_indexes=tuple(deepstack))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        s = "vision_config"
+        sizes = ("depth", "hidden_size", "num_heads", "intermediate_size", "in_channels", "out_hidden_size")
+        _positive(s, {k: getattr(self, k) for k in sizes})
+        geometry = ("patch_size", "temporal_patch_size", "spatial_merge_size", "num_position_embeddings")
+        _positive(s, {k: getattr(self, k) for k in geometry})
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
+            raise ValueError(
+                f"config.json field '{s}.hidden_size' ({self.hidden_size}) must split into num_heads "
+                f"({self.num_heads}) heads of a multiple of 4 (2-D rotary over h and w)"
+            )
+        side = math.isqrt(self.num_position_embeddings)
+        if side * side != self.num_position_embeddings:
+            raise ValueError(
+                f"config.json field '{s}.num_position_embeddings' must be a square (a side x side "
+                f"table), got {self.num_position_embeddings}"
+            )
+        indexes = self.deepstack_visual_indexes
+        if len(set(indexes)) != len(indexes) or not all(0 <= i < self.depth for i in indexes):
+            raise ValueError(
+                f"config.json field '{s}.deepstack_visual_indexes' must be distinct blocks of the depth "
+                f"{self.depth}, got {list(indexes)}"
+            )
+
+
+@dataclass(frozen=True)
 class MingAudioConfig:
     """`audio_config`: the Whisper encoder (`whisper_encoder_config`) and its down-sampling projector."""
 
@@ -218,9 +317,14 @@ class MingConfig:
 
     mlp_depth: int
     llm: BailingMoeV2Config
-    vision: MingVisionConfig
+    vision: MingVisionConfig | MingVision3Config
     audio: MingAudioConfig
     tokens: VisionTokens
+
+    @property
+    def version(self) -> str:
+        """PREVIEW or MING_2_0 (which vision transformer `vision_config` describes)."""
+        return MING_2_0 if isinstance(self.vision, MingVision3Config) else PREVIEW
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MingConfig:
@@ -232,11 +336,18 @@ class MingConfig:
             raise ValueError(
                 f"config.json field 'mlp_depth' must be 2 (Linear, GELU, Linear), got {mlp_depth}"
             )
-        vision = MingVisionConfig.from_dict(d["vision_config"])
+        llm, interleaved = d["llm_config"], False
+        if ming_version(d["vision_config"]) == MING_2_0:
+            vision: MingVisionConfig | MingVision3Config = MingVision3Config.from_dict(d["vision_config"])
+            # 2.0's BailingMoeV2Config defaults the flag to true; the Preview's code has no such flag.
+            key = "use_interleaved_frame_timestamp"
+            interleaved = _field(llm, "llm_config", key, bool, True)
+        else:
+            vision = MingVisionConfig.from_dict(d["vision_config"])
         return cls(
             mlp_depth=mlp_depth,
-            llm=ming_llm_config(d["llm_config"]),
+            llm=ming_llm_config(llm),
             vision=vision,
             audio=MingAudioConfig.from_dict(d["audio_config"]),
-            tokens=vision_tokens(d["llm_config"], vision.spatial_merge_size),
+            tokens=vision_tokens(llm, vision.spatial_merge_size, interleaved),
         )

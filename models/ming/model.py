@@ -1,5 +1,7 @@
-"""BailingMM2NativeForConditionalGeneration: the Ming-flash-omni (Preview) thinker on the engine.
+"""BailingMM2NativeForConditionalGeneration: the Ming-flash-omni thinker (Preview and 2.0) on the engine.
 
+The release is config.json's own: `vision_config` names the Preview's Qwen2.5-VL ViT (`vision.py`)
+or 2.0's Qwen3-VL-MoE-style ViT (`vision3.py`); the rest of the module tree is the same.
 Flow: processor outputs -> `prepare_prompt` (ViT / Whisper encoders -> projectors -> L2 norm, the
 3-row VideoRoPE positions and rope delta, the per-token MultiRouter gate) -> `MingPrompt` ->
 `forward(ids, positions, ctx, embeds=, gate=)` -> hidden -> `compute_logits`. Decode steps are plain
@@ -16,10 +18,11 @@ import torch
 
 from engine.model_base import CausalLM
 from models.ming.audio import WhisperAudioEncoder, audio_projector
-from models.ming.config import MingConfig
+from models.ming.config import MingConfig, MingVision3Config
 from models.ming.language import AUDIO_GATE, IMAGE_GATE, TEXT_GATE, MingLanguageModel
 from models.ming.positions import VisionTokens, position_ids
 from models.ming.vision import MingVision, image_projector
+from models.ming.vision3 import MingVision3
 
 
 def l2_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +112,10 @@ class BailingMM2NativeForConditionalGeneration(CausalLM):
         super().__init__()
         self.config = cfg
         hidden = cfg.llm.hidden_size
-        self.vision = MingVision(cfg.vision, vision_attn)
+        if isinstance(cfg.vision, MingVision3Config):
+            self.vision: MingVision | MingVision3 = MingVision3(cfg.vision, vision_attn)
+        else:
+            self.vision = MingVision(cfg.vision, vision_attn)
         self.audio = WhisperAudioEncoder(cfg.audio)
         self.linear_proj = image_projector(cfg.vision.out_hidden_size, hidden)
         self.linear_proj_audio = audio_projector(cfg.audio, hidden)
@@ -143,7 +149,7 @@ class BailingMM2NativeForConditionalGeneration(CausalLM):
             raise ValueError(
                 f"pixel_values {tuple(pixel_values.shape)} do not hold the grids' {patches} patches"
             )
-        feats = self.vision.features(pixel_values, grid_thw)  # (N, 8192)
+        feats = self.vision.features(pixel_values, grid_thw)  # (N, out_hidden): 8192 Preview, 4096 2.0
         return l2_normalise(self.linear_proj(feats))  # (N, d)
 
     def encode_audio(

@@ -5,7 +5,9 @@ Legend: L = prompt tokens; rows are (t, h, w). Pure: token ids + grids -> positi
 - A vision block is detected where its start token is immediately followed by its patch token
   (image: `<image>` + `<imagePatch>`; video: the config's `video_start_token` + `<framePatch>`: the
   Preview ships `video_start_token` = `</image>`, which never precedes `<framePatch>`, so its videos
-  get plain 1-D positions; that is what the official code does and what we reproduce). Its t*h*w/4
+  get plain 1-D positions; that is what the official code does and what we reproduce). With 2.0's
+  interleaved frame timestamps each video frame is its own block, `<image>` + `<framePatch>`, and
+  each video grid (t, h, w) counts as t grids (1, h, w), one per block, in order. Its t*h*w/4
   patch tokens (merge 2x2), for frame k, merged row r and column c of an (H', W') grid, get
   t = st + tau*k (tau = 2.0, times second_per_grid_t when given; truncated to an integer),
   h = t + r - floor((H'-1)/2), w = t + c - floor((W'-1)/2), where st = the index after the start
@@ -33,6 +35,7 @@ class VisionTokens:
     video_start: int
     video_patch: int
     merge: int = 2
+    interleaved_video: bool = False  # 2.0: video frames are `<image>` + `<framePatch>` blocks
 
 
 def position_ids(
@@ -44,6 +47,10 @@ def position_ids(
 ) -> tuple[torch.Tensor, int]:
     """ids [L] + grids (t, h, w) in patch units, in order -> (positions [3, L] int64, rope_delta)."""
     ids = list(ids)
+    video_start = tokens.video_start
+    if tokens.interleaved_video:  # one block per frame; tau never applies to a t = 1 block
+        video_start, second_per_grid_ts = tokens.image_start, None
+        video_grids = [(1, h, w) for t, h, w in video_grids for _ in range(int(t))]
     images, videos = iter(image_grids), iter(video_grids)
     rows: list[list[int]] = [[], [], []]
     pos, i, video_index = 0, 0, 0
@@ -51,7 +58,7 @@ def position_ids(
         start = ids[i]
         nxt = ids[i + 1] if i + 1 < len(ids) else None
         is_image = start == tokens.image_start and nxt == tokens.image_patch
-        is_video = start == tokens.video_start and nxt == tokens.video_patch
+        is_video = start == video_start and nxt == tokens.video_patch
         for r in rows:  # the token itself (the start token included) is text
             r.append(pos)
         pos += 1

@@ -1,13 +1,14 @@
 """Images: bytes -> RGB picture -> Qwen2-VL patches (`pixel_values`, `image_grid_thw`) for the Ming ViT.
 
 Flow: `open_image` (Pillow: header-size check before any decoding, EXIF orientation, RGB) ->
-`pre_resize` (Ming's fetch step: a first smart resize to multiples of 28 within [4, 1024]·28² pixels)
--> `VisionPatcher` (transformers' Qwen2VLImageProcessor: smart resize to [min, max] pixels, bicubic,
-rescale, CLIP mean/std, 2x2-merge-ordered patches of 3·2·14·14 = 1176 values, one image = t 1).
+`pre_resize` (Ming's fetch step: a first smart resize to multiples of 28 within [4, 1024]·28² pixels;
+2.0: multiples of 32 within [4, 16384]·32²) -> `VisionPatcher` (transformers' Qwen2VLImageProcessor:
+smart resize to [min, max] pixels, bicubic, rescale, CLIP mean/std, 2x2-merge-ordered patches of
+3·2·14·14 = 1176 values (2.0: 3·2·16·16 = 1536), one image = t 1).
 `image_grid` predicts the grid of a picture of a given size without touching pixels.
 
-Dimension legend: N = patches of all images, P = 3·temporal_patch·patch² (1176), (t, h, w) = grid in
-patches (h, w count 14-px patches; LLM tokens = t·h·w / merge²).
+Dimension legend: N = patches of all images, P = 3·temporal_patch·patch² (1176; 2.0: 1536), (t, h, w)
+= grid in patches (h, w count 14-px patches, 16-px in 2.0; LLM tokens = t·h·w / merge²).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class ImageConfig:
     # Ming's fetch_image pre-resize (factor 28, [4, 1024]·28² pixels); None turns it off.
     fetch_min_pixels: int | None = 4 * 28 * 28
     fetch_max_pixels: int | None = 1024 * 28 * 28
+    # 2.0's fetch rounds each side to at least one factor before checking the pixel bounds.
+    fetch_at_least_factor: bool = False
     # Refusals: decompression bombs (read from the header before decoding), specks, slivers.
     max_input_pixels: int = 100_000_000
     min_side: int = 14  # smaller than one ViT patch: there is nothing to see
@@ -79,17 +82,25 @@ class ImageConfig:
 
 
 def smart_resize(
-    height: int, width: int, factor: int, min_pixels: float, max_pixels: float
+    height: int,
+    width: int,
+    factor: int,
+    min_pixels: float,
+    max_pixels: float,
+    at_least_factor: bool = False,
 ) -> tuple[int, int]:
     """(height, width) rounded to multiples of `factor`, scaled into [min_pixels, max_pixels] pixels.
 
     The Qwen2-VL rule (spec A.11): round each side; if too many pixels, shrink both by the same
     ratio and floor; if too few, grow and ceil. Aspect ratios above 200 raise ValueError.
+    `at_least_factor`: a side that rounds to 0 counts as one factor (2.0's fetch_image / fetch_video).
     """
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} is above 200")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
+    if at_least_factor:
+        h_bar, w_bar = max(factor, h_bar), max(factor, w_bar)
     if h_bar * w_bar > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
         h_bar = max(factor, math.floor(height / beta / factor) * factor)
@@ -105,7 +116,8 @@ def fetch_size(height: int, width: int, cfg: ImageConfig) -> tuple[int, int]:
     """The size after Ming's fetch pre-resize (unchanged when it is off)."""
     if cfg.fetch_min_pixels is None:
         return height, width
-    h, w = smart_resize(height, width, cfg.factor, cfg.fetch_min_pixels, cfg.fetch_max_pixels)
+    low, high, at_least = cfg.fetch_min_pixels, cfg.fetch_max_pixels, cfg.fetch_at_least_factor
+    h, w = smart_resize(height, width, cfg.factor, low, high, at_least)
     return max(cfg.factor, h), max(cfg.factor, w)
 
 

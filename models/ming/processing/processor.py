@@ -4,6 +4,9 @@ Flow: text (`render_chat` for messages) -> images (`process_images`), videos (`p
 audio (`process_audios`) -> token counts per part -> `expand_placeholders` -> the checkpoint's
 tokenizer -> `check_media_tokens` (+ audio loc/lens). Field names equal the upstream processor's
 (and the golden inputs.safetensors'); every user mistake raises `MediaError` naming the part.
+The release's settings come from the checkpoint (`configs_from_folder`): 2.0 patches are 16 px
+(sides in multiples of 32) and, when preprocessor_config.json says so, videos are written as timed
+frames (`<t seconds>` + one `<image>` block per temporal patch) with one video_grid_thw row each.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from engine.errors import CheckpointError
 from engine.tokenizer import load_tokenizer, require
+from models.ming.config import MING_2_0, ming_version
 from models.ming.processing.audio import AudioConfig, audio_tokens, process_audios
 from models.ming.processing.errors import MediaError
 from models.ming.processing.image import ImageConfig, VisionPatcher, grid_tokens, process_images
@@ -28,7 +32,7 @@ from models.ming.processing.prompt import (
     expand_placeholders,
     render_chat,
 )
-from models.ming.processing.video import VideoConfig, process_videos
+from models.ming.processing.video import VideoConfig, process_videos_timed
 
 
 @dataclass
@@ -45,6 +49,7 @@ class MingInputs:
     audio_feats_lengths: torch.Tensor | None = None  # (1, A) int64: mel frames per clip
     audio_placeholder_loc_lens: torch.Tensor | None = None  # (1, A, 2) int64: [first <audioPatch>, L]
     video_sample_fps: tuple[float, ...] = ()  # frames per second actually sampled, per video
+    video_timestamps: tuple[tuple[float, ...], ...] = ()  # per video, seconds per temporal patch
     prompt_text: str = ""  # the text before placeholder expansion
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -131,17 +136,22 @@ class MingProcessor:
                 list(images), self.image_config, self.patcher
             )
             image_counts = [grid_tokens(g, merge) for g in out["image_grid_thw"]]
+        video_times = None
         if videos:
-            pv, grid, rates = process_videos(list(videos), self.video_config, self.patcher)
-            out.update(pixel_values_videos=pv, video_grid_thw=grid, video_sample_fps=tuple(rates))
+            pv, grid, rates, times = process_videos_timed(list(videos), self.video_config, self.patcher)
             video_counts = [grid_tokens(g, merge) for g in grid]
+            if self.video_config.interleaved_timestamps:  # one (1, h, w) row per timed frame
+                video_times, grid = times, frame_grids(grid)
+            out.update(pixel_values_videos=pv, video_grid_thw=grid, video_sample_fps=tuple(rates))
+            out["video_timestamps"] = tuple(tuple(t) for t in times)
         if audios:
             feats, frames = process_audios(list(audios), self.audio_config)
             out.update(audio_feats=feats, audio_feats_lengths=frames[None, :])  # (1, A)
             audio_counts = [audio_tokens(int(n), self.audio_config) for n in frames]
-        expanded = expand_placeholders(text, image_counts, video_counts, audio_counts)
+        expanded = expand_placeholders(text, image_counts, video_counts, audio_counts, video_times)
         ids = self.tokenizer.encode(expanded, add_special_tokens=False)
-        loc_lens = check_media_tokens(ids, self.tokens, image_counts, video_counts, audio_counts)
+        timed = sum(len(t) for t in video_times) if video_times else 0  # frames opened by <image>
+        loc_lens = check_media_tokens(ids, self.tokens, image_counts, video_counts, audio_counts, timed)
         if audios:
             out["audio_placeholder_loc_lens"] = torch.tensor([loc_lens], dtype=torch.long)  # (1, A, 2)
         input_ids = torch.tensor([ids], dtype=torch.long)
@@ -169,17 +179,35 @@ class MingProcessor:
         return text
 
 
+def frame_grids(grid: torch.Tensor) -> torch.Tensor:
+    """video_grid_thw (v, 3) -> one (1, h, w) row per temporal patch (2.0's interleaved layout)."""
+    rows = torch.repeat_interleave(grid, grid[:, 0], dim=0)  # (Σ t, 3)
+    rows[:, 0] = 1
+    return rows
+
+
 def configs_from_folder(folder: Path) -> tuple[ImageConfig, AudioConfig, VideoConfig]:
-    """The processing configs a checkpoint implies: config.json geometry, preprocessor_config.json
-    pixel bounds and normalisation (spec defaults where it has none), the encoder's n_ctx as the
-    audio length limit. Invalid values raise ValueError naming the field."""
+    """The processing configs a checkpoint implies: config.json geometry (and release: `ming_version`
+    of its vision_config), preprocessor_config.json pixel bounds, normalisation and interleaved frame
+    timestamps (upstream defaults where it has none), the encoder's n_ctx as the audio length limit.
+    Invalid values raise ValueError naming the field."""
     config = _read_json(folder / "config.json")
     pre = _read_json(folder / "preprocessor_config.json")
     vision = config.get("vision_config") or {}
-    patch = int(pre.get("patch_size", vision.get("patch_size", 14)))
+    ming2 = ming_version(vision) == MING_2_0
+    patch = int(pre.get("patch_size", vision.get("patch_size", 16 if ming2 else 14)))
     merge = int(pre.get("merge_size", vision.get("spatial_merge_size", 2)))
     temporal = int(pre.get("temporal_patch_size", vision.get("temporal_patch_size", 2)))
     image = ImageConfig(patch_size=patch, merge_size=merge, temporal_patch_size=temporal)
+    video = VideoConfig(factor=patch * merge, patch_size=patch, frame_factor=temporal)
+    if ming2:
+        interleaved = pre.get("use_interleaved_frame_timestamp", False)  # upstream: off when absent
+        if not isinstance(interleaved, bool):
+            raise ValueError(
+                f"preprocessor_config.json field 'use_interleaved_frame_timestamp' must be a bool, "
+                f"got {interleaved!r}"
+            )
+        image, video = ming2_settings(image, video, interleaved)
     for key in ("min_pixels", "max_pixels"):
         if key in pre:
             image = replace(image, **{key: int(pre[key])})
@@ -197,8 +225,27 @@ def configs_from_folder(folder: Path) -> tuple[ImageConfig, AudioConfig, VideoCo
     if "n_ctx" in whisper:  # encoder positions after its stride-2 conv: 2·n_ctx mel frames at most
         limit = 2 * int(whisper["n_ctx"]) * audio.hop_length / audio.sample_rate
         audio = replace(audio, max_seconds=min(audio.max_seconds, limit))
-    video = VideoConfig(factor=patch * merge, patch_size=patch, frame_factor=temporal)
     return image, audio, video
+
+
+def ming2_settings(
+    image: ImageConfig, video: VideoConfig, interleaved: bool
+) -> tuple[ImageConfig, VideoConfig]:
+    """2.0's processing constants at the checkpoint's factor f (32): image processor bounds 64² ..
+    1280·f² pixels (its class defaults, before preprocessor_config.json), fetch_image within
+    [4, 16384]·f² with sides of at least f, refusals below one patch; videos by `fetch="ming2"`, per
+    frame 128·f² .. 96·128·f²·2 / n pixels, 1..170 frames (image_processing_bailingmm2.py,
+    bailingmm_utils.py, bailingmm_utils_video.py)."""
+    f = image.factor
+    image = replace(
+        image, min_pixels=64 * 64, max_pixels=1280 * f * f, fetch_min_pixels=4 * f * f,
+        fetch_max_pixels=16384 * f * f, fetch_at_least_factor=True, min_side=image.patch_size,
+    )  # fmt: skip
+    video = replace(
+        video, min_pixels=128 * f * f, total_pixels=96 * 128 * f * f, min_frames=1, max_frames=170,
+        fetch="ming2", interleaved_timestamps=interleaved,
+    )  # fmt: skip
+    return image, video
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -210,4 +257,4 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
 
 
-__all__ = ["MingInputs", "MingProcessor", "configs_from_folder"]
+__all__ = ["MingInputs", "MingProcessor", "configs_from_folder", "frame_grids", "ming2_settings"]

@@ -134,6 +134,7 @@ def expand_placeholders(
     image_tokens: Sequence[int],
     video_tokens: Sequence[int],
     audio_tokens: Sequence[int],
+    video_times: Sequence[Sequence[float]] | None = None,
 ) -> str:
     """Each placeholder -> start + N patch tokens + end, in order (spec A.5).
 
@@ -141,9 +142,16 @@ def expand_placeholders(
     `</video>\\n`; `<AUDIO>` -> `<audio>` L×`<audioPatch>` `</audio>`. A text without any `<AUDIO>`
     gets its audio appended at the end (each followed by a newline), as Ming's processor does.
     Images and videos need exactly one placeholder each: MediaError otherwise.
+    With `video_times` (2.0's interleaved frame timestamps: per video, one time per temporal patch)
+    `<VIDEO>` -> `<video>`, then per frame `<{t:.1f} seconds><image>` (N/frames)×`<framePatch>`
+    `</image>`, then `</video>` (no newline), as 2.0's processor writes it.
     """
     text = _replace(text, "image", image_tokens)
-    text = _replace(text, "video", video_tokens)
+    if video_times is not None:
+        markups = [_timed_video(n, times) for n, times in zip(video_tokens, video_times, strict=True)]
+        text = _replace(text, "video", video_tokens, markups)
+    else:
+        text = _replace(text, "video", video_tokens)
     if audio_tokens and PLACEHOLDERS["audio"] not in text:
         return text + "".join(_markup("audio", n) + "\n" for n in audio_tokens)
     return _replace(text, "audio", audio_tokens)
@@ -165,12 +173,22 @@ def _markup(kind: str, n: int) -> str:
     return start + patch * n + end + ("" if kind == "audio" else "\n")
 
 
-def _replace(text: str, kind: str, tokens: Sequence[int]) -> str:
+def _timed_video(n: int, times: Sequence[float]) -> str:
+    """One video's interleaved markup: n frame-patch tokens split evenly over its timed frames."""
+    if not times or n % len(times):
+        raise ValueError(f"{n} video tokens do not split over {len(times)} frames")
+    frame = TOKEN_STRINGS["image_start"] + TOKEN_STRINGS["video_patch"] * (n // len(times))
+    frames = "".join(f"<{t:.1f} seconds>{frame}{TOKEN_STRINGS['image_end']}" for t in times)
+    return TOKEN_STRINGS["video_start"] + frames + TOKEN_STRINGS["video_end"]
+
+
+def _replace(text: str, kind: str, tokens: Sequence[int], markups: Sequence[str] | None = None) -> str:
     check_placeholders(text, {kind: len(tokens)})
     pieces = text.split(PLACEHOLDERS[kind])
+    markups = markups if markups is not None else [_markup(kind, n) for n in tokens]
     out = [pieces[0]]
-    for n, piece in zip(tokens, pieces[1:], strict=True):
-        out += [_markup(kind, n), piece]
+    for markup, piece in zip(markups, pieces[1:], strict=True):
+        out += [markup, piece]
     return "".join(out)
 
 
@@ -180,15 +198,17 @@ def check_media_tokens(
     image_tokens: Sequence[int],
     video_tokens: Sequence[int],
     audio_tokens: Sequence[int],
+    video_frames: int = 0,
 ) -> list[list[int]]:
     """Verify each media run in `ids`; returns audio_placeholder_loc_lens [[start + 1, L], ...].
 
     The prompt's own text could spell media tokens (e.g. a literal "<imagePatch>"); the counts then
     disagree with the media and the model would splice the wrong rows, so that is a MediaError.
+    `video_frames`: interleaved video frames, each opened by an `<image>` of its own.
     """
     expected = {
         "image_patch": sum(image_tokens),
-        "image_start": len(image_tokens),
+        "image_start": len(image_tokens) + video_frames,
         "video_patch": sum(video_tokens),
         "video_start": len(video_tokens),
         "audio_patch": sum(audio_tokens),

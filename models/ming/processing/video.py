@@ -1,12 +1,15 @@
 """Videos: bytes -> PyAV decode -> sampled frames -> Qwen2-VL video patches (temporal patch 2).
 
 Flow: `probe` (first pass: demux only, counts frames and checks the limits before any decoding) ->
-`sample_count` / `sample_indices` (<= 2 fps once longer than 4 s, 4..128 frames, even count; spec
-A.10) -> `decode_frames` (second pass: decodes, keeps the sampled frames, resizes each to the
-`frame_size` pixel budget) -> `video_patches` (frame pairs -> one temporal patch each).
+`sample_plan` (Preview: `sample_count` / `sample_indices`, <= 2 fps once longer than 4 s, 4..128
+frames, even count; spec A.10. 2.0 (`fetch="ming2"`): <= 2 fps always, 1..170 frames, an odd count
+padded with the last frame; each frame's time in seconds) -> `decode_frames` (second pass: decodes,
+keeps the sampled frames, resizes each to the `frame_size` pixel budget) -> `video_patches` (frame
+pairs -> one temporal patch each, timed by the mean of its first and last frame's times).
 
 Dimension legend: n = sampled frames, T' = n / temporal_patch, (h, w) = patches per frame side,
-P = 3·temporal_patch·patch² (1176). `pixel_values_videos` is (T'·h·w, P), `video_grid_thw` (v, 3).
+P = 3·temporal_patch·patch² (1176; 2.0: 1536). `pixel_values_videos` is (T'·h·w, P), `video_grid_thw`
+(v, 3), or with 2.0's timed frames one (1, h, w) row per temporal patch.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from models.ming.processing.errors import MediaError, describe, part_error
 from models.ming.processing.image import VisionPatcher, smart_resize
 
 _SUBSAMPLE_AFTER_S = 4.0  # shorter videos keep every frame (up to max_frames), as Ming does
+FETCH_RULES = ("preview", "ming2")  # whose fetch_video: the Preview's, or 2.0's bailingmm_utils_video
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,13 @@ class VideoConfig:
     max_seconds: float = 600.0
     max_source_frames: int = 36_000
     max_frame_pixels: int = 8192 * 4320
+    # 2.0: "ming2" sampling and resize rule; per-frame `<t seconds>` blocks in the prompt.
+    fetch: str = "preview"
+    interleaved_timestamps: bool = False
 
     def __post_init__(self) -> None:
+        if self.fetch not in FETCH_RULES:
+            raise ValueError(f"fetch must be one of {FETCH_RULES}, got {self.fetch!r}")
         ints = ("min_frames", "max_frames", "frame_factor", "factor", "patch_size", "min_pixels")
         for name in (*ints, "total_pixels", "max_bytes", "max_source_frames", "max_frame_pixels"):
             if int(getattr(self, name)) < 1:
@@ -87,10 +96,44 @@ def sample_indices(n: int, total_frames: int) -> list[int]:
     return np.linspace(0, total_frames - 1, n, dtype=int).tolist()
 
 
+@dataclass(frozen=True)
+class SamplePlan:
+    """Which source frames a video keeps and when each was shot."""
+
+    indices: list[int]  # source frames to decode, in order; 2.0 repeats the last to fill a patch
+    times: list[float]  # seconds, one per entry of `indices`
+    rate: float  # sampled frames per second (0.0 when the container gives no rate, Preview)
+    frames: int  # sampled frames before padding: the divisor of the per-frame pixel budget
+
+
+def sample_plan(total_frames: int, fps: float, cfg: VideoConfig = VideoConfig()) -> SamplePlan:
+    """The frames to sample and their times; ValueError when the video has too few frames.
+
+    2.0 (`fetch="ming2"`, bailingmm_utils_video.py: `v1_fetch_video` with the `v2_sample_video`
+    sampler): the rate clamped to [1, 240] fps as its torchcodec reader does, round(duration ·
+    min(max_fps, fps)) frames clamped to [min_frames, max_frames], evenly spaced; frame i is at
+    i / sampled rate; an odd count repeats the last frame at (last time · padding), as upstream does.
+    """
+    if cfg.fetch == "preview":
+        n = sample_count(total_frames, fps, cfg)
+        rate, pad = (n / total_frames * fps if fps else 0.0), 0
+    else:
+        fps = min(max(fps, 1.0), 240.0)
+        duration = total_frames / fps
+        n = max(cfg.min_frames, min(cfg.max_frames, int(duration * min(cfg.max_fps, fps) + 0.5)))
+        if n > total_frames:
+            raise ValueError(f"has {total_frames} frames; at least {cfg.min_frames} are needed")
+        rate, pad = n / duration, -n % cfg.frame_factor
+    indices = sample_indices(n, total_frames)
+    times = [i / rate if rate else 0.0 for i in range(n)]
+    return SamplePlan(indices + indices[-1:] * pad, times + [times[-1] * pad] * pad, rate, n)
+
+
 def frame_size(height: int, width: int, n: int, cfg: VideoConfig = VideoConfig()) -> tuple[int, int]:
-    """Per-frame (height, width): multiples of 28 within [min_pixels, total_pixels·2 / n] pixels."""
+    """Per-frame (height, width): multiples of the factor (28; 2.0: 32) within [min_pixels,
+    total_pixels·2 / n] pixels, n = the sampled frames before padding."""
     max_pixels = max(cfg.total_pixels / n * cfg.frame_factor, int(cfg.min_pixels * 1.05))
-    h, w = smart_resize(height, width, cfg.factor, cfg.min_pixels, max_pixels)
+    h, w = smart_resize(height, width, cfg.factor, cfg.min_pixels, max_pixels, cfg.fetch == "ming2")
     return max(cfg.factor, h), max(cfg.factor, w)
 
 
@@ -98,9 +141,14 @@ def video_grid(
     height: int, width: int, total_frames: int, fps: float, cfg: VideoConfig = VideoConfig()
 ) -> tuple[int, int, int]:
     """The (t, h, w) patch grid of a video, from its metadata alone."""
-    n = sample_count(total_frames, fps, cfg)
-    h, w = frame_size(height, width, n, cfg)
-    return n // cfg.frame_factor, h // cfg.patch_size, w // cfg.patch_size
+    plan = sample_plan(total_frames, fps, cfg)
+    h, w = frame_size(height, width, plan.frames, cfg)
+    return len(plan.indices) // cfg.frame_factor, h // cfg.patch_size, w // cfg.patch_size
+
+
+def patch_times(times: list[float], temporal: int) -> list[float]:
+    """One time per temporal patch: the mean of its first and last frame's (2.0's image processor)."""
+    return [(times[k] + times[k + temporal - 1]) / 2.0 for k in range(0, len(times), temporal)]
 
 
 # ---- decoding ------------------------------------------------------------------------------------
@@ -165,12 +213,22 @@ def _guard(items, index: int):
 
 def decode_frames(data: bytes, index: int, info: VideoProbe, cfg: VideoConfig) -> list[Image.Image]:
     """The sampled frames as RGB pictures resized (Pillow bicubic) to the video's frame size."""
+    return _decode_plan(data, index, info, cfg, plan_for(info, index, cfg))
+
+
+def plan_for(info: VideoProbe, index: int, cfg: VideoConfig) -> SamplePlan:
+    """`sample_plan` of a probed video; MediaError naming the part when it has too few frames."""
     try:
-        n = sample_count(info.total_frames, info.fps, cfg)
+        return sample_plan(info.total_frames, info.fps, cfg)
     except ValueError as exc:
         raise part_error("video", index, str(exc)) from None
-    wanted = sample_indices(n, info.total_frames)
-    h, w = frame_size(info.height, info.width, n, cfg)
+
+
+def _decode_plan(
+    data: bytes, index: int, info: VideoProbe, cfg: VideoConfig, plan: SamplePlan
+) -> list[Image.Image]:
+    wanted = plan.indices
+    h, w = frame_size(info.height, info.width, plan.frames, cfg)
     kept: dict[int, Image.Image] = {}
     with _open(data, index) as container:
         stream = container.streams.video[0]
@@ -206,26 +264,40 @@ def process_videos(
     videos: list[bytes], cfg: VideoConfig, patcher: VisionPatcher
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Raw videos -> (pixel_values_videos (N, P), video_grid_thw (v, 3), sampled fps per video)."""
-    all_patches, grids, rates = [], [], []
+    pixel_values, grid, rates, _ = process_videos_timed(videos, cfg, patcher)
+    return pixel_values, grid, rates
+
+
+def process_videos_timed(
+    videos: list[bytes], cfg: VideoConfig, patcher: VisionPatcher
+) -> tuple[torch.Tensor, torch.Tensor, list[float], list[list[float]]]:
+    """`process_videos` and, per video, each temporal patch's time in seconds (`patch_times`)."""
+    all_patches, grids, rates, times = [], [], [], []
     for i, data in enumerate(videos):
         info = probe(data, i, cfg)
-        frames = decode_frames(data, i, info, cfg)
+        plan = plan_for(info, i, cfg)
+        frames = _decode_plan(data, i, info, cfg, plan)
         patches, grid = video_patches(frames, patcher, cfg.frame_factor)
         all_patches.append(patches)
         grids.append(grid)
-        rates.append(len(frames) / info.total_frames * info.fps if info.fps else 0.0)
-    return torch.cat(all_patches), torch.tensor(grids, dtype=torch.long), rates
+        rates.append(plan.rate)
+        times.append(patch_times(plan.times, cfg.frame_factor))
+    return torch.cat(all_patches), torch.tensor(grids, dtype=torch.long), rates, times
 
 
 __all__ = [
+    "SamplePlan",
     "VideoConfig",
     "VideoProbe",
     "decode_frames",
     "frame_size",
+    "patch_times",
     "probe",
     "process_videos",
+    "process_videos_timed",
     "sample_count",
     "sample_indices",
+    "sample_plan",
     "video_grid",
     "video_patches",
 ]
