@@ -16,6 +16,20 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pipelines.media_out import (  # noqa: F401 - re-exported: the gateway and workers import them from here
+    AUDIO_FORMATS,
+    IMAGE_FORMATS,
+    IMAGE_TTL_S,
+    AudioChunkInfo,
+    ImageInfo,
+    ImageOptions,
+    ImageSummary,
+    SpeechOptions,
+    SpeechSummary,
+    audio_key,
+    image_key,
+)
+
 TASK_GENERATE = "bailing.generate"
 # An image job handed from a thinker worker to a diffusion-stage worker (payload: `ImageHandoff`)
 TASK_IMAGE_STAGE = "bailing.image_stage"
@@ -32,11 +46,11 @@ MAX_SAMPLES = 16  # sampling.n may be 1..MAX_SAMPLES
 # transcription prompt around it (the family's instruction text, then the audio); "image" draws
 # `GenerateJob.image.num_images` images for one user message (its text is the prompt or the edit
 # instruction, an image part in it is the reference image to edit).
-TASKS = ("generate", "transcribe", "image")
-# What a model can produce (WorkerInfo.outputs): text always; "image" with image-generation heads.
-OUTPUTS = ("text", "image")
-IMAGE_FORMATS = ("png", "jpeg", "webp")  # ImageOptions.output_format
-IMAGE_TTL_S = STREAM_TTL_S  # a generated image's bytes wait in Redis this long for the gateway
+TASKS = ("generate", "transcribe", "image", "speech")
+# "speech" says the text of its one user message (an audio part in it: the speaker clip to clone).
+# What a model can produce (WorkerInfo.outputs): text always; "image" with image-generation heads,
+# "audio" with a talker.
+OUTPUTS = ("text", "image", "audio")
 
 
 def queue_name(model: str) -> str:
@@ -68,11 +82,6 @@ def cancel_key(request_id: str) -> str:
 
 def media_key(sha256_hex: str) -> str:
     return f"bailing:media:{sha256_hex}"
-
-
-def image_key(request_id: str, index: int) -> str:
-    """Where a worker parks generated image `index` of a request (the IMAGE event names the key)."""
-    return f"bailing:image:{request_id}:{index}"
 
 
 def workers_key(model: str) -> str:
@@ -128,23 +137,6 @@ class Sampling:
 
 
 @dataclass(frozen=True)
-class ImageOptions:
-    """An image-generation job's settings as the client set them (the gateway checked the ranges it
-    knows); None = the model's default (its variant's upstream values), resolved by the worker."""
-
-    negative_prompt: str = ""
-    width: int | None = None  # both None: the model's default size; else snapped by the worker
-    height: int | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    image_guidance_scale: float | None = None  # reference-image guidance (where the model has it)
-    seed: int | None = None  # None: a random seed, reported back; image i uses seed + i
-    num_images: int = 1
-    output_format: str = "png"  # one of IMAGE_FORMATS
-    quality: int | None = None  # jpeg / webp quality 1..100 (None: the encoder's default)
-
-
-@dataclass(frozen=True)
 class GenerateJob:
     request_id: str
     model: str
@@ -157,6 +149,7 @@ class GenerateJob:
     diffusion: dict[str, Any] | None = None
     task: str = "generate"  # one of TASKS
     image: ImageOptions | None = None  # task "image" only
+    speech: SpeechOptions | None = None  # task "speech"; or a "generate" job whose reply is also spoken
     priority: int = 0
     deadline: float | None = None  # unix time after which the result is useless
     submitted_at: float = 0.0  # unix time the gateway accepted it
@@ -166,6 +159,10 @@ class GenerateJob:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if (self.task == "image") != (self.image is not None):
             raise ValueError("image options go with task 'image', and task 'image' needs them")
+        if self.task == "speech" and self.speech is None:
+            raise ValueError("task 'speech' needs speech options")
+        if self.speech is not None and self.task not in ("speech", "generate"):
+            raise ValueError(f"speech options do not go with task {self.task!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +177,8 @@ class GenerateJob:
             data["messages"] = tuple(_message_from_dict(m) for m in data["messages"])
         if data.get("image") is not None:
             data["image"] = ImageOptions(**data["image"])
+        if data.get("speech") is not None:
+            data["speech"] = SpeechOptions(**data["speech"])
         return cls(**data)
 
 
@@ -204,6 +203,7 @@ class EventType(StrEnum):
     DELTA = "delta"  # new text / reasoning text
     PROGRESS = "progress"  # a long generation advanced: info {"step": i, "steps": n} (i = steps done)
     IMAGE = "image"  # a generated image is stored: info = ImageInfo fields (its bytes under info["key"])
+    AUDIO = "audio"  # a chunk of speech is stored: info = AudioChunkInfo fields (bytes under info["key"])
     DONE = "done"  # terminal: finished normally (finish_reason, usage)
     ERROR = "error"  # terminal: failed (error_code, message)
     CANCELLED = "cancelled"  # terminal: cancelled or past its deadline
@@ -291,47 +291,6 @@ class Event:
 
 
 @dataclass(frozen=True)
-class ImageInfo:
-    """What an IMAGE event says of one generated image (`Event.info`); the bytes wait under `key`."""
-
-    index: int  # 0..num_images-1
-    key: str  # image_key(request_id, index), TTL IMAGE_TTL_S
-    mime_type: str  # image/png, image/jpeg, image/webp
-    width: int
-    height: int
-    seed: int
-    size: int  # bytes
-
-    def to_info(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_info(cls, info: dict[str, Any]) -> ImageInfo:
-        return cls(**{k: info[k] for k in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class ImageSummary:
-    """What the DONE event of an image job says (`Event.info`): the settings the images were made with."""
-
-    requested_width: int  # 0 when the client left the size to the model
-    requested_height: int
-    width: int  # the snapped size: what the diffusion ran at and what the images are
-    height: int
-    steps: int
-    guidance_scale: float
-    seed: int  # image 0's seed (image i: seed + i)
-    images: int
-
-    def to_info(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_info(cls, info: dict[str, Any]) -> ImageSummary:
-        return cls(**{k: info[k] for k in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
 class WorkerInfo:
     """What a worker announces about itself (JSON under `worker_info_key`)."""
 
@@ -345,6 +304,7 @@ class WorkerInfo:
     max_model_len: int
     modalities: tuple[str, ...] = ("text",)
     outputs: tuple[str, ...] = ("text",)  # what the model produces: OUTPUTS it has heads for
+    voices: tuple[str, ...] = ()  # voice presets of its talker (the first is the default)
     started_at: float = 0.0
     metrics_port: int = 0
 
@@ -356,4 +316,5 @@ class WorkerInfo:
         data = json.loads(raw)
         data["modalities"] = tuple(data.get("modalities") or ("text",))
         data["outputs"] = tuple(data.get("outputs") or ("text",))
+        data["voices"] = tuple(data.get("voices") or ())
         return cls(**data)

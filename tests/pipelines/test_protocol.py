@@ -29,7 +29,7 @@ def _round_trip(job: GenerateJob) -> GenerateJob:
 
 
 def test_tasks():
-    assert TASKS == ("generate", "transcribe", "image")
+    assert TASKS == ("generate", "transcribe", "image", "speech")
     job = GenerateJob(request_id="r", model="ling", prompt="hi")
     assert job.task == "generate"
 
@@ -56,7 +56,7 @@ def test_payload_without_task_is_a_generate_job():
 
 def test_unknown_task_is_an_error_naming_the_field():
     payload = {**GenerateJob(request_id="r", model="ling", prompt="hi").to_dict(), "task": "translate"}
-    with pytest.raises(ValueError, match=r"task must be one of generate, transcribe, image, got 'translate'"):
+    with pytest.raises(ValueError, match=r"task must be one of generate, transcribe, image, speech, got 'translate'"):
         GenerateJob.from_dict(payload)
 
 
