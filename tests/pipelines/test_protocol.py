@@ -56,7 +56,8 @@ def test_payload_without_task_is_a_generate_job():
 
 def test_unknown_task_is_an_error_naming_the_field():
     payload = {**GenerateJob(request_id="r", model="ling", prompt="hi").to_dict(), "task": "translate"}
-    with pytest.raises(ValueError, match=r"task must be one of generate, transcribe, image, speech, got 'translate'"):
+    expected = r"task must be one of generate, transcribe, image, speech, got 'translate'"
+    with pytest.raises(ValueError, match=expected):
         GenerateJob.from_dict(payload)
 
 

@@ -4,9 +4,13 @@
 Per step: ONE backbone call for every active request (the left-padded prefill at step 0, then each
 request's previous aggregator output) -> h = last hidden -> noise drawn per request from its own
 torch.Generator in upstream's order (y0 [1, P, C], then the SDE noise [S, 1, P, C]) -> CFM patch ->
-aggregator embedding (the next input) and stop probabilities -> history shift -> stop rule (step >
-min_new_tokens and p_stop > 0.5, or the step limit). A request's stopping patch is part of its output,
-as upstream yields it. Finished requests leave the batch (their KV rows are dropped).
+aggregator embedding (the next input) and stop probabilities -> history shift -> stop rule (the
+request's own step > min_new_tokens and p_stop > 0.5, or its step limit). A request's stopping patch is
+part of its output, as upstream yields it. Finished requests leave the batch (their KV rows are dropped).
+Continuous batching: newcomers are `start`ed and stepped once (their prefill, a batch of their own),
+then `join`ed into the running batch (`talker_batching`: left-padded KV and mask; positions are per
+row), so a request's patches do not depend on when it joined (to float rounding). `drop` removes
+requests between steps (cancel).
 Legend: B = active requests, L = padded prompt length, H = backbone hidden, P = patch frames,
 Hp = history frames, C = latent width, S = ODE steps.
 """
@@ -20,6 +24,7 @@ from transformers import DynamicCache
 
 from models.ming.speech.cfm import FlowSampling, ODEStep, settings_tensor
 from models.ming.speech.talker import BailingTalker2
+from models.ming.speech.talker_batching import merge_caches, merge_masks, mergeable, trim_unused
 
 MIN_NEW_TOKENS = 10  # upstream generate(min_new_token=10): no stop before step 11
 MAX_STEPS = 1000  # upstream's loop bound
@@ -93,11 +98,16 @@ class TalkerBatch:
     step: int = 0
     limits: list[int] = field(default_factory=list)  # per request: the most steps it may take
     latents: list[list[torch.Tensor]] = field(default_factory=list)  # per request: its patches [P, C]
-    stop_reasons: list[str | None] = field(default_factory=list)  # per request: "stop" | "length"
+    stop_reasons: list[str | None] = field(default_factory=list)  # "stop" | "length" | "dropped"
 
     @property
     def done(self) -> bool:
         return not self.rows
+
+    @property
+    def pending_mask_len(self) -> int:
+        """Positions the next backbone call attends over: the cache plus the pending input."""
+        return self.cache.get_seq_length() + self.pending.shape[1]
 
 
 def _left_pad(embeds: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -234,11 +244,11 @@ class TalkerGenerator:
         finished = []
         p_stop = probs[:, 1].tolist()
         for row, i in enumerate(batch.rows):
-            request = batch.requests[i]
+            request, step = batch.requests[i], len(batch.latents[i])  # this request's own step
             batch.latents[i].append(latents[row])
-            if batch.step > request.min_new_tokens and p_stop[row] > STOP_THRESHOLD:
+            if step > request.min_new_tokens and p_stop[row] > STOP_THRESHOLD:
                 batch.stop_reasons[i] = "stop"
-            elif batch.step + 1 >= batch.limits[i]:
+            elif step + 1 >= batch.limits[i]:
                 batch.stop_reasons[i] = "length"
             finished.append(batch.stop_reasons[i] is not None)
         return tuple(finished)
@@ -251,8 +261,11 @@ class TalkerGenerator:
             ones = batch.attention_mask.new_ones(batch.attention_mask.shape[0], 1)
             batch.attention_mask = torch.cat([batch.attention_mask, ones], dim=1)  # (B, L + steps)
         batch.step += 1
-        keep = [row for row, f in enumerate(finished) if not f]
-        if len(keep) == len(finished):
+        self._keep_rows(batch, [row for row, f in enumerate(finished) if not f])
+
+    def _keep_rows(self, batch: TalkerBatch, keep: list[int]) -> None:
+        """Only the rows `keep` stay (KV rows dropped, unused leading cache columns cut)."""
+        if len(keep) == len(batch.rows):
             return
         batch.rows = [batch.rows[row] for row in keep]
         if not keep:
@@ -265,7 +278,55 @@ class TalkerGenerator:
             batch.history[index],
         )
         if batch.attention_mask is not None:
-            batch.attention_mask = batch.attention_mask[index]
+            batch.attention_mask = trim_unused(batch.cache, batch.attention_mask[index])
+
+    # ---- continuous batching -----------------------------------------------------------------
+    def can_join(self, batch: TalkerBatch) -> bool:
+        """Whether `batch` can take part in a `join`: past its prefill, with a full-attention cache."""
+        return batch.step > 0 and mergeable(batch.cache)
+
+    def _full_mask(self, batch: TalkerBatch) -> torch.Tensor:
+        """The batch's mask [B, cache + pending], all ones where it has none (no padding)."""
+        if batch.attention_mask is not None:
+            return batch.attention_mask
+        return torch.ones(len(batch.rows), batch.pending_mask_len, dtype=torch.long, device=self.device)
+
+    def drop(self, batch: TalkerBatch, requests: set[int]) -> None:
+        """Remove the active rows of these request indices now, between steps (their KV rows go at
+        once; the request objects at the next `join`, or with the batch)."""
+        for i in requests:
+            if i in batch.rows:
+                batch.stop_reasons[i] = "dropped"
+        self._keep_rows(batch, [row for row, i in enumerate(batch.rows) if i not in requests])
+
+    def join(self, batch: TalkerBatch, newcomers: TalkerBatch) -> TalkerBatch:
+        """One batch of the active requests of both, `batch`'s first: each row keeps its KV, mask,
+        position and history; finished requests are left out (request indices start again at 0)."""
+        if batch.done or newcomers.done:
+            return newcomers if batch.done else batch
+        if not (self.can_join(batch) and self.can_join(newcomers)):
+            raise ValueError("both batches must be past their prefill step, with full-attention caches")
+        length = max(batch.pending_mask_len, newcomers.pending_mask_len)
+        mask = merge_masks(self._full_mask(batch), self._full_mask(newcomers), length)
+        merge_caches(batch.cache, newcomers.cache)  # (B1 + B2, K, length - 1, D)
+        merged = TalkerBatch(
+            requests=[],
+            rows=[],
+            cache=batch.cache,
+            attention_mask=mask,  # (B, length)
+            positions=torch.cat([batch.positions, newcomers.positions]),  # (B, 1)
+            pending=torch.cat([batch.pending, newcomers.pending]),  # (B, 1, H)
+            history=torch.cat([batch.history, newcomers.history]),  # (B, Hp, C)
+            step=batch.step,
+        )
+        for part in (batch, newcomers):
+            for i in part.rows:
+                merged.rows.append(len(merged.requests))
+                merged.requests.append(part.requests[i])
+                merged.limits.append(part.limits[i])
+                merged.latents.append(part.latents[i])
+                merged.stop_reasons.append(None)
+        return merged
 
     def generate(self, requests: list[TalkerRequest]) -> list[torch.Tensor]:
         """Run every request to its end; per request its latent frames [T, C] (T = patches x P)."""
