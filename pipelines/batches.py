@@ -119,14 +119,15 @@ class BatchItemJob:
 @dataclass(frozen=True)
 class ItemResult:
     """One item's outcome: `response` (GenerateResponse-shaped dict), `image_response` (an image item's
-    GenerateImageResponse-shaped dict, protobuf JSON names, image bytes base64) or `error`
-    {"code", "message"}."""
+    GenerateImageResponse-shaped dict, protobuf JSON names, image bytes base64), `speech_response` (a
+    speech item's SynthesizeSpeechResponse-shaped dict, the clip base64) or `error` {"code", "message"}."""
 
     index: int
     custom_id: str
     response: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     image_response: dict[str, Any] | None = None
+    speech_response: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)

@@ -11,6 +11,7 @@ client can cause raises `RequestError` with a message that names the offending f
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -221,3 +222,15 @@ def _max_tokens(
             f"new tokens in the model's context of {max_model_len}"
         )
     return requested  # other invalid values are reported by SamplingParams
+
+
+def import_factory(path: str) -> ProcessorFactory:
+    """'module:factory' -> the callable (at startup: a wrong path stops the worker with a clear error)."""
+    module, _, attr = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load the logits processor factory {path!r}: {exc}") from exc
+    if not callable(factory):
+        raise ValueError(f"logits processor factory {path!r} is not callable")
+    return factory

@@ -112,6 +112,7 @@ class Heartbeat(_Service):
             max_model_len=engine.max_model_len,
             modalities=runtime.family.modalities,
             outputs=runtime.outputs,
+            voices=runtime.voices,
             started_at=runtime.started_at,
             metrics_port=cfg.metrics_port,
         )
@@ -136,6 +137,8 @@ class Heartbeat(_Service):
         self.runtime.metrics.update_from_engine(_engine_snapshot(self.runtime))
         if self.runtime.images is not None:
             self.runtime.metrics.image_jobs.set(self.runtime.images.in_flight())
+        if self.runtime.speech is not None:
+            self.runtime.metrics.speech_jobs.set(self.runtime.speech.in_flight())
 
     def stop(self) -> None:
         """Stop beating and leave the registry (best effort: Redis may be gone)."""

@@ -13,7 +13,6 @@ with attempt + 1 (at most MAX_ITEM_RETRIES times). The stream is deleted afterwa
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 from dataclasses import replace
@@ -33,12 +32,11 @@ from pipelines.protocol import (
     ErrorCode,
     Event,
     EventType,
-    ImageInfo,
-    ImageSummary,
     Usage,
     stream_key,
     workers_key,
 )
+from workers.batch_media import image_result, speech_result
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -163,6 +161,9 @@ class BatchRunner:
         if job.task == "image" and result.response is not None:  # the images, not a text answer
             result = image_result(events, result, client)
             usage = Usage(prompt_tokens=usage.prompt_tokens)  # steps are not token forwards
+        elif job.task == "speech" and result.response is not None:  # the clip, not a text answer
+            result = speech_result(events, result, client)
+            usage = Usage(prompt_tokens=usage.prompt_tokens)  # latent patches are not text tokens
         return result, usage
 
     def _defer(self, item: BatchItemJob, app: Celery) -> None:
@@ -257,40 +258,6 @@ def _choices(events: list[Event], done: Event, usage: Usage) -> list[dict[str, A
             choice(c.index, c.finish_reason, c.completion_tokens, c.reasoning_tokens) for c in done.choices
         ]
     return [choice(0, done.finish_reason, usage.completion_tokens, usage.reasoning_tokens)]
-
-
-def image_result(events: list[Event], done: ItemResult, client: Any) -> ItemResult:
-    """An image item's result: a GenerateImageResponse-shaped dict (proto field names, the image bytes
-    base64, as protobuf JSON writes bytes) built from its IMAGE events, whose bytes are taken out of
-    Redis here (and deleted: the result holds them now)."""
-    infos = [ImageInfo.from_info(e.info) for e in events if e.type is EventType.IMAGE]
-    summary = ImageSummary.from_info(events[-1].info or {})
-    datas = [client.get(info.key) for info in infos]
-    if any(d is None for d in datas):
-        error = {
-            "code": ErrorCode.INTERNAL.value,
-            "message": "the item's images expired before they were read",
-        }
-        return ItemResult(done.index, done.custom_id, error=error)
-    client.delete(*[info.key for info in infos])
-    images = [
-        {"index": i.index, "data": base64.b64encode(d).decode(), "mime_type": i.mime_type,
-         "width": i.width, "height": i.height, "seed": str(i.seed)}
-        for i, d in zip(infos, datas, strict=True)
-    ]  # fmt: skip
-    usage = done.response["usage"]
-    response = {
-        "request_id": done.response["request_id"],
-        "model": done.response["model"],
-        "images": images,
-        "requested_size": {"width": summary.requested_width, "height": summary.requested_height},
-        "size": {"width": summary.width, "height": summary.height},
-        "steps": summary.steps,
-        "guidance_scale": summary.guidance_scale,
-        "seed": str(summary.seed),
-        "usage": {"prompt_tokens": usage["prompt_tokens"], "steps": summary.steps, "images": len(images)},
-    }
-    return ItemResult(done.index, done.custom_id, image_response=response)
 
 
 def _error(item: BatchItemJob, code: ErrorCode, message: str) -> ItemResult:

@@ -24,6 +24,11 @@ def _positive_int(name: str, value: object, *, allow_none: bool = False, minimum
         raise ValueError(f"WorkerConfig.{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _positive_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"WorkerConfig.{name} must be a number > 0, got {value!r}")
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     redis_url: str
@@ -55,6 +60,12 @@ class WorkerConfig:
     # stage of its own, fed by thinker workers started with image_stage "remote" (workers.image_handoff)
     role: str = "model"
     image_stage: str = "local"  # "local": denoise in this worker; "remote": hand requests to stage workers
+    # Speech output (checkpoints with a talker): per-request limits
+    max_speech_text_chars: int = 2000  # text of one speech job
+    max_speech_seconds: float = 120.0  # audio out per request
+    min_speaker_clip_seconds: float = 1.0  # a speaker clip to clone
+    max_speaker_clip_seconds: float = 30.0
+    max_speaker_clip_bytes: int = 16 * 2**20
 
     def __post_init__(self) -> None:
         if self.family not in KNOWN_FAMILIES:
@@ -88,6 +99,15 @@ class WorkerConfig:
             raise ValueError(f"WorkerConfig.image_stage must be one of {IMAGE_STAGES}, got {stage!r}")
         _positive_int("max_image_steps", self.max_image_steps)
         _positive_int("max_images_per_request", self.max_images_per_request)
+        _positive_int("max_speech_text_chars", self.max_speech_text_chars)
+        _positive_int("max_speaker_clip_bytes", self.max_speaker_clip_bytes)
+        for name in ("max_speech_seconds", "min_speaker_clip_seconds", "max_speaker_clip_seconds"):
+            _positive_number(name, getattr(self, name))
+        if self.min_speaker_clip_seconds > self.max_speaker_clip_seconds:
+            raise ValueError(
+                "WorkerConfig.min_speaker_clip_seconds must be <= max_speaker_clip_seconds, got "
+                f"{self.min_speaker_clip_seconds} > {self.max_speaker_clip_seconds}"
+            )
         for name in ("max_audio_seconds", "max_video_seconds"):
             value = getattr(self, name)
             if value is not None and (

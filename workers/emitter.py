@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -24,6 +24,9 @@ from engine.outputs import RequestOutput
 from pipelines.output import Presenter
 from pipelines.protocol import STREAM_TTL_S, ErrorCode, Event, EventType, stream_key
 from workers.metrics import WorkerMetrics
+
+if TYPE_CHECKING:
+    from workers.spoken_reply import SpokenReply
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class Flight:
     queued_s: float = 0.0  # from the gateway's submit to this worker taking it
     ttft_s: float = 0.0  # engine admission to first token
     presenter: Presenter | None = None  # turns its outputs into text/reasoning deltas (emitter thread)
+    reply: SpokenReply | None = None  # a chat reply also spoken: gets its text, and then its DONE
 
 
 class Flights:
@@ -196,22 +200,29 @@ class Emitter:
         if flight.presenter is None:
             flight.presenter = Presenter(len(outs), None, None, out.prompt_token_ids)
         presenter = flight.presenter
+        deltas, reply = presenter.deltas(out), flight.reply
         events = [
             self._event(flight, EventType.DELTA, text=d.text, reasoning_text=d.reasoning, index=d.index)
-            for d in presenter.deltas(out)
+            for d in deltas
         ]
+        if reply is not None:
+            for d in deltas:
+                if d.index == 0:
+                    reply.feed(d.text)
         if out.finish_reason in ("stop", "length"):
             self._metrics.latencies(out.metrics.time_to_first_token_s, out.metrics.inter_token_latencies_s)
-            events.append(
-                self._event(
-                    flight,
-                    EventType.DONE,
-                    finish_reason=out.finish_reason,
-                    usage=presenter.usage(out),
-                    choices=presenter.summaries(out),
-                )
-            )
+            done = {
+                "finish_reason": out.finish_reason,
+                "usage": presenter.usage(out),
+                "choices": presenter.summaries(out),
+            }
+            if reply is not None:
+                reply.end(done)  # DONE comes from the reply once its speech is out
+            else:
+                events.append(self._event(flight, EventType.DONE, **done))
         elif out.finish_reason == "error":
+            if reply is not None:
+                reply.stop()
             log.error("request %s: the engine failed while running it: %s", out.request_id, out.stop_reason)
             message = f"internal error while generating (request {out.request_id}); see the worker log"
             events.append(

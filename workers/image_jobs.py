@@ -39,9 +39,23 @@ from workers.image_stage import ImageStage
 
 if TYPE_CHECKING:
     from models.ming.generation.generator import ImageGenerator
+    from workers.config import WorkerConfig
     from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+
+def load_images(runtime: WorkerRuntime, config: WorkerConfig) -> ImageJobs | None:
+    """The image side of a worker whose checkpoint has generation heads (`mlp/`; else None)."""
+    from models.ming.generation.generator import ImageGenerator
+
+    remote = config.image_stage == "remote"
+    parts = "condition" if remote else "all"  # remote: no DiT / VAE here
+    generator = ImageGenerator.load(config.model_dir, runtime.engine.device, runtime.engine.dtype, parts)
+    if generator is None:
+        return None
+    limits = ImageLimits(config.max_image_steps, config.max_images_per_request)
+    return ImageJobs(runtime, generator, limits, remote=remote)
 
 
 class _Deadline:

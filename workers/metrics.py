@@ -137,6 +137,49 @@ class WorkerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=reg,
         ).labels(**labels)
+        self._speech_metrics(reg, labels)
+
+    def _speech_metrics(self, reg: CollectorRegistry, labels: dict[str, str]) -> None:
+        self.speech_jobs = self._gauge(
+            "bailing_worker_speech_jobs", "Speech requests (and spoken replies) in the speech stage now"
+        )
+        self.speech_audio_seconds = Counter(
+            "bailing_worker_speech_audio_seconds",
+            "Seconds of speech audio published (at the requested speed)",
+            ["model"],
+            registry=reg,
+        ).labels(**labels)
+        self.speech_steps = Counter(
+            "bailing_worker_speech_talker_steps",
+            "Talker steps run, one per request per step (each step is one latent patch)",
+            ["model"],
+            registry=reg,
+        ).labels(**labels)
+        self.speech_batch = Histogram(
+            "bailing_worker_speech_batch_size",
+            "Requests per talker forward of the speech stage (newcomers' prefills count apart)",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=reg,
+        ).labels(**labels)
+        self.speech_ttfa = Histogram(
+            "bailing_worker_speech_time_to_first_audio_seconds",
+            "From a speech request's start in the worker to its first audio chunk",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        ).labels(**labels)
+
+    def speech_forward(self, requests: int, seconds: float) -> None:
+        """One talker step of the speech stage over `requests` requests."""
+        self.speech_steps.inc(requests)
+        self.speech_batch.observe(requests)
+
+    def speech_first_audio(self, seconds: float) -> None:
+        self.speech_ttfa.observe(seconds)
+
+    def speech_done(self, audio_seconds: float) -> None:
+        self.speech_audio_seconds.inc(audio_seconds)
 
     def image_forward(self, images: int, seconds: float) -> None:
         """One DiT forward of the image stage over `images` images (all their CFG branches)."""

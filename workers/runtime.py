@@ -7,13 +7,14 @@ and waits until the emitter has written the request's terminal event. Cancels (p
 deadlines (the waiting task thread) and shutdown end a request through `stop_request` (see
 `workers.aborts`): its KV blocks are freed within one engine step and the terminal event says why.
 Image jobs (task "image", checkpoints with generation heads) go to `images` (`workers.image_jobs`):
-thinker prefills on this engine, then the image stage's denoising loop beside it.
+thinker prefills on this engine, then the image stage's denoising loop beside it. Speech jobs (task
+"speech", checkpoints with a `talker/`) go to `speech` (`workers.speech_jobs`): the speech stage's
+talker loop beside the engine, and its chat entry `speech.speak_stream` for spoken replies.
 Batch items go through `batches` (`workers.batch.BatchRunner`), which calls `run` for each.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -26,7 +27,6 @@ from engine.errors import BailingError, RequestError
 from engine.model_loader import generation_config
 from models.family import get_family
 from pipelines import text
-from pipelines.image_generation import ImageLimits
 from pipelines.media import MediaLimits, MediaPipeline
 from pipelines.protocol import (
     ErrorCode,
@@ -42,8 +42,10 @@ from workers.background import CancelListener, Heartbeat
 from workers.batch import BATCH_PRIORITY_OFFSET, BatchRunner
 from workers.config import WorkerConfig
 from workers.emitter import Control, Emitter, Flight, Flights
-from workers.image_jobs import ImageJobs
+from workers.image_jobs import load_images
 from workers.metrics import StepObservingMetrics, WorkerMetrics
+from workers.speech_jobs import load_speech
+from workers.spoken_reply import SpokenReply
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class WorkerRuntime:
         self.started_at = time.time()
         self.metrics = WorkerMetrics(config.name)
         self.family = get_family(config.family)
-        self.processor_factories = [_import_factory(path) for path in config.logits_processors]
+        self.processor_factories = [text.import_factory(path) for path in config.logits_processors]
         self.engine = self._load_engine(config)  # slow, and fails loudly for a bad checkpoint
         self.defaults = generation_config(config.model_dir)
         self.redis = redis.Redis.from_url(
@@ -72,7 +74,8 @@ class WorkerRuntime:
         self.flights = Flights()
         self.emitter = Emitter(self.redis, self.flights, self.metrics, config.name)
         self.aborter = Aborter(self.engine, self.emitter)
-        self.images = self._load_images(config)  # None: the checkpoint has no image-generation heads
+        self.images = load_images(self, config) if self.media is not None else None  # None: no heads
+        self.speech = load_speech(self, config) if self.media is not None else None  # None: no talker
         self.engine.metrics = StepObservingMetrics(self._after_step)  # before the first step
         self.cancels = CancelListener(self)
         self.heartbeat = Heartbeat(self)
@@ -90,22 +93,17 @@ class WorkerRuntime:
         )
         return LLMEngine(config.model_dir, config.device, config.dtype, engine_config)
 
-    def _load_images(self, config: WorkerConfig) -> ImageJobs | None:
-        if self.media is None:
-            return None
-        from models.ming.generation.generator import ImageGenerator
-
-        parts = "condition" if config.image_stage == "remote" else "all"  # remote: no DiT / VAE here
-        generator = ImageGenerator.load(config.model_dir, self.engine.device, self.engine.dtype, parts)
-        if generator is None:
-            return None
-        limits = ImageLimits(config.max_image_steps, config.max_images_per_request)
-        return ImageJobs(self, generator, limits, remote=config.image_stage == "remote")
-
     @property
     def outputs(self) -> tuple[str, ...]:
         """What this worker's model produces (announced in its WorkerInfo)."""
-        return ("text", "image") if self.images is not None else ("text",)
+        images = ("image",) if self.images is not None else ()
+        audio = ("audio",) if self.speech is not None else ()
+        return ("text", *images, *audio)
+
+    @property
+    def voices(self) -> tuple[str, ...]:
+        """The talker's voice presets, the default first (announced in its WorkerInfo)."""
+        return self.speech.voices if self.speech is not None else ()
 
     def _media_bytes(self, ref: MediaRef) -> bytes | None:
         return self.redis.get(ref.key)
@@ -123,6 +121,8 @@ class WorkerRuntime:
         self.engine.start()
         if self.images is not None:
             self.images.start()
+        if self.speech is not None:
+            self.speech.start()
         self.emitter.start()
         self.cancels.start()
         if self.config.metrics_port:
@@ -149,6 +149,8 @@ class WorkerRuntime:
         self.heartbeat.stop()  # leaves the registry
         if self.images is not None:
             self.images.stop()
+        if self.speech is not None:
+            self.speech.stop()
         self.engine.shutdown()
         self.emitter.stop()
         if self._metrics_server is not None:
@@ -212,6 +214,9 @@ class WorkerRuntime:
             self._serve(job, flight, final_only)
         finally:
             self.flights.pop(rid)
+            self.aborter.unregister(rid)
+            if flight.reply is not None:  # its terminal event is written: no more speech
+                flight.reply.stop()
 
     def _serve(self, job: GenerateJob, flight: Flight, final_only: bool = False) -> None:
         rid = job.request_id
@@ -221,6 +226,8 @@ class WorkerRuntime:
                 self.stop_request(flight, EventType.CANCELLED, ErrorCode.CANCELLED, "cancelled by the client")
             elif job.task == "image":
                 self._image(job, flight, final_only)
+            elif job.task == "speech":
+                self._speech(job, flight)
             else:
                 self._submit(job, flight, final_only)
         except (BailingError, ValueError, TypeError) as exc:
@@ -252,6 +259,7 @@ class WorkerRuntime:
             t1 = time.monotonic()
             media = self.engine.encode_media(prepared.prompt_ids, media)
             self.metrics.media(_media_counts(job), t1 - t0, time.monotonic() - t1)
+        self._spoken_reply(job, flight)  # a reply also spoken: its speech stream starts now
         with flight.lock:
             if flight.stopping:  # cancelled (or past its deadline) while its inputs were built
                 return
@@ -268,12 +276,28 @@ class WorkerRuntime:
             flight.added = True
         self.metrics.prompt_tokens.inc(len(prepared.prompt_ids))
 
+    def _spoken_reply(self, job: GenerateJob, flight: Flight) -> None:
+        if job.speech is None:
+            return
+        if self.speech is None:
+            raise RequestError(f"model '{job.model}' does not speak (outputs: {', '.join(self.outputs)})")
+        flight.reply = SpokenReply(job.request_id, self.engine, self.emitter)  # stopped in `run`
+        flight.reply.start(self.speech.speak_stream(job.request_id, flight, job.speech, flight.reply.spoken))
+        self.aborter.register(job.request_id, flight.reply.abort)  # unregistered in `run`
+
     def _image(self, job: GenerateJob, flight: Flight, final_only: bool = False) -> None:
         if job.model != self.config.name:
             raise RequestError(f"model {job.model!r} sent to the queue of {self.config.name!r}")
         if self.images is None:
             raise RequestError(f"model '{job.model}' does not generate images (outputs: text)")
         self.images.run(job, flight, progress=not final_only)
+
+    def _speech(self, job: GenerateJob, flight: Flight) -> None:
+        if job.model != self.config.name:
+            raise RequestError(f"model {job.model!r} sent to the queue of {self.config.name!r}")
+        if self.speech is None:
+            raise RequestError(f"model '{job.model}' does not speak (outputs: {', '.join(self.outputs)})")
+        self.speech.run(job, flight)
 
     def _wait(self, job: GenerateJob, flight: Flight) -> None:
         """Block until the terminal event is written; end the request when its deadline passes."""
@@ -325,18 +349,6 @@ class WorkerRuntime:
             self.stop_request(
                 flight, EventType.CANCELLED, ErrorCode.CANCELLED, "cancelled by the client", info
             )
-
-
-def _import_factory(path: str) -> text.ProcessorFactory:
-    """'module:factory' -> the callable (at startup: a wrong path stops the worker with a clear error)."""
-    module, _, attr = path.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load the logits processor factory {path!r}: {exc}") from exc
-    if not callable(factory):
-        raise ValueError(f"logits processor factory {path!r} is not callable")
-    return factory
 
 
 def _media_limits(config: WorkerConfig) -> MediaLimits:

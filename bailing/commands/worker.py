@@ -51,6 +51,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="where image requests denoise: in this worker (local, default), or handed to the model's "
         "--role image-stage workers through Redis (remote: this worker then loads no DiT / VAE)",
     )
+    speech = p.add_argument_group("speech output (checkpoints with a talker, e.g. ming)")
+    speech.add_argument(
+        "--max-speech-text-chars", type=int, default=2000, help="characters of text per speech job (2000)"
+    )
+    speech.add_argument(
+        "--max-speech-seconds", type=float, default=120.0, help="seconds of audio out per request (120)"
+    )
+    speech.add_argument(
+        "--min-speaker-clip-seconds", type=float, default=1.0, help="shortest speaker clip to clone (1)"
+    )
+    speech.add_argument(
+        "--max-speaker-clip-seconds", type=float, default=30.0, help="longest speaker clip to clone (30)"
+    )
+    speech.add_argument(
+        "--max-speaker-clip-bytes", type=int, default=16 * 2**20, help="bytes per speaker clip (16 MiB)"
+    )
     p.add_argument(
         "--role",
         default="model",
@@ -121,6 +137,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         max_images_per_request=args.max_images_per_request,
         role=args.role,
         image_stage=args.image_stage,
+        max_speech_text_chars=args.max_speech_text_chars,
+        max_speech_seconds=args.max_speech_seconds,
+        min_speaker_clip_seconds=args.min_speaker_clip_seconds,
+        max_speaker_clip_seconds=args.max_speaker_clip_seconds,
+        max_speaker_clip_bytes=args.max_speaker_clip_bytes,
     )
     logging.basicConfig(level=args.loglevel, format=_LOG_FORMAT)
     return run_worker(config, args.loglevel)
