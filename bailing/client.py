@@ -3,7 +3,9 @@
 Flow: keyword options and chat messages (dicts) -> `build_request` -> the gateway -> plain dataclasses
 (`Completion` with its `Choice`s, `Chunk`, `ModelInfo`) back; speech recognition (`transcribe`) sends
 audio and gets a `Transcription` (or `Chunk`s) back; image generation (`generate_image`, from
-`bailing.client_image`) gets an `ImageResult` (or `ImageEvent`s) back; batch jobs (`create_batch`
+`bailing.client_image`) gets an `ImageResult` (or `ImageEvent`s) back; speech synthesis
+(`synthesize_speech`, from `bailing.client_speech`) gets a `SpeechResult` (or `AudioChunk`s) back, and
+a chat call with `speech=` also the spoken reply's audio; batch jobs (`create_batch`
 ... `batch_results`) go to the Jobs service and come back as `BatchInfo` / `BatchItemResult`. No
 protobuf type reaches the caller; every failure is a `BailingClientError` carrying the gRPC status
 name (`BailingConnectionError` when nothing answers).
@@ -15,21 +17,15 @@ import asyncio
 import os
 import queue
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Unpack
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bailing.client_batch import (
-    BatchInfo,
-    BatchItemError,
-    BatchItemResult,
-    batch_from_pb,
-    batch_result_from_pb,
-    build_batch_request,
-)
+from bailing.client_batch import BatchInfo, BatchItemError, BatchItemResult
+from bailing.client_batch_calls import AsyncBatchCalls, BatchCalls
 from bailing.client_convert import (
     BailingClientError,
     BailingConnectionError,
@@ -41,7 +37,6 @@ from bailing.client_convert import (
     Timing,
     Usage,
     build_request,
-    completion_from_pb,
     error_from_rpc,
     health_status_name,
     messages_to_pb,
@@ -62,6 +57,17 @@ from bailing.client_image import (
     ImageStarted,
     ImageUsage,
 )
+from bailing.client_speech import (
+    AsyncSpeechCalls,
+    AudioChunk,
+    SpeechCalls,
+    SpeechRequestOptions,
+    SpeechResult,
+    SpeechUsage,
+    chunk_with_audio,
+    completion_with_speech,
+)
+from bailing.client_speech_file import SpeechFileWriter, write_speech
 from bailing.client_streams import AsyncChunkStream, ChunkStream
 from bailing.client_transcribe import (
     TranscribeOptions,
@@ -74,6 +80,7 @@ from gateway.api import pb, pb_grpc
 __all__ = [
     "AsyncChunkStream",
     "AsyncClient",
+    "AudioChunk",
     "BailingClientError",
     "BailingConnectionError",
     "BatchInfo",
@@ -97,12 +104,17 @@ __all__ = [
     "ImageUsage",
     "ModelInfo",
     "RequestOptions",
+    "SpeechFileWriter",
+    "SpeechRequestOptions",
+    "SpeechResult",
+    "SpeechUsage",
     "Timing",
     "TranscribeOptions",
     "Transcription",
     "Usage",
     "build_request",
     "messages_to_pb",
+    "write_speech",
 ]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -132,7 +144,7 @@ class _Base:
 
 
 # ---- blocking client -------------------------------------------------------------------------
-class Client(ImageCalls, _Base):
+class Client(ImageCalls, SpeechCalls, BatchCalls, _Base):
     """Blocking client: `with Client("127.0.0.1:50051") as c: print(c.generate("ling", "Hi").text)`."""
 
     def __init__(
@@ -184,9 +196,10 @@ class Client(ImageCalls, _Base):
         timeout: float | None = None,
         **options: Unpack[RequestOptions],
     ) -> Completion:
-        """One complete answer. Unset options take the model's defaults; `timeout` is the RPC deadline (s)."""
+        """One complete answer. Unset options take the model's defaults; `timeout` is the RPC deadline (s).
+        With `speech={...}` (models with audio output) the answer is also spoken: `Completion.speech`."""
         request = build_request(model, prompt, messages, **options)
-        return completion_from_pb(self._unary(self._stub.Generate, request, timeout))
+        return completion_with_speech(self._unary(self._stub.Generate, request, timeout))
 
     def stream(
         self,
@@ -197,10 +210,11 @@ class Client(ImageCalls, _Base):
         timeout: float | None = None,
         **options: Unpack[RequestOptions],
     ) -> ChunkStream:
-        """Deltas as they are produced (same options as `generate`); close the stream to cancel."""
+        """Deltas as they are produced (same options as `generate`; with `speech` some chunks carry
+        `audio`); close the stream to cancel."""
         request = build_request(model, prompt, messages, **options)
         call = self._stub.GenerateStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
-        return ChunkStream(call)
+        return ChunkStream(call, chunk_with_audio)
 
     def transcribe(
         self,
@@ -237,47 +251,6 @@ class Client(ImageCalls, _Base):
         request = health_pb2.HealthCheckRequest(service=service)
         return health_status_name(self._unary(self._health.Check, request, timeout))
 
-    # ---- batch jobs --------------------------------------------------------------------------
-    def create_batch(
-        self,
-        model: str,
-        *,
-        jsonl: bytes | None = None,
-        items: Iterable[tuple[str, Mapping[str, Any]]] | None = None,
-        completion_window_s: float = 0.0,
-        skip_invalid_items: bool = False,
-        metadata: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> BatchInfo:
-        """Queue a batch: `jsonl` ({"custom_id", "body": GenerateRequest JSON} per line) or `items`
-        ((custom_id, `generate` keyword fields such as prompt=..., max_tokens=...) pairs)."""
-        request = build_batch_request(model, jsonl, items, completion_window_s, skip_invalid_items, metadata)
-        return batch_from_pb(self._unary(self._jobs.CreateBatch, request, timeout))
-
-    def get_batch(self, batch_id: str, timeout: float | None = None) -> BatchInfo:
-        return batch_from_pb(self._unary(self._jobs.GetBatch, pb.GetBatchRequest(id=batch_id), timeout))
-
-    def list_batches(self, limit: int = 100, timeout: float | None = None) -> list[BatchInfo]:
-        """Newest first."""
-        response = self._unary(self._jobs.ListBatches, pb.ListBatchesRequest(limit=limit), timeout)
-        return [batch_from_pb(b) for b in response.batches]
-
-    def cancel_batch(self, batch_id: str, timeout: float | None = None) -> BatchInfo:
-        """Stop new items at once; running ones finish (status cancelling, then cancelled)."""
-        return batch_from_pb(self._unary(self._jobs.CancelBatch, pb.CancelBatchRequest(id=batch_id), timeout))
-
-    def batch_results(self, batch_id: str, timeout: float | None = None) -> Iterator[BatchItemResult]:
-        """One result per finished item, in input order; `timeout` bounds the whole download."""
-        request = pb.GetBatchResultsRequest(id=batch_id)
-        call = self._jobs.GetBatchResults(request, timeout=self._timeout(timeout), metadata=self._metadata)
-        try:
-            for msg in call:
-                yield batch_result_from_pb(msg)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
-        finally:
-            call.cancel()  # no-op once the stream ended
-
     def close(self) -> None:
         self._channel.close()
 
@@ -289,7 +262,7 @@ class Client(ImageCalls, _Base):
 
 
 # ---- asyncio client --------------------------------------------------------------------------
-class AsyncClient(AsyncImageCalls, _Base):
+class AsyncClient(AsyncImageCalls, AsyncSpeechCalls, AsyncBatchCalls, _Base):
     """grpc.aio client with the `Client` API; create it inside the event loop that uses it."""
 
     def __init__(
@@ -333,7 +306,7 @@ class AsyncClient(AsyncImageCalls, _Base):
         **options: Unpack[RequestOptions],
     ) -> Completion:
         request = build_request(model, prompt, messages, **options)
-        return completion_from_pb(await self._unary(self._stub.Generate, request, timeout))
+        return completion_with_speech(await self._unary(self._stub.Generate, request, timeout))
 
     def stream(
         self,
@@ -346,7 +319,7 @@ class AsyncClient(AsyncImageCalls, _Base):
     ) -> AsyncChunkStream:
         request = build_request(model, prompt, messages, **options)
         call = self._stub.GenerateStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
-        return AsyncChunkStream(call)
+        return AsyncChunkStream(call, chunk_with_audio)
 
     async def transcribe(
         self,
@@ -379,45 +352,6 @@ class AsyncClient(AsyncImageCalls, _Base):
     async def health(self, service: str = "", timeout: float | None = None) -> str:
         request = health_pb2.HealthCheckRequest(service=service)
         return health_status_name(await self._unary(self._health.Check, request, timeout))
-
-    # ---- batch jobs (see `Client`) -----------------------------------------------------------
-    async def create_batch(
-        self,
-        model: str,
-        *,
-        jsonl: bytes | None = None,
-        items: Iterable[tuple[str, Mapping[str, Any]]] | None = None,
-        completion_window_s: float = 0.0,
-        skip_invalid_items: bool = False,
-        metadata: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> BatchInfo:
-        request = build_batch_request(model, jsonl, items, completion_window_s, skip_invalid_items, metadata)
-        return batch_from_pb(await self._unary(self._jobs.CreateBatch, request, timeout))
-
-    async def get_batch(self, batch_id: str, timeout: float | None = None) -> BatchInfo:
-        return batch_from_pb(await self._unary(self._jobs.GetBatch, pb.GetBatchRequest(id=batch_id), timeout))
-
-    async def list_batches(self, limit: int = 100, timeout: float | None = None) -> list[BatchInfo]:
-        response = await self._unary(self._jobs.ListBatches, pb.ListBatchesRequest(limit=limit), timeout)
-        return [batch_from_pb(b) for b in response.batches]
-
-    async def cancel_batch(self, batch_id: str, timeout: float | None = None) -> BatchInfo:
-        request = pb.CancelBatchRequest(id=batch_id)
-        return batch_from_pb(await self._unary(self._jobs.CancelBatch, request, timeout))
-
-    async def batch_results(
-        self, batch_id: str, timeout: float | None = None
-    ) -> AsyncIterator[BatchItemResult]:
-        request = pb.GetBatchResultsRequest(id=batch_id)
-        call = self._jobs.GetBatchResults(request, timeout=self._timeout(timeout), metadata=self._metadata)
-        try:
-            async for msg in call:
-                yield batch_result_from_pb(msg)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
-        finally:
-            call.cancel()
 
     async def close(self) -> None:
         await self._channel.close()

@@ -2,7 +2,8 @@
 
 Flow: JSONL bytes or (custom_id, fields) items -> `build_batch_request` -> `CreateBatchRequest`;
 `Batch` -> `BatchInfo`; `BatchResult` -> `BatchItemResult` (a `Completion`, an image item's
-`ImageResult`, or an error), written back as one JSONL line by `to_json_line`.
+`ImageResult`, a speech item's `SpeechResult`, or an error), written back as one JSONL line by
+`to_json_line`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ from bailing.client_convert import (
     usage_from_pb,
 )
 from bailing.client_image import ImageResult, build_image_request, image_result_from_pb, image_result_to_pb
+from bailing.client_speech import (
+    SpeechResult,
+    build_speech_request,
+    speech_result_from_pb,
+    speech_result_to_pb,
+)
 from gateway.api import pb
 from pipelines.batches import TERMINAL_STATUSES
 
 IMAGE_METHOD = "GenerateImage"  # an item's "method" that makes it an image item
+SPEECH_METHOD = "SynthesizeSpeech"  # ... a speech item
 
 
 class BatchItemError(NamedTuple):
@@ -58,23 +66,28 @@ class BatchInfo:
 
 @dataclass(frozen=True)
 class BatchItemResult:
-    """The outcome of one finished item: exactly one of `response`, `image_response` and `error` is set."""
+    """The outcome of one finished item: exactly one of `response`, `image_response`, `speech_response`
+    and `error` is set."""
 
     index: int  # position in the input
     custom_id: str
     response: Completion | None = None
     error: BatchItemError | None = None
     image_response: ImageResult | None = None  # an image item's images
+    speech_response: SpeechResult | None = None  # a speech item's clip
 
     def to_json_line(self) -> str:
         """One JSONL line: `{"custom_id", "response": <GenerateResponse JSON>}`, `{"custom_id",
-        "image_response": <GenerateImageResponse JSON, image bytes base64>}` or `{"custom_id",
-        "error": {"code", "message"}}`."""
+        "image_response": <GenerateImageResponse JSON, image bytes base64>}`, `{"custom_id",
+        "speech_response": <SynthesizeSpeechResponse JSON, audio base64>}` or `{"custom_id", "error":
+        {"code", "message"}}`."""
         record: dict[str, Any] = {"custom_id": self.custom_id}
         if self.response is not None:
             record["response"] = _as_json(completion_to_pb(self.response))
         elif self.image_response is not None:
             record["image_response"] = _as_json(image_result_to_pb(self.image_response))
+        elif self.speech_response is not None:
+            record["speech_response"] = _as_json(speech_result_to_pb(self.speech_response))
         else:
             code, message = self.error or BatchItemError("UNKNOWN", "no outcome")
             record["error"] = {"code": code, "message": message}
@@ -94,7 +107,8 @@ def build_batch_request(
     metadata: Mapping[str, str] | None = None,
 ) -> Any:
     """A `CreateBatchRequest` from JSONL bytes or from (custom_id, fields) pairs: `generate` keyword
-    fields, or with "method": "GenerateImage" `generate_image` keyword fields (prompt=... included)."""
+    fields, or with "method": "GenerateImage" `generate_image` keyword fields (prompt=... included), or
+    with "method": "SynthesizeSpeech" `synthesize_speech` keyword fields (text=... included)."""
     if not isinstance(model, str) or not model:
         raise invalid_argument("model", "a model name is required")
     if (jsonl is None) == (items is None):
@@ -121,8 +135,11 @@ def _item(where: str, custom_id: str, model: str, fields: Mapping[str, Any]) -> 
     method = fields.pop("method", "Generate")
     if method == IMAGE_METHOD:
         return pb.BatchItem(custom_id=custom_id, image_request=build_image_request(model, **fields))
+    if method == SPEECH_METHOD:
+        return pb.BatchItem(custom_id=custom_id, speech_request=build_speech_request(model, **fields))
     if method != "Generate":
-        raise invalid_argument(f"{where}.method", f"Generate or {IMAGE_METHOD} is required, got {method!r}")
+        known = f"Generate, {IMAGE_METHOD} or {SPEECH_METHOD}"
+        raise invalid_argument(f"{where}.method", f"{known} is required, got {method!r}")
     return pb.BatchItem(custom_id=custom_id, request=build_request(model, **fields))
 
 
@@ -170,6 +187,10 @@ def batch_result_from_pb(msg: Any) -> BatchItemResult:
     if outcome == "image_response":
         return BatchItemResult(
             msg.index, msg.custom_id, image_response=image_result_from_pb(msg.image_response)
+        )
+    if outcome == "speech_response":
+        return BatchItemResult(
+            msg.index, msg.custom_id, speech_response=speech_result_from_pb(msg.speech_response)
         )
     error = BatchItemError(msg.error.code, msg.error.message) if outcome == "error" else None
     return BatchItemResult(msg.index, msg.custom_id, error=error or BatchItemError("UNKNOWN", "no outcome"))

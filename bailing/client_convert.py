@@ -3,8 +3,8 @@
 Flow: chat messages (dicts with text or media parts) + options -> `build_request` -> `GenerateRequest`;
 responses -> `Completion` (with its `Choice`s) / `Chunk` / `ModelInfo`; `grpc.RpcError` ->
 `BailingClientError`. Batch jobs live in `bailing.client_batch`, image generation in
-`bailing.client_image`. `bailing.client` re-exports the public names; protobuf types never leave
-these modules and the client.
+`bailing.client_image`, speech synthesis (and the audio of spoken replies) in `bailing.client_speech`.
+`bailing.client` re-exports the public names; protobuf types never leave these modules and the client.
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import mimetypes
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from gateway.api import OPTIONAL_SAMPLING_FIELDS, pb
 from pipelines.protocol import Usage  # the same counts the workers report
+
+if TYPE_CHECKING:
+    from bailing.client_speech import AudioChunk, SpeechResult
 
 MEDIA_TYPES = ("image", "audio", "video")
 # First bytes of common media files, for parts given as bytes without a mime type.
@@ -81,6 +84,9 @@ class RequestOptions(SamplingOptions, total=False):
     # diffusion models (llada2): block_length, steps, threshold, decoder, low_threshold,
     # eos_early_stop, prefix_cache (see DiffusionOptions in the proto)
     diffusion: Mapping[str, Any]
+    # a spoken reply (models with audio output): voice, format, sample_rate, speed, seed,
+    # temperature, guidance_scale, instruction (see SpeechOptions in the proto); {} = the defaults
+    speech: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,7 @@ class Completion:
     usage: Usage
     timing: Timing
     choices: tuple[Choice, ...] = ()  # every choice in index order (n = 1: one)
+    speech: SpeechResult | None = None  # a spoken reply's whole clip (the request set `speech`)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class Chunk:
     finish_reason: str = ""  # set on a choice's finish chunk only
     usage: Usage | None = None  # set on the last chunk only
     index: int = 0  # the choice the delta or finish_reason belongs to
+    audio: AudioChunk | None = None  # a spoken reply's audio (its last: `last`, with the summary)
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,8 @@ class ModelInfo:
     live_workers: int
     max_model_len: int
     modalities: tuple[str, ...]  # inputs it accepts: text, image, audio, video
-    outputs: tuple[str, ...] = ()  # what it produces: text, image (empty: no live worker says)
+    outputs: tuple[str, ...] = ()  # what it produces: text, image, audio (empty: no live worker says)
+    voices: tuple[str, ...] = ()  # voice presets of its talker (models with audio output)
 
 
 # ---- request building ------------------------------------------------------------------------
@@ -237,6 +246,7 @@ def build_request(
     enable_thinking: bool | None = None,
     thinking_budget: int | None = None,
     diffusion: Mapping[str, Any] | None = None,
+    speech: Mapping[str, Any] | None = None,
     request_id: str | None = None,
     priority: int = 0,
     **sampling: Any,
@@ -256,15 +266,9 @@ def build_request(
         model=model, sampling=params, reasoning=reasoning, request_id=request_id or "", priority=priority
     )
     if diffusion is not None:
-        fields = pb.DiffusionOptions.DESCRIPTOR.fields_by_name
-        unknown = set(diffusion) - set(fields)
-        if unknown:
-            raise invalid_argument(
-                "diffusion", f"unknown option(s) {sorted(unknown)}; known: {sorted(fields)}"
-            )
-        request.diffusion.CopyFrom(
-            pb.DiffusionOptions(**{k: v for k, v in diffusion.items() if v is not None})
-        )
+        request.diffusion.CopyFrom(options_to_pb("diffusion", pb.DiffusionOptions, diffusion))
+    if speech is not None:
+        request.speech.CopyFrom(options_to_pb("speech", pb.SpeechOptions, speech))
     if prompt is not None:
         if not isinstance(prompt, str):
             raise invalid_argument("prompt", f"a string is required, got {type(prompt).__name__}")
@@ -272,6 +276,17 @@ def build_request(
     else:
         request.messages.extend(messages_to_pb(messages))
     return request
+
+
+def options_to_pb(where: str, message: Any, options: Mapping[str, Any]) -> Any:
+    """`message` (an options message type) with the options that are set; unknown names are an error."""
+    if not isinstance(options, Mapping):
+        raise invalid_argument(where, f"a dict of options is required, got {type(options).__name__}")
+    fields = message.DESCRIPTOR.fields_by_name
+    unknown = set(options) - set(fields)
+    if unknown:
+        raise invalid_argument(where, f"unknown option(s) {sorted(unknown)}; known: {sorted(fields)}")
+    return message(**{k: v for k, v in options.items() if v is not None})
 
 
 # ---- response conversion ---------------------------------------------------------------------
@@ -313,7 +328,15 @@ def chunk_from_pb(msg: Any) -> Chunk:
 
 def models_from_pb(msg: Any) -> list[ModelInfo]:
     return [
-        ModelInfo(m.name, m.family, m.live_workers, m.max_model_len, tuple(m.modalities), tuple(m.outputs))
+        ModelInfo(
+            m.name,
+            m.family,
+            m.live_workers,
+            m.max_model_len,
+            tuple(m.modalities),
+            tuple(m.outputs),
+            tuple(m.voices),
+        )
         for m in msg.models
     ]
 

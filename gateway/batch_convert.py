@@ -3,10 +3,12 @@
 
 Items come inline (`items[i]`, 0-based) or as JSONL (`line n`, 1-based); each one goes through
 `convert.request_to_job` (image items: `request.image_request` / a line with "method":
-"GenerateImage", through `image.image_request_to_job`), so batch items get exactly the interactive
+"GenerateImage", through `image.image_request_to_job`; speech items: `speech_request` / "method":
+"SynthesizeSpeech", through `speech.speech_request_to_job`), so batch items get exactly the interactive
 validation (media parts included: their bytes, base64 in JSONL as protobuf's JSON mapping has it,
 are kept with the item's spec for the gateway to park in Redis). Errors are collected for every
-item; the whole batch is rejected unless `skip_invalid_items`.
+item; the whole batch is rejected unless `skip_invalid_items`. A chat item whose reply would be spoken
+(`request.speech`) is refused: a batch speaks through speech items.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from gateway.convert import request_to_job
 from gateway.errors import Rejection, invalid
 from gateway.image import image_request_to_job
 from gateway.media import MediaBlob
+from gateway.speech import speech_request_to_job
 from gateway.state import ModelState
 from pipelines.batches import BatchRecord, ItemResult
 from pipelines.protocol import GenerateJob
@@ -30,7 +33,18 @@ from pipelines.protocol import GenerateJob
 MAX_LISTED_ERRORS = 20
 JSONL_KEYS = ("custom_id", "method", "body")
 # a JSONL line's "method" -> the message its body is (no "method": Generate)
-JSONL_METHODS = {"Generate": pb.GenerateRequest, "GenerateImage": pb.GenerateImageRequest}
+JSONL_METHODS = {
+    "Generate": pb.GenerateRequest,
+    "GenerateImage": pb.GenerateImageRequest,
+    "SynthesizeSpeech": pb.SynthesizeSpeechRequest,
+}
+# the message an item's request is -> what validates it into a job
+TO_JOB = {
+    pb.GenerateRequest: request_to_job,
+    pb.GenerateImageRequest: image_request_to_job,
+    pb.SynthesizeSpeechRequest: speech_request_to_job,
+}
+ItemRequest = pb.GenerateRequest | pb.GenerateImageRequest | pb.SynthesizeSpeechRequest
 
 
 @dataclass(frozen=True)
@@ -48,7 +62,7 @@ class BatchItemSpec:
 class _RawItem:
     where: str  # "line 3" | "items[2]"
     custom_id: str
-    request: pb.GenerateRequest | pb.GenerateImageRequest | None
+    request: ItemRequest | None
     error: str = ""  # a problem found before conversion (JSON, custom_id)
 
 
@@ -101,11 +115,11 @@ def _raw_items(req: pb.CreateBatchRequest, limit: int) -> list[_RawItem]:
 
 def _inline_item(i: int, item: pb.BatchItem) -> _RawItem:
     where = f"items[{i}]"
-    if not item.HasField("image_request"):
-        return _RawItem(where, item.custom_id, item.request)
-    if item.HasField("request"):
-        return _RawItem(where, item.custom_id, None, f"{where}: request and image_request are both set")
-    return _RawItem(where, item.custom_id, item.image_request)
+    kinds = [k for k in ("request", "image_request", "speech_request") if item.HasField(k)]
+    if len(kinds) > 1:
+        both = "both" if len(kinds) == 2 else "all"
+        return _RawItem(where, item.custom_id, None, f"{where}: {' and '.join(kinds)} are {both} set")
+    return _RawItem(where, item.custom_id, getattr(item, kinds[0] if kinds else "request"))
 
 
 def _check_count(n: int, limit: int) -> None:
@@ -129,7 +143,8 @@ def _jsonl_item(n: int, line: str) -> _RawItem:
     method = obj.get("method", "Generate")
     message = JSONL_METHODS.get(method) if isinstance(method, str) else None
     if message is None:
-        known = " or ".join(JSONL_METHODS)
+        *first, final = JSONL_METHODS
+        known = f"{', '.join(first)} or {final}"
         return _RawItem(where, custom_id, None, f"{where}: unknown method {method!r} ({known})")
     body = obj.get("body")
     if not isinstance(body, dict):
@@ -178,9 +193,11 @@ def _convert(
         return BatchItemSpec(index, raw.custom_id, error=f"{raw.where}: {message}")
     request.model = model
     request.request_id = f"{batch_id}-{index}"
+    if isinstance(request, pb.GenerateRequest) and request.HasField("speech"):
+        message = "speech: spoken chat replies are not batched; use SynthesizeSpeech items to make audio"
+        return BatchItemSpec(index, raw.custom_id, error=f"{raw.where}: {message}")
     try:
-        to_job = image_request_to_job if isinstance(request, pb.GenerateImageRequest) else request_to_job
-        job, blobs = to_job(request, cfg, state, submitted_at=submitted_at)
+        job, blobs = TO_JOB[type(request)](request, cfg, state, submitted_at=submitted_at)
     except Rejection as rej:
         return BatchItemSpec(index, raw.custom_id, error=f"{raw.where}: {rej.message}")
     return BatchItemSpec(index, raw.custom_id, job=job, blobs=tuple(blobs))
@@ -216,10 +233,14 @@ def result_to_pb(result: ItemResult) -> pb.BatchResult:
         out.error.code = str(result.error.get("code", "INTERNAL"))
         out.error.message = str(result.error.get("message", ""))
         return out
+    speech = result.speech_response
     try:
         if result.image_response is not None:
             out.image_response.SetInParent()
             json_format.ParseDict(result.image_response, out.image_response, ignore_unknown_fields=True)
+        elif speech is not None:
+            out.speech_response.SetInParent()
+            json_format.ParseDict(speech, out.speech_response, ignore_unknown_fields=True)
         else:
             json_format.ParseDict(result.response or {}, out.response, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError) as exc:

@@ -36,6 +36,9 @@ class GatewayConfig:
     max_image_steps: int = 200  # denoising steps at most
     max_images_per_request: int = 4  # num_images at most
     max_image_prompt_chars: int = 4000  # prompt / negative_prompt characters at most
+    # speech synthesis (SynthesizeSpeech, spoken chat replies)
+    max_speech_text_chars: int = 2000  # text (and speaker_text, instruction) characters at most
+    max_speaker_audio_bytes: int = 16 * MIB  # the speaker clip to clone, at most
 
     def __post_init__(self) -> None:
         if not self.redis_url:
@@ -61,6 +64,8 @@ class GatewayConfig:
             "max_image_steps",
             "max_images_per_request",
             "max_image_prompt_chars",
+            "max_speech_text_chars",
+            "max_speaker_audio_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

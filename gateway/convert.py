@@ -393,4 +393,5 @@ def model_info(state: ModelState) -> pb.ModelInfo:
         max_model_len=state.max_model_len,
         modalities=list(state.modalities),
         outputs=list(state.outputs),
+        voices=list(state.voices),
     )

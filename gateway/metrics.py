@@ -1,8 +1,8 @@
 """Prometheus metrics of the gateway, on a registry of its own (served over HTTP when a port is set).
 
-The servicer reports each finished request (`observe_request`: requests by method, tokens, images),
-token deltas as they pass (`observe_token`), and the health loop sets per-model queue depth and live
-worker counts.
+The servicer reports each finished request (`observe_request`: requests by method, tokens, images,
+seconds of speech and time to first audio), token deltas as they pass (`observe_token`), and the
+health loop sets per-model queue depth and live worker counts.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class GatewayMetrics:
         self.images = Counter(
             "bailing_gateway_images", "Generated images delivered", ["model", "method"], registry=r
         )
+        self.audio_seconds = Counter(
+            "bailing_gateway_audio_seconds", "Seconds of speech delivered", ["model", "method"], registry=r
+        )
         self.inflight = Gauge(
             "bailing_gateway_inflight_requests", "Requests being served", ["model"], registry=r
         )
@@ -40,6 +43,13 @@ class GatewayMetrics:
         self.ttft = Histogram(
             "bailing_gateway_time_to_first_token_seconds",
             "Gateway accept -> first token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfa = Histogram(
+            "bailing_gateway_time_to_first_audio_seconds",
+            "Gateway accept -> first audio chunk (speech synthesis, spoken replies)",
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -73,6 +83,9 @@ class GatewayMetrics:
             self.images.labels(trace.model, trace.method).inc(trace.images)
         elif trace.first_token_at is not None:
             self.ttft.labels(trace.model).observe(trace.ttft_s)
+        if trace.audio_chunks:
+            self.audio_seconds.labels(trace.model, trace.method).inc(trace.audio_s)
+            self.ttfa.labels(trace.model).observe(trace.ttfa_s)
         if trace.usage is not None:
             u = trace.usage
             for kind, n in (

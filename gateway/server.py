@@ -2,8 +2,9 @@
 
 Flow of a call: draining? -> model served? (NOT_FOUND) -> admission (RESOURCE_EXHAUSTED) -> live
 workers (UNAVAILABLE) -> `convert.request_to_job` (Transcribe: `transcribe.transcribe_to_job`,
-GenerateImage: `image.image_request_to_job`; INVALID_ARGUMENT) -> `Dispatcher.submit` ->
-`Dispatcher.events` relayed as chunks / image events or collected into one response. Whenever a
+GenerateImage: `image.image_request_to_job`, speech and spoken replies: `gateway.speech`, whose RPCs
+live in `speech_service.SpeechRPCs`; INVALID_ARGUMENT) -> `Dispatcher.submit` -> `Dispatcher.events`
+relayed as chunks / image events / audio chunks or collected into one response. Whenever a
 call ends without its terminal event (client cancel, deadline, error) the request is cancelled in
 Redis. Health, reflection, the bearer-token interceptor, the SIGTERM drain and the batch
 `JobsServicer` (gateway/jobs.py) are wired up in `GatewayServer`.
@@ -44,6 +45,7 @@ from gateway.image import ImageReply, collect_images, image_request_to_job, rela
 from gateway.jobs import JobsServicer
 from gateway.media import MediaBlob
 from gateway.metrics import GatewayMetrics
+from gateway.speech_service import SpeechRPCs
 from gateway.state import RequestTrace
 from gateway.transcribe import transcribe_to_job, transcript_chunks, transcript_response
 from pipelines.protocol import Event, GenerateJob
@@ -71,7 +73,7 @@ ToChunks = Callable[[str, Event], list[Any]]  # request id, event -> the Generat
 WARM_CONNECTIONS = 64  # Redis connections opened before serving (each stream holds one while it waits)
 
 
-class InferenceServicer(pb_grpc.InferenceServicer):
+class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
     def __init__(self, cfg: GatewayConfig, dispatcher: Dispatcher, metrics: GatewayMetrics) -> None:
         self.cfg = cfg
         self.dispatcher = dispatcher
@@ -89,12 +91,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return list_models_response(states)
 
     async def Generate(self, request, context):
+        if request.HasField("speech"):
+            return await self.spoken_answer(request, context)
         return await self._answer(request, context, "Generate", request_to_job)
 
     async def GenerateStream(self, request, context):
-        async with contextlib.aclosing(
-            self._relay(request, context, "GenerateStream", request_to_job, event_to_chunks)
-        ) as chunks:
+        if request.HasField("speech"):
+            relay = self.spoken_relay(request, context)
+        else:
+            relay = self._relay(request, context, "GenerateStream", request_to_job, event_to_chunks)
+        async with contextlib.aclosing(relay) as chunks:
             async for chunk in chunks:
                 yield chunk
 
@@ -113,7 +119,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._call(request, context, "GenerateImage", image_request_to_job) as call,
             contextlib.aclosing(self._events(call, context)) as events,
         ):
-            reply = ImageReply(call.job, self.dispatcher.take_image)
+            reply = ImageReply(call.job, self.dispatcher.take)
             return await collect_images(events, reply, call.trace, self.cfg.max_message_bytes)
 
     async def GenerateImageStream(self, request, context):
@@ -121,7 +127,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._call(request, context, "GenerateImageStream", image_request_to_job) as call,
             contextlib.aclosing(self._events(call, context)) as events,
             contextlib.aclosing(
-                relay_images(events, ImageReply(call.job, self.dispatcher.take_image), call.trace)
+                relay_images(events, ImageReply(call.job, self.dispatcher.take), call.trace)
             ) as replies,
         ):
             async for reply in replies:
@@ -259,6 +265,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             "completion_tokens": u.completion_tokens if u else 0,
             "reasoning_tokens": u.reasoning_tokens if u else 0,
             "images": trace.images,
+            "audio_s": round(trace.audio_s, 3),
+            "ttfa_s": round(trace.ttfa_s, 4) if trace.first_audio_at else None,
             "queue_s": round(trace.queue_s, 4),
             "ttft_s": round(trace.ttft_s, 4) if trace.first_token_at else None,
             "total_s": round(duration_s, 4),

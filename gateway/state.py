@@ -2,7 +2,8 @@
 
 `ModelState` is built by `dispatch.live_workers` from the WorkerInfo records; `RequestTrace` follows
 one request's events and yields the timings that the response, the metrics and the log line report
-(for image generation the first IMAGE event is the first output).
+(for image generation the first IMAGE event is the first output; AUDIO events are timed on their own:
+time to first audio).
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ class ModelState:
         common = set.intersection(*(set(w.outputs) for w in self.workers))
         return tuple(o for o in OUTPUTS if o in common)
 
+    @property
+    def voices(self) -> tuple[str, ...]:
+        """Voice presets every live worker has, in the first worker's order (its first is the default)."""
+        if not self.workers:
+            return ()
+        common = set.intersection(*(set(w.voices) for w in self.workers))
+        return tuple(v for v in self.workers[0].voices if v in common)
+
 
 @dataclass
 class RequestTrace:
@@ -64,6 +73,9 @@ class RequestTrace:
     finished_at: float | None = None
     worker_id: str = ""
     images: int = 0  # IMAGE events seen (image generation)
+    audio_chunks: int = 0  # AUDIO events seen (speech synthesis, spoken replies)
+    audio_s: float = 0.0  # seconds of audio they hold
+    first_audio_at: float | None = None
     usage: Usage | None = None
     finish_reason: str = ""
     code: str = "OK"  # the gRPC status name the client got
@@ -85,6 +97,11 @@ class RequestTrace:
             self.images += 1
             if self.first_token_at is None:
                 self.first_token_at = t
+        elif event.type is EventType.AUDIO:
+            self.audio_chunks += 1
+            self.audio_s += float((event.info or {}).get("duration_s") or 0.0)
+            if self.first_audio_at is None:
+                self.first_audio_at = t
         if event.terminal:
             self.finished_at = t
             self.usage = event.usage
@@ -101,6 +118,11 @@ class RequestTrace:
     @property
     def ttft_s(self) -> float:
         return self._since_submit(self.first_token_at)
+
+    @property
+    def ttfa_s(self) -> float:
+        """Gateway accept -> first audio chunk (0 when none came)."""
+        return self._since_submit(self.first_audio_at)
 
     @property
     def total_s(self) -> float:

@@ -10,5 +10,6 @@ MODULES = (
     "bailing.commands.stack",  # bailing up
     "bailing.commands.client",  # bailing chat / transcribe / models / healthcheck
     "bailing.commands.image",  # bailing image
+    "bailing.commands.speech",  # bailing speak (chat --speak lives there too)
     "bailing.commands.batch",  # bailing batch submit / status / list / cancel / results
 )

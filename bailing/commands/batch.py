@@ -305,9 +305,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description=(
             "Queue thousands of requests as one job. FILE.jsonl holds one\n"
             '{"custom_id": ..., "body": <GenerateRequest as JSON>} per line (with\n'
-            '"method": "GenerateImage" the body is a GenerateImageRequest); results come back as\n'
-            '{"custom_id": ..., "response": ...}, {"custom_id": ..., "image_response": ...}\n'
-            '(image bytes base64) or {"custom_id": ..., "error": {"code", "message"}} lines.'
+            '"method": "GenerateImage" the body is a GenerateImageRequest, with "method":\n'
+            '"SynthesizeSpeech" a SynthesizeSpeechRequest); results come back as\n'
+            '{"custom_id": ..., "response": ...}, {"custom_id": ..., "image_response": ...},\n'
+            '{"custom_id": ..., "speech_response": ...} (image and audio bytes base64) or\n'
+            '{"custom_id": ..., "error": {"code", "message"}} lines.'
         ),
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawTextHelpFormatter,

@@ -151,7 +151,11 @@ def _cmd_chat(client: Any, args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    """`bailing chat`: usage checks the parser cannot make, then the call."""
+    """`bailing chat`: usage checks the parser cannot make, then the call (--speak: commands/speech.py)."""
+    if args.speak:
+        from bailing.commands.speech import spoken_chat
+
+        return spoken_chat(args)
     if args.stream and not args.json and args.n is not None and args.n > 1:
         print(
             f"error: --stream needs n = 1 (got -n {args.n}): the interleaved deltas of several choices "
@@ -345,6 +349,10 @@ def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
             f"--{kind}", action="append", metavar="PATH", help=f"attach the {kind} file at PATH (repeatable)"
         )
     chat.add_argument("--json", action="store_true", help="print the whole completion as one JSON object")
+    spoken = chat.add_argument_group("spoken answers (models with audio output, e.g. ming2)")
+    spoken.add_argument("--speak", metavar="OUT", help="also speak the answer into OUT (.wav, .pcm, .opus)")
+    spoken.add_argument("--voice", metavar="NAME", help="with --speak: a voice preset of the model")
+    spoken.add_argument("--force", action="store_true", help="with --speak: overwrite OUT")
     _add_connection_args(chat, None, "request deadline in seconds (default: none)")
     chat.add_argument("text", metavar="TEXT", help="your message")
     chat.set_defaults(func=_chat)

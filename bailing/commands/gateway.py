@@ -42,6 +42,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     for flag, metavar, help in _IMAGE_LIMIT_FLAGS:
         images.add_argument(flag, type=int, default=None, metavar=metavar, help=help)
+    speech = p.add_argument_group(
+        "speech synthesis (SynthesizeSpeech, spoken replies)", "larger requests are INVALID_ARGUMENT"
+    )
+    for flag, metavar, help in _SPEECH_LIMIT_FLAGS:
+        speech.add_argument(flag, type=int, default=None, metavar=metavar, help=help)
     p.set_defaults(func=_cmd_gateway)
 
 
@@ -53,10 +58,16 @@ _IMAGE_LIMIT_FLAGS = (
     ("--max-images-per-request", "N", "num_images at most (default 4)"),
     ("--max-image-prompt-chars", "N", "prompt / negative_prompt characters at most (default 4000)"),
 )
+_SPEECH_LIMIT_FLAGS = (
+    ("--max-speech-text-chars", "N", "text / speaker_text / instruction characters at most (default 2000)"),
+    ("--max-speaker-audio-bytes", "B", "the speaker clip to clone, bytes at most (default 16 MiB)"),
+)
 
 
-def _image_limits(args: argparse.Namespace) -> dict[str, int]:
-    names = (flag[2:].replace("-", "_") for flag, _, _ in _IMAGE_LIMIT_FLAGS)
+def _limits(args: argparse.Namespace) -> dict[str, int]:
+    """The image and speech limit flags that were given, as GatewayConfig fields."""
+    flags = (*_IMAGE_LIMIT_FLAGS, *_SPEECH_LIMIT_FLAGS)
+    names = (flag[2:].replace("-", "_") for flag, _, _ in flags)
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -77,7 +88,7 @@ def _config(args: argparse.Namespace):
         metrics_port=args.metrics_port,
         drain_grace_s=args.drain_grace,
         max_media_bytes=args.max_media_bytes,
-        **_image_limits(args),
+        **_limits(args),
     )
 
 

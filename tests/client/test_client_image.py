@@ -139,7 +139,9 @@ def test_batch_items_can_be_image_requests():
     text, image = build_batch_request("ming", None, items).items
     assert text.request.prompt == "hi" and not text.HasField("image_request")
     assert (image.image_request.prompt, image.image_request.num_images) == ("fox", 2)
-    with pytest.raises(BailingClientError, match=r"items\[0\].method: Generate or GenerateImage"):
+    with pytest.raises(
+        BailingClientError, match=r"items\[0\].method: Generate, GenerateImage or SynthesizeSpeech"
+    ):
         build_batch_request("ming", None, [("x", {"method": "Draw", "prompt": "fox"})])
 
 

@@ -1,8 +1,8 @@
 """Gateway test helpers: an in-process gateway on a free port, and a stand-in worker made of Redis data.
 
 `FakeWorker` writes what a real worker writes (heartbeat ZSET entry, WorkerInfo, stream events; for
-image jobs the image bytes under `image_key` too) and takes tasks off the real Celery queue list; no
-Redis, Celery or gRPC code is mocked.
+image jobs the image bytes under `image_key`, for speech the audio chunks under `audio_key`) and takes
+tasks off the real Celery queue list; no Redis, Celery or gRPC code is mocked.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import redis
 
 from pipelines.protocol import (
     IMAGE_TTL_S,
+    AudioChunkInfo,
     Event,
     EventType,
     ImageInfo,
     ImageSummary,
+    SpeechSummary,
     Usage,
     WorkerInfo,
+    audio_key,
     image_key,
     queue_name,
     stream_key,
@@ -204,6 +207,61 @@ class FakeWorker:
         summary = ImageSummary(*requested, *size, steps, guidance_scale, seed, len(images))
         usage = Usage(prompt_tokens=prompt_tokens, forwards=steps)
         self.emit(request_id, EventType.DONE, usage=usage, info=summary.to_info())
+        return keys
+
+    def put_audio(
+        self,
+        request_id: str,
+        index: int,
+        data: bytes,
+        *,
+        rate: int,
+        start_s: float,
+        duration_s: float,
+        text="",
+    ) -> str:
+        """Park one audio chunk's bytes under its key (TTL IMAGE_TTL_S), then emit its AUDIO event."""
+        key = audio_key(request_id, index)
+        self.redis.set(key, data, ex=IMAGE_TTL_S)
+        info = AudioChunkInfo(index, key, rate, start_s, duration_s, len(data), text)
+        self.emit(request_id, EventType.AUDIO, info=info.to_info())
+        return key
+
+    def speak(
+        self,
+        request_id: str,
+        chunks: Sequence[bytes],
+        *,
+        rate: int = 16000,
+        fmt: str = "wav",
+        durations: Sequence[float] | None = None,
+        seed: int = 7,
+        prompt_tokens: int = 5,
+        started: bool = True,
+        done: bool = True,
+    ) -> list[str]:
+        """A speech stream: started, one AUDIO event per chunk (PCM chunks' durations from their size),
+        done with a SpeechSummary under info["speech"]; returns the chunk keys."""
+        if started:
+            self.emit(request_id, EventType.STARTED)
+        if durations is None:
+            durations = [len(c) / (2 * rate) for c in chunks]
+        keys, at = [], 0.0
+        for i, (chunk, seconds) in enumerate(zip(chunks, durations, strict=True)):
+            keys.append(
+                self.put_audio(request_id, i, chunk, rate=rate, start_s=at, duration_s=seconds, text=f"s{i}")
+            )
+            at += seconds
+        if done:
+            summary = SpeechSummary(rate, at, fmt, seed, len(chunks), latent_frames=4 * len(chunks))
+            usage = Usage(prompt_tokens=prompt_tokens)
+            self.emit(
+                request_id,
+                EventType.DONE,
+                finish_reason="stop",
+                usage=usage,
+                info={"speech": summary.to_info()},
+            )
         return keys
 
     def take_job(self, timeout: float = 10.0) -> dict:

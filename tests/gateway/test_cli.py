@@ -161,3 +161,21 @@ def test_media_size_limit_flag_reaches_the_config(redis_url):
     args.max_media_bytes = 0
     with pytest.raises(ValueError, match="max_media_bytes must be >= 1"):
         command._config(args)
+
+
+def test_speech_limit_flags_reach_the_config(redis_url):
+    import argparse
+
+    from bailing.commands import gateway as command
+
+    parser = argparse.ArgumentParser()
+    command.add_parsers(parser.add_subparsers())
+    base = ["gateway", "--models", "ming2", "--redis-url", redis_url]
+    args = parser.parse_args([*base, "--max-speech-text-chars", "500", "--max-speaker-audio-bytes", "4096"])
+    cfg = command._config(args)
+    assert (cfg.max_speech_text_chars, cfg.max_speaker_audio_bytes) == (500, 4096)
+    default = command._config(parser.parse_args(base))
+    assert (default.max_speech_text_chars, default.max_speaker_audio_bytes) == (2000, 16 * 1024 * 1024)
+    args.max_speech_text_chars = 0
+    with pytest.raises(ValueError, match="max_speech_text_chars must be >= 1"):
+        command._config(args)

@@ -294,12 +294,15 @@ def test_bad_image_items_are_invalid_with_a_clear_message():
     req = batch(jsonl="\n".join(json.dumps(x) for x in lines).encode(), skip_invalid_items=True)
     specs = parse(req)
     assert [s.error for s in specs[:3]] == [
-        "line 1: unknown method 'Transcribe' (Generate or GenerateImage)",
+        "line 1: unknown method 'Transcribe' (Generate, GenerateImage or SynthesizeSpeech)",
         "line 2: steps must be in [1, 200], got 0",
         "line 3: body must be a JSON object (a GenerateImageRequest)",
     ]
     assert specs[3].error.startswith("line 4: body: ") and "sampling" in specs[3].error
-    assert specs[4].error == "line 5: unknown method ['GenerateImage'] (Generate or GenerateImage)"
+    assert (
+        specs[4].error
+        == "line 5: unknown method ['GenerateImage'] (Generate, GenerateImage or SynthesizeSpeech)"
+    )
     assert specs[5].job.task == "image"
     both = pb.BatchItem(custom_id="x", request=pb.GenerateRequest(prompt="hi"))
     both.image_request.prompt = "fox"
