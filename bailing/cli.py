@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "dir",
         metavar="DIR",
-        help="root folder: DIR/ling, DIR/ring, DIR/llada2, DIR/ming (one per demo model)",
+        help="root folder: DIR/ling, DIR/ring, DIR/llada2, DIR/ming, DIR/ming2 (one per demo model)",
     )
     init.set_defaults(func=_cmd_init_demo)
 

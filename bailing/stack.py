@@ -198,11 +198,11 @@ class Stack:
             self.models = write_demo_models(self.dir, self.only)
         except ValueError as exc:
             raise StackError(str(exc)) from None
-        if "ming" in self.models:
+        self.families = {model.name: model.family for model in DEMO_MODELS}
+        if any(self.families[name] == "ming" for name in self.models):
             from bailing.demo.samples import write_demo_samples
 
             write_demo_samples(self.dir / "samples")  # what the banner's media examples send
-        self.families = {model.name: model.family for model in DEMO_MODELS}
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.redis_url is None:
             self.redis_url = self._start_valkey(env)

@@ -83,6 +83,15 @@ def demo_ming(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_ming2(tmp_path_factory) -> Path:
+    """The demo Ming-flash-omni 2.0 checkpoint (2.0 thinker, Z-Image heads, talker, AudioVAE, CAM++,
+    voices), as `bailing init-demo` writes it (seed 4)."""
+    from bailing.demo.ming2 import write_ming2_checkpoint
+
+    return write_ming2_checkpoint(tmp_path_factory.mktemp("demo") / "ming2", seed=4)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis-protocol server for service tests.
 

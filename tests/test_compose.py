@@ -138,7 +138,7 @@ def test_gateway_models_match_the_worker_services(services):
     for name, svc in _workers(services).items():
         args = _parse(svc["command"])
         assert args.command == "worker"
-        assert name == f"worker-{args.family}"
+        assert name == f"worker-{args.name or args.family}"
         served.add(args.name or args.family)
     assert sorted(models) == sorted(served)
 

@@ -109,7 +109,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--models",
         default=None,
         metavar="A,B",
-        help="serve only these demo models (default: ling,ring,llada2,ming)",
+        help="serve only these demo models (default: ling,ring,llada2,ming,ming2)",
     )
     up.add_argument(
         "--redis-url",

@@ -1,11 +1,14 @@
-"""Write a random-weight Ming-flash-omni 2.0 thinker (`BailingMM2NativeForConditionalGeneration`)
-checkpoint in the upstream 2.0 layout (specs/ming_layout.md): a tiny Qwen3-VL-MoE-style ViT (with its
-deepstack mergers), the Whisper encoder and the Ling LLM; the thinker only (no talker, no image heads).
+"""Write a random-weight Ming-flash-omni 2.0 checkpoint in the upstream 2.0 layout: the thinker
+(`BailingMM2NativeForConditionalGeneration`, specs/ming_layout.md: a tiny Qwen3-VL-MoE-style ViT with
+its deepstack mergers, the Whisper encoder and the Ling LLM), the Z-Image generation heads and the
+speech stage (`talker/`: talker, AudioVAE, CAM++ stand-in, voice presets; specs/ming_generation.md).
 
 Flow: `Ming2DemoSpec` -> the Preview demo's tokenizer, LLM and audio sections (bailing/demo/ming.py)
 rewritten to 2.0's fields (rope_theta 2.4e6, `use_interleaved_frame_timestamp`) -> config.json with
 2.0's `vision_config` -> tokenizer files, preprocessor_config.json (patch 16, small image bounds,
-interleaved frame timestamps), generation_config.json -> seeded random weights -> sharded safetensors.
+interleaved frame timestamps), generation_config.json -> seeded random weights -> sharded safetensors
+-> mlp/, connector/, transformer/, vae/, scheduler/ (bailing/demo/ming_generation.py) -> talker/
+(bailing/demo/ming2_speech.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from bailing.demo.ming import (
     ming_generation_config,
     ming_llm_config,
 )
+from bailing.demo.ming2_speech import SpeechDemoSpec, write_speech_parts
+from bailing.demo.ming_generation import GenerationDemoSpec, write_generation_heads
 from bailing.demo.ming_weights import random_ming_state_dict
 from bailing.demo.safetensors_writer import write_safetensors_checkpoint
 from bailing.demo.tokenizer import CHAT_EOS_TOKEN, write_json, write_tokenizer_files
@@ -65,6 +70,9 @@ class Ming2DemoSpec:
     min_pixels: int = 4 * 32 * 32
     max_pixels: int = 224 * 224
     interleaved_frame_timestamp: bool = True
+    # Image-generation heads (Z-Image, 2.0's variant) and the speech stage (talker/); None: left out
+    image_generation: GenerationDemoSpec | None = dataclasses.field(default_factory=GenerationDemoSpec)
+    speech: SpeechDemoSpec | None = dataclasses.field(default_factory=SpeechDemoSpec)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -169,11 +177,13 @@ def write_ming2_checkpoint(
     dtype: torch.dtype = torch.bfloat16,
     max_shard_bytes: int | None = 2_000_000,
 ) -> Path:
-    """Write a random-weight Ming 2.0 thinker folder to `out_dir` and return its path.
+    """Write a random-weight Ming 2.0 folder to `out_dir` and return its path.
 
-    Files: config.json, generation_config.json, preprocessor_config.json, tokenizer.json,
+    Thinker files: config.json, generation_config.json, preprocessor_config.json, tokenizer.json,
     tokenizer_config.json (eos `<|role_end|>`, Ming chat template), special_tokens_map.json and the
-    weights (every 2.0 key, deepstack mergers included; sharded past `max_shard_bytes`).
+    weights (every 2.0 key, deepstack mergers included; sharded past `max_shard_bytes`). With
+    `spec.image_generation`: the generation heads' folders (seed + 1); with `spec.speech`: `talker/`
+    (seeds from seed + 2).
     """
     if not isinstance(spec, Ming2DemoSpec):
         raise ValueError(f"spec must be a Ming2DemoSpec, got {type(spec).__name__}")
@@ -190,4 +200,8 @@ def write_ming2_checkpoint(
     write_json(out / "generation_config.json", ming_generation_config(tokenizer))
     write_json(out / "preprocessor_config.json", ming2_preprocessor_config(spec))
     write_safetensors_checkpoint(out, state_dict, dtype=dtype, max_shard_bytes=max_shard_bytes)
+    if spec.image_generation is not None:
+        write_generation_heads(out, spec.llm.hidden_size, spec.image_generation, seed=seed + 1, dtype=dtype)
+    if spec.speech is not None:
+        write_speech_parts(out / "talker", spec.speech, seed=seed + 2, dtype=dtype)
     return out

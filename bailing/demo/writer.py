@@ -4,7 +4,8 @@
 Flow: `LingDemoSpec` -> demo tokenizer (ids) -> config.json (+ overrides) -> generation_config.json,
 tokenizer files (the family's chat template) and seeded random weights (sharded safetensors).
 `write_demo_models` writes every `DEMO_MODELS` entry once per root, each guarded by a stamp, with its
-family's demo sizes (`MingDemoSpec` for Ming, `LingDemoSpec` for the others).
+model's writer and demo sizes (`MingDemoSpec` for the Ming Preview `ming`, `Ming2DemoSpec` for Ming 2.0
+`ming2`, `LingDemoSpec` for the others).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bailing.demo.ling_config import (
 from bailing.demo.ling_weights import TensorSpec, ling_tensor_layout, random_ling_state_dict
 from bailing.demo.llada2 import write_llada2_checkpoint
 from bailing.demo.ming import MingDemoSpec, write_ming_checkpoint
+from bailing.demo.ming2 import Ming2DemoSpec, write_ming2_checkpoint
 from bailing.demo.safetensors_writer import write_safetensors_checkpoint
 from bailing.demo.tokenizer import (
     BASE_EOS_TOKEN,
@@ -53,6 +55,7 @@ __all__ = [
     "WRITER_VERSION",
     "DemoModel",
     "LingDemoSpec",
+    "Ming2DemoSpec",
     "MingDemoSpec",
     "TensorSpec",
     "ling_config_dict",
@@ -61,6 +64,7 @@ __all__ = [
     "write_demo_models",
     "write_ling_checkpoint",
     "write_llada2_checkpoint",
+    "write_ming2_checkpoint",
     "write_ming_checkpoint",
     "write_ring_checkpoint",
     "write_safetensors_checkpoint",
@@ -184,26 +188,30 @@ class DemoModel:
     seed: int
 
 
-# Each demo model is named after its family today; the family is kept explicit for the workers.
+# The family is what the model's worker runs (`bailing worker --family`): `ming` (the Preview) and
+# `ming2` (Ming-flash-omni 2.0: thinker, image heads and talker) are both served by the ming family.
 DEMO_MODELS: tuple[DemoModel, ...] = (
     DemoModel("ling", "ling", seed=0),
     DemoModel("ring", "ring", seed=1),
     DemoModel("llada2", "llada2", seed=2),
     DemoModel("ming", "ming", seed=3),
+    DemoModel("ming2", "ming", seed=4),
 )
-_FAMILY_WRITERS: dict[str, Callable[..., Path]] = {
+# Each model's writer, by model name.
+_WRITERS: dict[str, Callable[..., Path]] = {
     "ling": write_ling_checkpoint,
     "ring": write_ring_checkpoint,
     "llada2": write_llada2_checkpoint,
     "ming": write_ming_checkpoint,
+    "ming2": write_ming2_checkpoint,
 }
-DemoSpec = LingDemoSpec | MingDemoSpec
-# The sizes each family's writer is given; a family not listed takes the Ling demo sizes.
-_FAMILY_SPECS: dict[str, DemoSpec] = {"ming": MingDemoSpec()}
+DemoSpec = LingDemoSpec | MingDemoSpec | Ming2DemoSpec
+# The sizes each model's writer is given; a model not listed takes the Ling demo sizes.
+_SPECS: dict[str, DemoSpec] = {"ming": MingDemoSpec(), "ming2": Ming2DemoSpec()}
 
 
-def _family_spec(family: str) -> DemoSpec:
-    return _FAMILY_SPECS.get(family, LingDemoSpec())
+def _model_spec(name: str) -> DemoSpec:
+    return _SPECS.get(name, LingDemoSpec())
 
 
 def _demo_stamp(model: DemoModel, spec: DemoSpec, dtype: torch.dtype) -> dict[str, Any]:
@@ -232,14 +240,15 @@ def _is_complete(folder: Path, stamp: dict[str, Any]) -> bool:
     return all((folder / name).is_file() for name in files)
 
 
-def _write_demo_folder(target: Path, stamp: dict[str, Any], spec: DemoSpec) -> None:
+def _write_demo_folder(
+    target: Path, stamp: dict[str, Any], spec: DemoSpec, write: Callable[..., Path]
+) -> None:
     """Write into a temporary sibling and rename it into place, so `target` is never half-written."""
     if target.exists() and not (target / STAMP_FILE).is_file():
         raise ValueError(f"{target} exists and is not a bailing demo checkpoint; refusing to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        write = _FAMILY_WRITERS[stamp["family"]]
         write(tmp, spec, seed=stamp["seed"], dtype=getattr(torch, stamp["dtype"]))
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         write_json(tmp / STAMP_FILE, {**stamp, "files": files})
@@ -255,8 +264,8 @@ def _write_demo_folder(target: Path, stamp: dict[str, Any], spec: DemoSpec) -> N
 def write_demo_models(root: str | Path, names: Sequence[str] | None = None) -> dict[str, Path]:
     """Ensure `root/<name>` holds each demo checkpoint (or those in `names`); returns {name: path}.
 
-    A folder stamped with the same writer version, family, seed and spec (the family's demo sizes,
-    `_FAMILY_SPECS`) is kept as is; each folder is replaced atomically on its own. An unknown name
+    A folder stamped with the same writer version, family, seed and spec (the model's demo sizes,
+    `_SPECS`) is kept as is; each folder is replaced atomically on its own. An unknown name
     raises ValueError listing the known ones.
     """
     root = Path(root)
@@ -268,10 +277,10 @@ def write_demo_models(root: str | Path, names: Sequence[str] | None = None) -> d
     for model in DEMO_MODELS:
         if names is not None and model.name not in names:
             continue
-        spec = _family_spec(model.family)
+        spec = _model_spec(model.name)
         stamp = _demo_stamp(model, spec, dtype=torch.bfloat16)
         target = root / model.name
         if not _is_complete(target, stamp):
-            _write_demo_folder(target, stamp, spec)
+            _write_demo_folder(target, stamp, spec, _WRITERS[model.name])
         paths[model.name] = target
     return paths

@@ -47,7 +47,9 @@ def test_stop_leaves_no_process(tmp_path):
     stack.start()
     try:
         names = {child.name for child in stack.all_children()}
-        assert names == {"valkey", "gateway", "worker-ling", "worker-ring", "worker-llada2", "worker-ming"}
+        assert names == {
+            "valkey", "gateway", "worker-ling", "worker-ring", "worker-llada2", "worker-ming", "worker-ming2",
+        }  # fmt: skip
         procs = process_tree([child.pid for child in stack.all_children()])
         assert any(p.name() == "valkey-server" for p in procs)
         with Client(stack.address) as client:
@@ -69,14 +71,16 @@ def test_an_external_redis_replaces_the_embedded_valkey(tmp_path):
     ):
         assert stack.valkey is None
         names = [child.name for child in stack.all_children()]
-        assert names == ["gateway", "worker-ling", "worker-ring", "worker-llada2", "worker-ming"]
+        assert names == [
+            "gateway", "worker-ling", "worker-ring", "worker-llada2", "worker-ming", "worker-ming2",
+        ]  # fmt: skip
         assert all(redis_server.connection_url in child.argv for child in stack.children)
         gateway, *workers = stack.children
-        assert gateway.argv[gateway.argv.index("--models") + 1] == "ling,ring,llada2,ming"
+        assert gateway.argv[gateway.argv.index("--models") + 1] == "ling,ring,llada2,ming,ming2"
         families = [w.argv[w.argv.index("--family") + 1] for w in workers]
-        assert families == ["ling", "ring", "llada2", "ming"]
+        assert families == ["ling", "ring", "llada2", "ming", "ming"]
         with Client(stack.address) as client:
-            for model in ("ling", "ring", "llada2", "ming"):
+            for model in ("ling", "ring", "llada2", "ming", "ming2"):
                 assert client.generate(model, "hi", max_tokens=2).finish_reason in ("stop", "length")
     assert all(child.exit_code() is not None for child in stack.all_children())
 

@@ -22,9 +22,9 @@ def demo_root(tmp_path_factory):
 def test_init_demo_prints_paths(demo_root, capsys):
     assert main(["init-demo", str(demo_root)]) == 0  # second run: already complete, kept
     lines = capsys.readouterr().out.splitlines()
-    models = [f"{m}: {demo_root / m}" for m in ("ling", "ring", "llada2", "ming")]
+    models = [f"{m}: {demo_root / m}" for m in ("ling", "ring", "llada2", "ming", "ming2")]
     assert lines == [*models, f"samples: {demo_root / 'samples'}"]
-    for model in ("ling", "ring", "llada2", "ming"):
+    for model in ("ling", "ring", "llada2", "ming", "ming2"):
         for name in ("config.json", "tokenizer.json", "model.safetensors.index.json", "bailing_demo.json"):
             assert (demo_root / model / name).is_file()
 
@@ -45,7 +45,7 @@ def test_init_demo_writes_sample_media_the_ming_processor_takes(demo_root):
     assert inputs.audio_feats is not None and inputs.audio_feats_lengths.tolist() == [[200]]  # 2 s
 
 
-@pytest.mark.parametrize("model", ["ling", "ring", "llada2", "ming"])
+@pytest.mark.parametrize("model", ["ling", "ring", "llada2", "ming", "ming2"])
 def test_init_demo_user_error(tmp_path, capsys, model):
     (tmp_path / model).mkdir()
     (tmp_path / model / "keep.txt").write_text("x")
@@ -63,7 +63,7 @@ def test_help_exits_cleanly(capsys):
 
 
 @needs_engine
-@pytest.mark.parametrize("model", ["ling", "ring", "llada2", "ming"])
+@pytest.mark.parametrize("model", ["ling", "ring", "llada2", "ming", "ming2"])
 def test_generate_json(demo_root, capsys, model):
     argv = ["generate", "--model", str(demo_root / model), "--max-tokens", "5", "--json", "Hello there"]
     assert main(argv) == 0

@@ -1,7 +1,8 @@
-"""The Ming 2.0 demo thinker checkpoint (`write_ming2_checkpoint`): 2.0's config fields (the
+"""The Ming 2.0 demo checkpoint (`write_ming2_checkpoint`): the thinker's 2.0 config fields (the
 `qwen3_moe_vit` vision_config, rope_theta 2.4e6, interleaved frame timestamps), every 2.0 key of the
-upstream layout (deepstack mergers included) in bf16, token ids from its own tokenizer, seeded
-output, strict loading, and spec errors that name the field."""
+upstream layout (deepstack mergers included) in bf16, token ids from its own tokenizer, the Z-Image
+generation heads beside it, seeded output of the whole folder (talker/ included: its parts are tested
+in test_ming2_speech_demo.py), strict loading, and spec errors that name the field."""
 
 from __future__ import annotations
 
@@ -89,15 +90,47 @@ def test_every_2_0_key_in_bf16_and_loaded_strictly(demo2):
     assert set(model.weight_targets()) == keys
 
 
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_seeded_output(demo2, tmp_path):
     again = write_ming2_checkpoint(tmp_path / "again")
-    index = json.loads((demo2 / "model.safetensors.index.json").read_text())
-    for name in ("config.json", "preprocessor_config.json", "tokenizer.json", *index["weight_map"].values()):
-        assert (again / name).read_bytes() == (demo2 / name).read_bytes(), name
-    other = load_state_dict(write_ming2_checkpoint(tmp_path / "other", seed=4))
+    files = _files(demo2)
+    assert {"talker/model.safetensors", "talker/campplus.onnx", "mlp/model.safetensors"} <= set(files)
+    assert _files(again) == files  # every file of the folder, byte for byte
+    other = write_ming2_checkpoint(tmp_path / "other", seed=4)
     assert not torch.equal(
-        other["vision.pos_embed.weight"], load_state_dict(demo2)["vision.pos_embed.weight"]
+        load_state_dict(other)["vision.pos_embed.weight"], load_state_dict(demo2)["vision.pos_embed.weight"]
     )
+    for name in ("mlp/model.safetensors", "talker/model.safetensors", "talker/vae/model.safetensors"):
+        assert (other / name).read_bytes() != files[name], name
+
+
+def test_generation_heads_are_the_2_0_z_image_ones(demo2):
+    """mlp/ (dit_type zimage), connector/, transformer/, vae/, scheduler/ load strictly with the
+    thinker's hidden width; `parts` splits them as a thinker / stage worker pair loads them."""
+    from models.ming.generation.config import image_generation_config
+    from models.ming.generation.generator import ImageGenerator
+
+    cfg = image_generation_config(demo2)
+    assert (cfg.dit_type, cfg.scales, cfg.defaults.guidance_scale) == ("zimage", (2, 4), 2.0)
+    assert json.loads((demo2 / "transformer" / "config.json").read_text())["_class_name"] == (
+        "ZImageTransformer2DModel"
+    )
+    gen = ImageGenerator.load(demo2, "cpu", torch.float32)
+    assert gen.heads.queries().shape == (4 + 16, _config(demo2)["llm_config"]["hidden_size"])
+    for parts in ("condition", "diffusion"):
+        assert ImageGenerator.load(demo2, "cpu", torch.float32, parts).parts == parts
+
+
+def test_a_spec_without_heads_or_talker_writes_the_thinker_only(tmp_path):
+    from models.ming.generation.config import image_generation_config
+
+    path = write_ming2_checkpoint(tmp_path / "m", Ming2DemoSpec(image_generation=None, speech=None))
+    assert image_generation_config(path) is None
+    assert not (path / "mlp").exists() and not (path / "talker").exists()
+    assert sorted(p.name for p in path.iterdir() if p.is_dir()) == []
 
 
 def test_preprocessor_config(demo2):

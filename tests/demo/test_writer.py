@@ -260,14 +260,14 @@ def test_bad_spec_names_the_field(change, field):
 
 def test_write_demo_models_is_idempotent(tmp_path):
     paths = write_demo_models(tmp_path)
-    assert paths == {name: tmp_path / name for name in ("ling", "ring", "llada2", "ming")}
+    assert paths == {name: tmp_path / name for name in ("ling", "ring", "llada2", "ming", "ming2")}
     stamps = {name: json.loads((path / STAMP_FILE).read_text()) for name, path in paths.items()}
     for name, stamp in stamps.items():
-        sizes = stamp["spec"]["llm"] if name == "ming" else stamp["spec"]
+        sizes = stamp["spec"]["llm"] if name.startswith("ming") else stamp["spec"]
         assert sizes["hidden_size"] == 128 and "config.json" in stamp["files"]
-        assert stamp["family"] == name
-    assert [stamps[name]["seed"] for name in ("ling", "ring", "llada2", "ming")] == [0, 1, 2, 3]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ling", "llada2", "ming", "ring"]  # no temp left
+        assert stamp["family"] == ("ming" if name == "ming2" else name)  # ming2: a ming-family model
+    assert [stamps[name]["seed"] for name in ("ling", "ring", "llada2", "ming", "ming2")] == [0, 1, 2, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(paths)  # no temp folder left
     before = {name: {p.name: p.stat().st_mtime_ns for p in path.iterdir()} for name, path in paths.items()}
     write_demo_models(tmp_path)
     after = {name: {p.name: p.stat().st_mtime_ns for p in path.iterdir()} for name, path in paths.items()}
@@ -281,11 +281,11 @@ def test_write_demo_models_is_idempotent(tmp_path):
 
 
 def test_demo_models_are_known_families():
-    assert [m.name for m in DEMO_MODELS] == ["ling", "ring", "llada2", "ming"]
+    assert [m.name for m in DEMO_MODELS] == ["ling", "ring", "llada2", "ming", "ming2"]
     assert {m.family for m in DEMO_MODELS} <= set(known_families())
 
 
-@pytest.mark.parametrize("name", ["ling", "ring", "llada2", "ming"])
+@pytest.mark.parametrize("name", ["ling", "ring", "llada2", "ming", "ming2"])
 def test_write_demo_models_keeps_foreign_folders(tmp_path, name):
     (tmp_path / name).mkdir()
     (tmp_path / name / "mine.txt").write_text("not a demo")
