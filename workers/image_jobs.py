@@ -6,7 +6,7 @@ request shares; `isolated`, so the query states - and the image - are the same b
 beside them) -> `ImageGenerator.condition` -> a `DenoiseJob` submitted to the process's `ImageStage`
 (progress events per step) -> decode + encode here, in the task thread -> the bytes parked in Redis
 (`image_key`, TTL) -> IMAGE events, then DONE with the `ImageSummary`.
-Ending early: the job registers its own abort with the `Aborter` (`_ImageAbort`): in the thinker
+Ending early: the job registers its own abort with the `Aborter` (an `ExclusiveEnd`): in the thinker
 phase it aborts the engine requests, in the diffusion phase the stage drops the job at its next step
 (tensors freed). It ends the request exactly once: whichever of abort and completion comes first.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,15 +26,13 @@ from engine.sampling_params import SamplingParams
 from pipelines import image_generation
 from pipelines.image_generation import ImageLimits, ImagePlan, ThinkerPass
 from pipelines.protocol import (
-    ErrorCode,
-    EventType,
     GenerateJob,
 )
-from workers import redelivery
 from workers.emitter import Flight
 from workers.image_handoff import HandOff
 from workers.image_output import POLL_S, Outlet, finish_images
 from workers.image_stage import ImageStage
+from workers.job_end import ExclusiveEnd, JobDeadline
 
 if TYPE_CHECKING:
     from models.ming.generation.generator import ImageGenerator
@@ -58,48 +55,6 @@ def load_images(runtime: WorkerRuntime, config: WorkerConfig) -> ImageJobs | Non
     return ImageJobs(runtime, generator, limits, remote=remote)
 
 
-class _Deadline:
-    """The job's deadline, checked while its task thread waits (the runtime's own deadline wait
-    starts only after the job returns): once passed, the request ends DEADLINE_EXCEEDED."""
-
-    def __init__(self, runtime: WorkerRuntime, job: GenerateJob, flight: Flight) -> None:
-        self.runtime, self.flight = runtime, flight
-        self.at = redelivery.job_deadline(job)
-
-    def check(self) -> None:
-        if self.at is not None and time.time() >= self.at:
-            self.at = None  # once
-            self.runtime.stop_request(
-                self.flight, EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed"
-            )
-
-
-class _ImageAbort:
-    """The request's abort (for the Aborter) and its completion, mutually exclusive."""
-
-    def __init__(self, engine, request_ids: list[str]) -> None:
-        self._engine, self._ids = engine, request_ids
-        self._lock = threading.Lock()
-        self.cancelled = self.completed = False
-
-    def __call__(self) -> bool:
-        with self._lock:
-            if self.cancelled or self.completed:
-                return False
-            self.cancelled = True
-        for rid in self._ids:  # in the thinker phase: frees their KV now; later: no-ops
-            self._engine.abort(rid)
-        return True
-
-    def complete(self) -> bool:
-        """True if the job may write its result (no abort came first)."""
-        with self._lock:
-            if self.cancelled:
-                return False
-            self.completed = True
-            return True
-
-
 @dataclass(eq=False)
 class _Request:
     """One image job in its task thread."""
@@ -107,8 +62,8 @@ class _Request:
     job: GenerateJob
     flight: Flight
     plan: ImagePlan
-    abort: _ImageAbort
-    deadline: _Deadline
+    abort: ExclusiveEnd
+    deadline: JobDeadline
     report: bool  # step events (False for batch items: nobody reads their stream while they run)
     t0: float = field(default_factory=time.monotonic)
 
@@ -152,7 +107,8 @@ class ImageJobs:
         if rt.media is None:
             raise RequestError(f"model '{job.model}' does not generate images")
         image_plan = image_generation.plan(job, rt.media, self.generator, self.limits)
-        abort = _ImageAbort(rt.engine, [job.request_id, _negative_id(job)])
+        thinker_ids = [job.request_id, _negative_id(job)]  # aborted in the thinker phase; later no-ops
+        abort = ExclusiveEnd(lambda: [rt.engine.abort(rid) for rid in thinker_ids])
         rt.aborter.register(job.request_id, abort)
         try:
             with flight.lock:
@@ -160,7 +116,7 @@ class ImageJobs:
                     return
                 flight.added = True  # from here on, ending it early goes through `abort`
             flight.prompt_tokens = len(image_plan.positive.ids)
-            req = _Request(job, flight, image_plan, abort, _Deadline(rt, job, flight), progress)
+            req = _Request(job, flight, image_plan, abort, JobDeadline(rt, job, flight), progress)
             self._generate(req)
         finally:
             rt.aborter.unregister(job.request_id)
@@ -195,7 +151,11 @@ class ImageJobs:
             self.runtime.metrics.images_done(s.num_images, s.width, s.height, time.monotonic() - req.t0)
 
     def _thinker(
-        self, job: GenerateJob, passes: list[tuple[str, ThinkerPass]], abort: _ImageAbort, deadline: _Deadline
+        self,
+        job: GenerateJob,
+        passes: list[tuple[str, ThinkerPass]],
+        abort: ExclusiveEnd,
+        deadline: JobDeadline,
     ):
         """The passes' last-scale query states [Q, H] each, or None when the job was aborted."""
         engine, outputs = self.runtime.engine, queue.SimpleQueue()

@@ -283,7 +283,7 @@ class WorkerRuntime:
             raise RequestError(f"model '{job.model}' does not speak (outputs: {', '.join(self.outputs)})")
         flight.reply = SpokenReply(job.request_id, self.engine, self.emitter)  # stopped in `run`
         flight.reply.start(self.speech.speak_stream(job.request_id, flight, job.speech, flight.reply.spoken))
-        self.aborter.register(job.request_id, flight.reply.abort)  # unregistered in `run`
+        self.aborter.register(job.request_id, flight.reply.end_early)  # unregistered in `run`
 
     def _image(self, job: GenerateJob, flight: Flight, final_only: bool = False) -> None:
         if job.model != self.config.name:

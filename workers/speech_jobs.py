@@ -9,7 +9,7 @@ uses `speak_stream` -> a `SpeechStream`: text deltas are segmented incrementally
 Segmenter`) and each finished segment joins the ticket while the thinker goes on; a thread of the
 stream publishes its audio on the chat's stream (running chunk index); the chat's own terminal event
 is its caller's, with the summary `wait()` returns.
-Ending early: a job registers its own abort with the `Aborter` (`_SpeechAbort`): the stage drops the
+Ending early: a job registers its own abort with the `Aborter` (an `ExclusiveEnd`): the stage drops the
 ticket at its next step; cancel and completion are exclusive, so the request ends exactly once.
 """
 
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 from pipelines import speech_synthesis
 from pipelines.media import FetchMedia
-from pipelines.protocol import ErrorCode, EventType, GenerateJob, SpeechOptions, Usage
+from pipelines.protocol import EventType, GenerateJob, SpeechOptions, Usage
 from pipelines.speech_synthesis import SpeechLimits, SpeechSettings
 from pipelines.speech_text import Segmenter
-from workers import redelivery
 from workers.emitter import Control, Flight
+from workers.job_end import ExclusiveEnd, JobDeadline
 from workers.speech_output import SpeechOutlet, SpokenResult, speak
 from workers.speech_stage import SpeechStage, SpeechTicket
 
@@ -56,31 +56,6 @@ def load_speech(runtime: WorkerRuntime, config: WorkerConfig) -> SpeechJobs | No
         max_clip_bytes=config.max_speaker_clip_bytes,
     )
     return SpeechJobs(runtime, model, limits, fetch=runtime._media_bytes)
-
-
-class _SpeechAbort:
-    """The request's abort (for the Aborter) and its completion, mutually exclusive."""
-
-    def __init__(self, stage: SpeechStage) -> None:
-        self._stage = stage
-        self._lock = threading.Lock()
-        self.cancelled = self.completed = False
-
-    def __call__(self) -> bool:
-        with self._lock:
-            if self.cancelled or self.completed:
-                return False
-            self.cancelled = True
-        self._stage.wake()  # the stage drops the ticket at its next sweep
-        return True
-
-    def complete(self) -> bool:
-        """True if the job may write its DONE event (no abort came first)."""
-        with self._lock:
-            if self.cancelled:
-                return False
-            self.completed = True
-            return True
 
 
 class SpeechJobs:
@@ -115,7 +90,7 @@ class SpeechJobs:
         it), RuntimeError when the talker failed."""
         rt, rid = self.runtime, job.request_id
         plan = speech_synthesis.plan(job, self.model, self.limits, self.fetch)
-        abort = _SpeechAbort(self.stage)
+        abort = ExclusiveEnd(self.stage.wake)  # the stage drops the ticket at its next sweep
         rt.aborter.register(rid, abort)
         try:
             with flight.lock:
@@ -126,7 +101,7 @@ class SpeechJobs:
             for text in plan.segments:
                 self.stage.add(ticket, text)
             self.stage.close(ticket)
-            deadline = _Deadline(rt, job, flight)
+            deadline = JobDeadline(rt, job, flight)
             try:
                 result = speak(ticket, self.model, outlet, waiting=deadline.check)
             finally:
@@ -249,19 +224,3 @@ def _abandon(ticket: SpeechTicket, stage: SpeechStage) -> None:
     if not ticket.done.is_set():
         ticket.abandoned.set()
         stage.wake()
-
-
-class _Deadline:
-    """The job's deadline, checked while its task thread waits: once passed, the request ends
-    DEADLINE_EXCEEDED (through the Aborter, so the stage drops its ticket)."""
-
-    def __init__(self, runtime: WorkerRuntime, job: GenerateJob, flight: Flight) -> None:
-        self.runtime, self.flight = runtime, flight
-        self.at = redelivery.job_deadline(job)
-
-    def check(self) -> None:
-        if self.at is not None and time.time() >= self.at:
-            self.at = None  # once
-            self.runtime.stop_request(
-                self.flight, EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed"
-            )

@@ -5,6 +5,7 @@ and deadline within a step with exactly one terminal event, and the chat entry (
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 import time
@@ -276,3 +277,18 @@ def test_a_spoken_reply_with_an_unknown_voice_is_invalid_argument(runtime, rds):
     last = finished(rds, job.request_id)[-1]
     assert last.type == EventType.ERROR and last.error_code == ErrorCode.INVALID_ARGUMENT
     assert "voice" in last.message
+
+
+def test_a_spoken_reply_cut_by_the_audio_budget_still_ends_once_after_its_text(runtime, rds):
+    limits = runtime.speech.limits
+    runtime.speech.limits = dataclasses.replace(limits, max_audio_seconds=0.5)  # one or two patches
+    try:
+        job = chat_job(runtime, max_tokens=40)
+        run(runtime, job).join(120)
+    finally:
+        runtime.speech.limits = limits
+    events = finished(rds, job.request_id)
+    done = events[-1]
+    assert done.type == EventType.DONE and done.usage.completion_tokens == 40
+    summary = SpeechSummary.from_info(done.info["speech"])
+    assert 0 < summary.duration_s <= 0.5 + 1e-6
