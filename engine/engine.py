@@ -44,6 +44,7 @@ from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig
 from engine.sequence import RequestGroup, Sequence, TrackedRequest, sample_id
+from engine.side_loops import SideLoops
 from engine.tokenizer import load_tokenizer, require
 
 Prompt = str | list[int]
@@ -121,6 +122,7 @@ class LLMEngine:
         self._queued = 0
         self._thread: threading.Thread | None = None
         self._stop = False
+        self.side_loops = SideLoops()  # other per-step work run on this engine's thread
         # One request's encoders at a time: concurrent ones only split the same cores / device, so
         # each finishes later (first images wait for the last), and they crowd the loop's steps.
         self._encoding = threading.Lock()
@@ -461,19 +463,34 @@ class LLMEngine:
         if thread is not None:
             thread.join()
 
+    def wake(self) -> None:
+        """A side loop has work (see `engine.side_loops`)."""
+        with self._lock:
+            self._wake.notify_all()
+
     def _loop(self) -> None:
         while True:
             self._let_callers_in()
             with self._lock:
                 while not self._stop and not self.scheduler.has_work():
-                    self._wake.wait()
+                    delay = self.side_loops.delay()
+                    if delay is not None and (delay <= 0 or not self._wake.wait(delay)):
+                        break  # a side loop's turn (due now, or its look-again time passed)
+                    if delay is None:
+                        self._wake.wait()
                 if self._stop:
                     return
-            try:
-                self.step()
-            except Exception as exc:  # a failed step must not strand every request waiting on it
-                log.exception("engine step failed; failing the %d requests in flight", len(self._requests))
-                self.fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
+                stepping = self.scheduler.has_work()
+            if stepping:
+                self._step_or_fail()
+            self.side_loops.run()
+
+    def _step_or_fail(self) -> None:
+        try:
+            self.step()
+        except Exception as exc:  # a failed step must not strand every request waiting on it
+            log.exception("engine step failed; failing the %d requests in flight", len(self._requests))
+            self.fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
 
     def fail_all(self, message: str) -> None:
         """End every request in flight with finish_reason "error" (streams get their final output)."""
