@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
 .PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming \
-	bench-ming-image gpu-check
+	bench-ming-image bench-ming-speech gpu-check
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -62,6 +62,9 @@ bench-ming: $(STAMP)
 
 bench-ming-image: $(STAMP)
 	$(PY) -m bench.ming_image
+
+bench-ming-speech: $(STAMP)
+	$(PY) -m bench.ming_speech
 
 # On a machine with a CUDA device: the tests marked gpu, then the GPU benchmarks (bf16).
 gpu-check: $(STAMP)

@@ -122,9 +122,11 @@ def _free_port() -> int:
 class Service:
     """Valkey (unless BAILING_REDIS_URL) + `bailing worker` + `bailing gateway` as child processes."""
 
-    def __init__(self, checkpoint: Path, worker_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, checkpoint: Path, worker_args: tuple[str, ...] = (), family: str = "ling", name: str = "ling"
+    ) -> None:
         self.checkpoint, self.procs, self.valkey = checkpoint, [], None
-        self.worker_args = worker_args
+        self.worker_args, self.family, self.name = worker_args, family, name
         self.logs = Path(tempfile.mkdtemp(prefix="bailing-bench-service-"))
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -138,9 +140,9 @@ class Service:
             self.valkey.start()
             redis_url = self.valkey.connection_url
         cli = [sys.executable, "-m", "bailing.cli"]
-        worker = ["worker", "--family", "ling", "--model", str(self.checkpoint), "--name", "ling"]
+        worker = ["worker", "--family", self.family, "--model", str(self.checkpoint), "--name", self.name]
         self._spawn("worker", [*cli, *worker, *self.worker_args, "--redis-url", redis_url])
-        gateway = ["gateway", "--models", "ling", "--port", str(self.port), "--redis-url", redis_url]
+        gateway = ["gateway", "--models", self.name, "--port", str(self.port), "--redis-url", redis_url]
         self._spawn("gateway", [*cli, *gateway])
         asyncio.run(self._wait_serving(timeout))
 

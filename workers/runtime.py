@@ -383,10 +383,30 @@ def get_runtime(config: WorkerConfig) -> WorkerRuntime:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            runtime = WorkerRuntime(config)
+            runtime = _load(config)
             runtime.start()
             _runtime = runtime
         return _runtime
+
+
+def _load(config: WorkerConfig) -> WorkerRuntime:
+    """Build the runtime in a thread that then exits. On a CPU a thread that ran torch ops keeps its
+    OpenMP team while it lives, and a second live team makes every parallel op of the engine's thread
+    pay a wake-up (`engine.side_loops`); loading's team leaves with its thread."""
+    built: list[WorkerRuntime | BaseException] = []
+
+    def build() -> None:
+        try:
+            built.append(WorkerRuntime(config))
+        except BaseException as exc:  # re-raised in the caller's thread
+            built.append(exc)
+
+    thread = threading.Thread(target=build, name="bailing-load")
+    thread.start()
+    thread.join()
+    if isinstance(built[0], BaseException):
+        raise built[0]
+    return built[0]
 
 
 def close_runtime() -> None:

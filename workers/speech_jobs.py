@@ -70,7 +70,7 @@ class SpeechJobs:
         self.stage = SpeechStage(model, runtime.metrics.speech_forward)
 
     def start(self) -> None:
-        self.stage.start()
+        self.stage.start(self.runtime.engine)  # its steps share the engine's thread
 
     def stop(self) -> None:
         self.stage.stop()

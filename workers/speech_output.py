@@ -1,16 +1,10 @@
-"""The audio half of a speech request, in the thread that reads its ticket: latent patches -> waveform
--> encoded chunks -> bytes parked in Redis -> AUDIO events.
+"""The audio half of a speech request, in the thread that reads its ticket: the samples the speech
+stage decoded (`speech_decode`) -> encoded chunks -> bytes parked in Redis -> AUDIO events.
 
-Per segment: a fresh AudioVAE stream (as upstream, whose `tts_job` starts a new VAE cache per
-segment: segments are independent, and the decoder's KV cache stays one segment long) is pushed the
-patches gathered so far at fixed patch counts (`decode_point`: after 1, 2, 4 and 8 patches, then
-every 8, and at the segment's end), so a request always yields the same chunks whatever the timing
-or its neighbours; the first audio comes after 2 patches (the VAE's first push returns nothing: it
-holds a frame of lookahead). The samples go through the segment's `SilenceTrimmer`, then the
-request's `AudioEncoder` (one stream over all segments: tempo, resample, format) and out as chunk
-`index` (a running count over the request) under `audio_key`, TTL IMAGE_TTL_S. A chunk that encodes
-to no bytes (held in the encoder) carries its duration over to the next one. At the end the encoder
-is flushed (the tail of an Ogg stream, say).
+The samples go through the request's `AudioEncoder` (one stream over all segments: tempo, resample,
+format) and out as chunk `index` (a running count over the request) under `audio_key`, TTL
+IMAGE_TTL_S. A chunk that encodes to no bytes (held in the encoder) carries its duration over to the
+next one. At the end the encoder is flushed (the tail of an Ogg stream, say).
 """
 
 from __future__ import annotations
@@ -21,46 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from models.ming.speech.speech_model import SpeechModel
-from models.ming.speech.vae import VAEStream
 from pipelines.audio_output import AudioEncoder
 from pipelines.protocol import IMAGE_TTL_S, AudioChunkInfo, EventType, SpeechSummary, audio_key
-from pipelines.speech_silence import SilenceTrimmer
 from pipelines.speech_synthesis import SpeechSettings
 from workers.emitter import Control
 from workers.speech_stage import PatchOut, SpeechTicket
 
 POLL_S = 0.05  # how often a waiting speech request looks at its deadline
-FIRST_DECODES = (1, 2, 4, 8)  # patch counts of a segment's first VAE pushes
-DECODE_EVERY = 8  # ... then every this many patches
-
-
-def decode_point(patches: int) -> bool:
-    """Whether a segment's VAE stream is pushed once it has `patches` patches."""
-    return patches in FIRST_DECODES or patches % DECODE_EVERY == 0
-
-
-class SegmentAudio:
-    """One segment: patches [P, C] -> VAE stream on the fixed schedule -> trimmed float samples."""
-
-    def __init__(self, model: SpeechModel) -> None:
-        self._stream: VAEStream = model.vae.start_stream()
-        self._trimmer = SilenceTrimmer(model.sample_rate)
-        self._waiting: list[torch.Tensor] = []
-        self.patches = 0
-
-    def add(self, latents: torch.Tensor, last: bool) -> np.ndarray | None:
-        """Samples when this patch is a decode point (or the segment's last), else None."""
-        self._waiting.append(latents)
-        self.patches += 1
-        if not (last or decode_point(self.patches)):
-            return None
-        chunk = torch.cat(self._waiting)[None]  # (1, t, C)
-        self._waiting = []
-        wav = self._stream.push(chunk, last)[0].float().cpu().numpy()  # (s,)
-        return self._trimmer.push(wav, last)
 
 
 @dataclass
@@ -119,7 +82,7 @@ def speak(
 ) -> SpokenResult | None:
     """Read the ticket's patches until it ends, publishing audio; None when it was stopped.
     A failed talker step raises RuntimeError."""
-    segment, audio, text = -1, None, ""
+    text = ""
     while True:
         waiting()  # the deadline: checked whether patches flow or not
         try:
@@ -128,11 +91,9 @@ def speak(
             continue
         if item is None:
             break
-        if item.segment.index != segment:
-            segment, audio, text = item.segment.index, SegmentAudio(model), item.segment.text
-        samples = audio.add(item.latents, item.last)
-        if samples is not None:
-            outlet.write(samples, text)
+        text = item.segment.text
+        if item.samples is not None:
+            outlet.write(item.samples, text)
     if ticket.outcome == "failed":
         raise RuntimeError(f"the talker failed: {ticket.error}")
     if ticket.outcome != "finished":

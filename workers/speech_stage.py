@@ -1,4 +1,6 @@
-"""SpeechStage: the one thread that runs the talker for every speech request of this process.
+"""SpeechStage: the talker's loop for every speech request of this process. In a worker it runs on
+the engine's thread between the engine's steps (`engine.side_loops`: one OpenMP team, one stream);
+alone (tests, benchmarks) on a thread of its own.
 
 Flow: a task thread `submit`s a ticket (the request's resolved settings and a `stopped()` probe), then
 `add`s its text segments (all at once for a speech job, one by one for a chat reply being written)
@@ -7,10 +9,11 @@ within one step), starts the next segment of every idle ticket (its own talker r
 the voice, generator seeded `seed + segment index`, step limit = min(the runaway guard, the request's
 remaining audio budget)) and steps every active request: ONE backbone/CFM call for the running batch,
 one prefill call for the newcomers, which then join the running batch (`TalkerGenerator.join`). Each
-request's patches go to its ticket's queue; its task thread turns them into audio (`speech_output`),
-so the stage keeps stepping. A ticket's segments run one after another. A failed call fails the
-tickets in it, never the stage. Outcomes: "finished" (`truncated` when the audio budget ran out),
-"stopped" or "failed"; the queue ends with None.
+request's patches are decoded here too, on the segment's fixed schedule (`speech_decode`: all torch
+work of speech in one thread), and go to its ticket's queue with their samples; its task thread
+encodes and publishes them (`speech_output`). A ticket's segments run one after another. A failed
+call fails the tickets in it, never the stage. Outcomes: "finished" (`truncated` when the audio
+budget ran out), "stopped" or "failed"; the queue ends with None.
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from engine.engine import LLMEngine
 from models.ming.speech.speech_model import SpeechModel
-from models.ming.speech.talker_generator import MAX_CACHE_LEN, TalkerBatch, TalkerGenerator, TalkerRequest
+from models.ming.speech.talker_generator import (
+    MAX_CACHE_LEN,
+    TalkerBatch,
+    TalkerGenerator,
+    TalkerRequest,
+    TalkerStep,
+)
 from pipelines.speech_synthesis import SpeechSettings
 from pipelines.speech_text import max_patches
+from workers.speech_decode import SegmentAudio
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +55,12 @@ class Segment:
 
 @dataclass(frozen=True)
 class PatchOut:
-    """One talker step of one request: its latent patch [P, C], and whether the segment ends here."""
+    """One talker step of one request: its latent patch [P, C], the samples decoded at it (None: not a
+    decode point), and whether the segment ends here."""
 
     segment: Segment
     latents: torch.Tensor
+    samples: np.ndarray | None
     last: bool
     reason: str = ""  # on the last patch: "stop" (stop head) or "length" (step limit)
 
@@ -71,6 +85,7 @@ class SpeechTicket:
     added: int = 0
     closed: bool = False
     active: Segment | None = None
+    audio: SegmentAudio | None = None  # the active segment's decoder (stage thread)
 
 
 class SpeechStage:
@@ -83,17 +98,29 @@ class SpeechStage:
         self._owner: dict[int, SpeechTicket] = {}  # id(TalkerRequest) -> its ticket
         self._cv = threading.Condition()
         self._stop = False
+        self._dirty = False  # something changed since the last round: look now
+        self._engine: LLMEngine | None = None
         self._thread = threading.Thread(target=self._loop, name="bailing-speech-stage", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, engine: LLMEngine | None = None) -> None:
+        """Run on `engine`'s thread, between its steps (a worker: see `engine.side_loops` for why), or
+        on a thread of its own."""
+        if engine is None:
+            self._thread.start()
+        else:
+            self._engine = engine
+            engine.side_loops.attach(self)
+            engine.wake()
 
     def stop(self) -> None:
         """End the loop; tickets still in flight end "stopped"."""
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._thread.join(timeout=30)
+        if self._engine is not None:
+            self._engine.side_loops.detach(self)
+        elif self._thread.is_alive():
+            self._thread.join(timeout=30)
         with self._cv:
             for ticket in self._tickets:
                 self._end(ticket, "stopped")
@@ -108,7 +135,8 @@ class SpeechStage:
                 self._end(ticket, "stopped")
             else:
                 self._tickets.append(ticket)
-                self._cv.notify_all()
+                self._changed()
+        self._wake_engine()
         return ticket
 
     def add(self, ticket: SpeechTicket, text: str) -> bool:
@@ -118,36 +146,65 @@ class SpeechStage:
                 return False
             ticket.segments.append(Segment(ticket.added, text))
             ticket.added += 1
-            self._cv.notify_all()
-            return True
+            self._changed()
+        self._wake_engine()
+        return True
 
     def close(self, ticket: SpeechTicket) -> None:
         """No more segments: the ticket finishes once those queued are spoken."""
         with self._cv:
             ticket.closed = True
-            self._cv.notify_all()
+            self._changed()
+        self._wake_engine()
 
     def wake(self) -> None:
         """Look at the stop probes now (after a cancel)."""
         with self._cv:
-            self._cv.notify_all()
+            self._changed()
+        self._wake_engine()
+
+    def _changed(self) -> None:
+        """(lock held) the next round should come now."""
+        self._dirty = True
+        self._cv.notify_all()
+
+    def _wake_engine(self) -> None:
+        """(lock NOT held: the engine takes its own lock, then asks `delay`, which takes ours)"""
+        if self._engine is not None:
+            self._engine.wake()
 
     def __len__(self) -> int:
         with self._cv:
             return len(self._tickets)
 
-    # ---- the loop ---------------------------------------------------------------------------
+    # ---- as a side loop of the engine ----------------------------------------------------------------
+    def delay(self) -> float | None:
+        """None: no tickets; 0: a round is due; else look at the stop probes within POLL_S."""
+        with self._cv:
+            if self._stop or not self._tickets:
+                return None
+            return 0.0 if self._dirty or self._runnable() else POLL_S
+
+    def tick(self) -> None:
+        """One round: drop stopped tickets, start segments, one step of everything."""
+        with self._cv:
+            if self._stop:
+                return
+            self._dirty = False
+            self._sweep()
+            starting = self._starting()
+        if starting or self._batches:
+            self._tick(starting)
+
+    # ---- the loop (on a thread of its own) ----------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._cv:
-                if not self._stop and not self._runnable():
+                if not self._stop and not self._dirty and not self._runnable():
                     self._cv.wait(POLL_S if self._tickets else None)
                 if self._stop:
                     return
-                self._sweep()
-                starting = self._starting()
-            if starting or self._batches:
-                self._tick(starting)
+            self.tick()
 
     def _runnable(self) -> bool:
         return bool(self._batches) or any(t.active is None and t.segments for t in self._tickets)
@@ -208,37 +265,59 @@ class SpeechStage:
 
     # ---- one step of everything -------------------------------------------------------------
     def _tick(self, starting: list[tuple[SpeechTicket, TalkerRequest]]) -> None:
-        for batch in list(self._batches):
-            self._run(self._tickets_of(batch), lambda b=batch: b)
+        """One step of every running batch and of the newcomers' prefill, with ONE flow-head call
+        over all their rows (`TalkerGenerator.step_together`); then the newcomers join."""
+        batches, owners, newcomers = list(self._batches), [self._tickets_of(b) for b in self._batches], None
         if starting:
             for ticket, request in starting:
                 self._owner[id(request)] = ticket
-            requests = [r for _, r in starting]
-            newcomers = self._run([t for t, _ in starting], lambda: self.generator.start(requests))
-            if newcomers is not None and not newcomers.done:
-                self._admit(newcomers)
+            try:
+                newcomers = self.generator.start([r for _, r in starting])
+                batches.append(newcomers)
+                owners.append([t for t, _ in starting])
+            except Exception as exc:
+                self._failed([t for t, _ in starting], exc, [])
+        if batches:
+            t0 = time.monotonic()
+            try:
+                steps = self.generator.step_together(batches)
+            except Exception as exc:
+                self._failed([t for group in owners for t in group], exc, batches)
+                return
+            self._on_forward(sum(len(step.rows) for step in steps), time.monotonic() - t0)
+            for batch, step in zip(batches, steps, strict=True):
+                self._deliver(batch, step)
+        if newcomers is not None and not newcomers.done:
+            self._admit(newcomers)
         with self._cv:
             self._batches = [b for b in self._batches if not b.done]
 
-    def _run(self, tickets: list[SpeechTicket], make: Callable[[], TalkerBatch]) -> TalkerBatch | None:
-        """One step of the batch `make` gives; a failure fails `tickets` (its owners) and drops it."""
-        t0, batch = time.monotonic(), None
-        try:
-            batch = make()
-            step = self.generator.step(batch)
-        except Exception as exc:
-            log.exception("speech stage: a talker step of %d requests failed", len(tickets))
-            with self._cv:
-                self._fail(tickets, exc)
-                self._batches = [b for b in self._batches if b is not batch]
-            return None
-        self._on_forward(len(step.rows), time.monotonic() - t0)
+    def _failed(self, tickets: list[SpeechTicket], exc: BaseException, batches: list[TalkerBatch]) -> None:
+        log.error("speech stage: a talker step of %d requests failed", len(tickets), exc_info=exc)
+        with self._cv:
+            self._fail(tickets, exc)
+            self._batches = [b for b in self._batches if all(b is not x for x in batches)]
+
+    def _deliver(self, batch: TalkerBatch, step: TalkerStep) -> None:
+        """Each row's patch (decoded at its decode points) to its ticket."""
         for row, i in enumerate(step.rows):
             request = batch.requests[i]
-            ticket = self._owner[id(request)]
+            ticket = self._owner.get(id(request))
+            if ticket is None:  # its decode failed earlier in this step's rows
+                continue
             last = step.finished[row]
             ticket.steps += 1
-            ticket.out.put(PatchOut(ticket.active, step.latents[row], last, batch.stop_reasons[i] or ""))
+            try:
+                samples = self._decode(ticket, step.latents[row], last)
+            except Exception as exc:
+                log.exception("speech stage: request %s: decoding its audio failed", ticket.request_id)
+                with self._cv:
+                    self._remove(ticket)
+                    self._fail([ticket], exc)
+                continue
+            ticket.out.put(
+                PatchOut(ticket.active, step.latents[row], samples, last, batch.stop_reasons[i] or "")
+            )
             if last:
                 del self._owner[id(request)]
                 with self._cv:
@@ -248,7 +327,14 @@ class SpeechStage:
                         ticket.truncated, ticket.closed = bool(more), True
                         ticket.segments.clear()
                     self._cv.notify_all()
-        return batch
+
+    def _decode(self, ticket: SpeechTicket, latents: torch.Tensor, last: bool) -> np.ndarray | None:
+        if ticket.audio is None:
+            ticket.audio = SegmentAudio(self.model)
+        samples = ticket.audio.add(latents, last)
+        if last:
+            ticket.audio = None  # the next segment starts a fresh VAE stream
+        return samples
 
     def _admit(self, newcomers: TalkerBatch) -> None:
         """Newcomers past their prefill join the running batch (or run beside it)."""

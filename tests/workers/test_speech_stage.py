@@ -19,7 +19,7 @@ from pipelines.protocol import SpeechOptions
 from pipelines.speech_synthesis import SpeechLimits, settings
 from tests.models.ming.speech_checkpoint import write_speech_checkpoint
 from tests.models.ming.speech_golden import available
-from workers.speech_output import SegmentAudio, decode_point
+from workers.speech_decode import SegmentAudio, decode_point
 from workers.speech_stage import SpeechStage
 
 pytestmark = pytest.mark.skipif(not available(), reason="Ming speech golden data missing")
@@ -78,6 +78,17 @@ def pcm_chunks(model, items) -> list[bytes]:
         if samples is not None:
             out.append(encoder.encode(samples).data)
     return out
+
+
+def test_the_stage_decodes_on_the_schedule_what_a_fresh_decoder_would(model, stage):
+    items = drain(submit(stage, [ZH, EN], opts(model)))
+    encoder = AudioEncoder(model.sample_rate, model.sample_rate, "pcm")
+    staged = [encoder.encode(i.samples).data for i in items if i.samples is not None]
+    assert staged == pcm_chunks(model, items) and len(staged) > 2
+    for segment in (0, 1):
+        counts = [n + 1 for n, i in enumerate(x for x in items if x.segment.index == segment)]
+        decoded = [i.samples is not None for i in items if i.segment.index == segment]
+        assert decoded == [decode_point(n) or n == counts[-1] for n in counts]
 
 
 def test_the_decode_schedule_depends_on_the_patch_count_only():
@@ -162,20 +173,20 @@ def test_cancel_stops_within_one_step(model, stage):
 
 
 def test_a_failing_talker_step_fails_its_requests_only(model, stage, monkeypatch):
-    good = stage.generator.step
+    good = stage.generator.step_together
     calls = {"n": 0}
 
-    def flaky(batch, *args, **kwargs):
+    def flaky(batches):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return good(batch, *args, **kwargs)
+        return good(batches)
 
-    monkeypatch.setattr(stage.generator, "step", flaky)
+    monkeypatch.setattr(stage.generator, "step_together", flaky)
     ticket = submit(stage, [ZH], opts(model))
     drain(ticket)
     assert ticket.outcome == "failed" and "illegal memory" in str(ticket.error)
-    monkeypatch.setattr(stage.generator, "step", good)
+    monkeypatch.setattr(stage.generator, "step_together", good)
     after = submit(stage, [EN], opts(model))
     drain(after)
     assert after.outcome == "finished" and len(stage) == 0

@@ -209,35 +209,57 @@ class TalkerGenerator:
         if batch.done:
             raise ValueError("the batch has finished")
         noise = None if noise is None else self._check_noise(batch, noise)  # before any state changes
-        hidden = self._backbone(batch)
-        h = hidden[:, -1:]  # (B, 1, H)
-        noise = self.draw_noise(batch) if noise is None else noise
-        settings = [batch.requests[i].sampling for i in batch.rows]
+        return self._step([batch], [noise], trace)[0]
+
+    @torch.no_grad()
+    def step_together(self, batches: list[TalkerBatch]) -> list[TalkerStep]:
+        """One AR step of several batches (a running one and newcomers in their prefill, say): each
+        batch's backbone apart (their caches differ), then ONE call of the flow head, aggregator and
+        stop head over all their rows, which is most of a step's cost."""
+        if not batches or any(b.done for b in batches):
+            raise ValueError("step_together needs batches that have not finished")
+        return self._step(batches, [None] * len(batches), False)
+
+    def _step(
+        self, batches: list[TalkerBatch], noises: list[StepNoise | None], trace: bool
+    ) -> list[TalkerStep]:
+        hiddens = [self._backbone(b) for b in batches]
+        drawn = [self.draw_noise(b) if n is None else n for b, n in zip(batches, noises, strict=True)]
+        h = torch.cat([x[:, -1:] for x in hiddens])  # (B, 1, H) over every batch's rows
+        history = torch.cat([b.history for b in batches])
+        settings = [b.requests[i].sampling for b in batches for i in b.rows]
         args = settings_tensor(settings, self.device, self.dtype)
-        steps: list[ODEStep] | None = [] if trace else None
-        latents = self.talker.sample_patch(h, batch.history, noise.y0, args, noise.sde, steps)
+        y0, sde = torch.cat([n.y0 for n in drawn]), torch.cat([n.sde for n in drawn], dim=1)
+        ode: list[ODEStep] | None = [] if trace else None
+        latents = self.talker.sample_patch(h, history, y0, args, sde, ode)
         next_embeds = self.talker.embed_patches(latents)  # (B, 1, H)
         logits = self.talker.stop_logits(h)
         probs = logits.softmax(dim=-1)
-        history_in = batch.history
-        batch.history = torch.cat([history_in[:, latents.shape[1] :], latents], dim=1)  # (B, Hp, C)
-        finished = self._bookkeep(batch, latents, probs)
-        result = TalkerStep(
-            rows=tuple(batch.rows),
-            last_hidden_state=hidden,
-            h=h,
-            noise=noise,
-            latents=latents,
-            next_embeds=next_embeds,
-            stop_logits=logits,
-            stop_probs=probs,
-            history_in=history_in,
-            history_out=batch.history,
-            finished=finished,
-            trace=steps,
-        )
-        self._advance(batch, next_embeds, finished)
-        return result
+        steps, start = [], 0
+        for batch, hidden, noise in zip(batches, hiddens, drawn, strict=True):
+            rows = slice(start, start + len(batch.rows))
+            start = rows.stop
+            history_in = batch.history
+            batch.history = torch.cat([history_in[:, latents.shape[1] :], latents[rows]], dim=1)  # (B, Hp, C)
+            finished = self._bookkeep(batch, latents[rows], probs[rows])
+            steps.append(
+                TalkerStep(
+                    rows=tuple(batch.rows),
+                    last_hidden_state=hidden,
+                    h=h[rows],
+                    noise=noise,
+                    latents=latents[rows],
+                    next_embeds=next_embeds[rows],
+                    stop_logits=logits[rows],
+                    stop_probs=probs[rows],
+                    history_in=history_in,
+                    history_out=batch.history,
+                    finished=finished,
+                    trace=ode,
+                )
+            )
+            self._advance(batch, next_embeds[rows], finished)
+        return steps
 
     def _bookkeep(self, batch: TalkerBatch, latents: torch.Tensor, probs: torch.Tensor) -> tuple[bool, ...]:
         """Record each row's patch and apply the stop rule; returns which rows are finished."""

@@ -126,3 +126,36 @@ def test_join_needs_batches_past_their_prefill(gen):
     done = gen.start([request(131, 2, 1)])
     gen.step(done)  # finished after one step: joining it changes nothing
     assert done.done and gen.join(running, done) is running
+
+
+def test_stepping_a_running_batch_and_newcomers_together_equals_alone(gen):
+    """One flow-head call over the running rows and the newcomers' prefill rows (`step_together`)."""
+    running_reqs = [request(*SPECS[0]), request(*SPECS[1])]
+    running = gen.start(running_reqs)
+    patches: dict[int, list[torch.Tensor]] = {}
+
+    def record(batch, out):
+        for row, i in enumerate(out.rows):
+            patches.setdefault(id(batch.requests[i]), []).append(out.latents[row])
+
+    record(running, gen.step(running))
+    newcomer_reqs = [request(*SPECS[2]), request(*SPECS[3])]
+    newcomers = gen.start(newcomer_reqs)
+    outs = gen.step_together([running, newcomers])
+    assert [len(o.rows) for o in outs] == [2, 2]
+    for batch, out in zip([running, newcomers], outs, strict=True):
+        record(batch, out)
+    merged = gen.join(running, newcomers)
+    while not merged.done:
+        out = gen.step(merged)
+        record(merged, out)
+    for spec, r in zip(SPECS, running_reqs + newcomer_reqs, strict=True):
+        assert maxdiff(torch.cat(patches[id(r)]), alone(gen, spec)) <= TOL
+
+
+def test_step_together_refuses_a_finished_batch(gen):
+    batch = gen.start([request(131, 2, 1)])
+    gen.step(batch)
+    assert batch.done
+    with pytest.raises(ValueError, match="not finished"):
+        gen.step_together([batch])
