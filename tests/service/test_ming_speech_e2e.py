@@ -197,3 +197,16 @@ def test_the_speak_cli(service, tmp_path):
     bad_args = [*cmd, "--speed", "9", "-o", str(tmp_path / "x.wav"), "a"]
     bad = subprocess.run(bad_args, capture_output=True, timeout=60)
     assert bad.returncode == 2 and b"speed" in bad.stderr
+
+
+def test_chat_with_speak_gives_text_and_audio(service, tmp_path):
+    out = tmp_path / "answer.wav"
+    cmd = [sys.executable, "-m", "bailing.cli", "chat", "--address", service[0], "--model", MODEL]
+    done = subprocess.run(
+        [*cmd, "--max-tokens", "12", "--speak", str(out), "Tell me about the park."],
+        capture_output=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.strip()  # the answer's text
+    rate, frames = read_wav(out.read_bytes())
+    assert rate > 0 and frames > 0
