@@ -23,7 +23,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def _banner(address: str, models: list[str], token: bool, samples: str = "samples") -> str:
-    """What to try once the stack is up: a `bailing chat` line per model, `models`, raw grpcurl."""
+    """What to try once the stack is up: a `bailing chat` line per model, media in and out for the
+    Ming models, `models`, raw grpcurl."""
     models = models or ["ling"]
     program = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == "bailing" else "bailing"
     where = "" if address == DEFAULT_ADDRESS else f" --address {address}"
@@ -41,6 +42,14 @@ def _banner(address: str, models: list[str], token: bool, samples: str = "sample
                     ' "a red fox"',
                 ]
                 if "ming" in models
+                else []
+            ),
+            *(
+                [
+                    f'  {program} speak --model ming2{where} -o hello.wav "Hello there."',
+                    f'  {program} chat --model ming2{where} --speak answer.wav "Tell me a story."',
+                ]
+                if "ming2" in models
                 else []
             ),
             f"  {program} models{where}",

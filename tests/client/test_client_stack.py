@@ -199,3 +199,12 @@ def test_the_banner_shows_how_to_send_media_when_ming_is_served():
     assert "bailing transcribe --model ming .bailing/demo/samples/speech.wav" in text
     assert 'bailing image --model ming --width 512 --height 512 --steps 8 -o fox.png "a red fox"' in text
     assert "--image" not in _banner("127.0.0.1:50051", ["ling"], token=False)
+
+
+def test_the_banner_shows_speech_when_ming2_is_served():
+    from bailing.commands.stack import _banner
+
+    text = _banner("127.0.0.1:50051", ["ming", "ming2"], token=False)
+    assert 'bailing speak --model ming2 -o hello.wav "Hello there."' in text
+    assert 'bailing chat --model ming2 --speak answer.wav "Tell me a story."' in text
+    assert "speak" not in _banner("127.0.0.1:50051", ["ming"], token=False)
