@@ -58,17 +58,21 @@ TEXTS = (
 )
 
 
-def request_text(i: int) -> str:
-    """Four sentences (two segments of two): long enough that a request's fixed costs do not decide."""
-    return f"{TEXTS[i % len(TEXTS)]} {TEXTS[(i + 3) % len(TEXTS)]}"
+def request_text(i: int, sentences: int = 4) -> str:
+    """The first `sentences` of texts i and i + 3 (each sentence is its own segment): 4 are long enough
+    that a request's fixed costs do not decide."""
+    both = f"{TEXTS[i % len(TEXTS)]} {TEXTS[(i + 3) % len(TEXTS)]}"
+    parts = [p.strip() for p in both.replace(". ", ".|").split("|")]
+    return " ".join(parts[:sentences])
 
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     rounds: int = 5
+    sentences: int = 4  # per request
 
 
-QUICK = Sizes(rounds=1)
+QUICK = Sizes(rounds=1, sentences=1)
 
 
 def ensure_checkpoint() -> Path:
@@ -164,8 +168,8 @@ def _summary(wall: float, each: list[dict[str, float]]) -> dict[str, Any]:
 CASES = ("plain-1", "service-1", "plain-serial-4", "service-serial-4", "service-concurrent-4")
 
 
-def run_benchmark(sizes: Sizes) -> dict[str, Any]:
-    checkpoint = ensure_checkpoint()
+def run_benchmark(sizes: Sizes, checkpoint: Path | None = None) -> dict[str, Any]:
+    checkpoint = checkpoint or ensure_checkpoint()
     model = SpeechModel.load(checkpoint, "cpu", torch.float32)
     service = Service(checkpoint, ("--dtype", "float32"), family="ming", name=MODEL)
     log("starting valkey + worker + gateway")
@@ -175,7 +179,7 @@ def run_benchmark(sizes: Sizes) -> dict[str, Any]:
         run_service(service.address, [TEXTS[-1]], False)  # warm both sides
         run_plain(model, [TEXTS[-1]])
         for r in range(sizes.rounds):
-            texts = [request_text(r + i) for i in range(CONCURRENT)]
+            texts = [request_text(r + i, sizes.sentences) for i in range(CONCURRENT)]
             one = {
                 "plain-1": run_plain(model, texts[:1]),
                 "service-1": run_service(service.address, texts[:1], False),
@@ -233,7 +237,7 @@ def markdown_table(result: dict[str, Any], machine: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one round")
+    parser.add_argument("--quick", action="store_true", help="one round, one sentence per request")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
