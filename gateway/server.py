@@ -115,23 +115,37 @@ class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
                 yield chunk
 
     async def GenerateImage(self, request, context):
-        async with (
-            self._call(request, context, "GenerateImage", image_request_to_job) as call,
-            contextlib.aclosing(self._events(call, context)) as events,
-        ):
-            reply = ImageReply(call.job, self.dispatcher.take)
-            return await collect_images(events, reply, call.trace, self.cfg.max_message_bytes)
+        return await self._collected(
+            request, context, "GenerateImage", image_request_to_job, ImageReply, collect_images
+        )
 
     async def GenerateImageStream(self, request, context):
-        async with (
-            self._call(request, context, "GenerateImageStream", image_request_to_job) as call,
-            contextlib.aclosing(self._events(call, context)) as events,
-            contextlib.aclosing(
-                relay_images(events, ImageReply(call.job, self.dispatcher.take), call.trace)
-            ) as replies,
-        ):
+        relay = self._relayed(
+            request, context, "GenerateImageStream", image_request_to_job, ImageReply, relay_images
+        )
+        async with contextlib.aclosing(relay) as replies:
             async for reply in replies:
                 yield reply
+
+    # ---- media replies (images, speech): bytes taken out of Redis as their events come ------------
+    async def _collected(self, request, context, method: str, to_job: ToJob, reply_type: Any, collect: Any):
+        """The request's events collected into one reply message (`collect`), media bytes included."""
+        async with (
+            self._call(request, context, method, to_job) as call,
+            contextlib.aclosing(self._events(call, context)) as events,
+        ):
+            reply = reply_type(call.job, self.dispatcher.take)
+            return await collect(events, reply, call.trace, self.cfg.max_message_bytes)
+
+    async def _relayed(self, request, context, method: str, to_job: ToJob, reply_type: Any, relay: Any):
+        """The request's events as stream messages (`relay`), as they come."""
+        async with (
+            self._call(request, context, method, to_job) as call,
+            contextlib.aclosing(self._events(call, context)) as events,
+            contextlib.aclosing(relay(events, reply_type(call.job, self.dispatcher.take), call.trace)) as out,
+        ):
+            async for message in out:
+                yield message
 
     # ---- one call ---------------------------------------------------------------------------
     async def _answer(self, request, context, method: str, to_job: ToJob):

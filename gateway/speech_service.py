@@ -1,8 +1,8 @@
 """The speech RPCs of the InferenceServicer (mixed into it): SynthesizeSpeech, SynthesizeSpeechStream, and
 Generate / GenerateStream calls whose reply is also spoken (GenerateRequest.speech set).
 
-Each goes the servicer's way (`_call`: admit -> validate -> submit, cancel whenever the call ends
-without its terminal event; `_events`: the request's events, traced for metrics and the log line);
+Each goes the servicer's way for media replies (`_collected` / `_relayed`: admit -> validate ->
+submit, cancel whenever the call ends without its terminal event, the request's events traced);
 `gateway.speech` builds the job, `gateway.speech_reply` turns the events into replies, taking each
 chunk's bytes out of Redis with `Dispatcher.take`.
 """
@@ -13,8 +13,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.config import GatewayConfig
-from gateway.dispatch import Dispatcher
 from gateway.speech import chat_request_to_job, speech_request_to_job
 from gateway.speech_reply import (
     SpeechReply,
@@ -26,49 +24,32 @@ from gateway.speech_reply import (
 
 
 class SpeechRPCs:
-    """Needs the servicer's `cfg`, `dispatcher`, `_call` and `_events` (see gateway/server.py)."""
+    """Needs the servicer's `_collected` and `_relayed` (see gateway/server.py)."""
 
-    cfg: GatewayConfig
-    dispatcher: Dispatcher
-    _call: Any
-    _events: Any
+    _collected: Any
+    _relayed: Any
 
     async def SynthesizeSpeech(self, request, context):
-        async with (
-            self._call(request, context, "SynthesizeSpeech", speech_request_to_job) as call,
-            contextlib.aclosing(self._events(call, context)) as events,
-        ):
-            reply = SpeechReply(call.job, self.dispatcher.take)
-            return await collect_speech(events, reply, call.trace, self.cfg.max_message_bytes)
+        return await self._collected(
+            request, context, "SynthesizeSpeech", speech_request_to_job, SpeechReply, collect_speech
+        )
 
     async def SynthesizeSpeechStream(self, request, context):
-        async with (
-            self._call(request, context, "SynthesizeSpeechStream", speech_request_to_job) as call,
-            contextlib.aclosing(self._events(call, context)) as events,
-            contextlib.aclosing(
-                relay_speech(events, SpeechReply(call.job, self.dispatcher.take), call.trace)
-            ) as chunks,
-        ):
+        relay = self._relayed(
+            request, context, "SynthesizeSpeechStream", speech_request_to_job, SpeechReply, relay_speech
+        )
+        async with contextlib.aclosing(relay) as chunks:
             async for chunk in chunks:
                 yield chunk
 
     async def spoken_answer(self, request, context):
         """Generate with `speech`: the answer and the whole clip in one GenerateResponse."""
-        async with (
-            self._call(request, context, "Generate", chat_request_to_job) as call,
-            contextlib.aclosing(self._events(call, context)) as events,
-        ):
-            reply = SpeechReply(call.job, self.dispatcher.take)
-            return await collect_spoken_reply(events, reply, call.trace, self.cfg.max_message_bytes)
+        return await self._collected(
+            request, context, "Generate", chat_request_to_job, SpeechReply, collect_spoken_reply
+        )
 
-    async def spoken_relay(self, request, context) -> AsyncIterator[Any]:
+    def spoken_relay(self, request, context) -> AsyncIterator[Any]:
         """GenerateStream with `speech`: text deltas and audio chunks as they come."""
-        async with (
-            self._call(request, context, "GenerateStream", chat_request_to_job) as call,
-            contextlib.aclosing(self._events(call, context)) as events,
-            contextlib.aclosing(
-                relay_spoken_reply(events, SpeechReply(call.job, self.dispatcher.take), call.trace)
-            ) as chunks,
-        ):
-            async for chunk in chunks:
-                yield chunk
+        return self._relayed(
+            request, context, "GenerateStream", chat_request_to_job, SpeechReply, relay_spoken_reply
+        )
