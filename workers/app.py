@@ -23,7 +23,8 @@ from kombu import Queue
 from pipelines.protocol import IMAGE_STAGE, queue_name
 from workers.batch_feeder import BatchFeeder
 from workers.config import WorkerConfig
-from workers.runtime import WorkerRuntime, close_runtime, get_runtime
+from workers.process_runtime import close_runtime, get_runtime
+from workers.runtime import WorkerRuntime
 from workers.tasks import register_tasks
 
 log = logging.getLogger(__name__)

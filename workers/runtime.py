@@ -16,7 +16,6 @@ Batch items go through `batches` (`workers.batch.BatchRunner`), which calls `run
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -371,47 +370,3 @@ def _queued_s(job: GenerateJob) -> float:
     if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
         return 0.0
     return max(0.0, time.time() - t)
-
-
-# ---- the process's runtime (cached lazily, as Celery's guide does with per-process resources) ---------
-_runtime: WorkerRuntime | None = None
-_runtime_lock = threading.Lock()
-
-
-def get_runtime(config: WorkerConfig) -> WorkerRuntime:
-    """This process's runtime, loaded and started on first use."""
-    global _runtime
-    with _runtime_lock:
-        if _runtime is None:
-            runtime = _load(config)
-            runtime.start()
-            _runtime = runtime
-        return _runtime
-
-
-def _load(config: WorkerConfig) -> WorkerRuntime:
-    """Build the runtime in a thread that then exits. On a CPU a thread that ran torch ops keeps its
-    OpenMP team while it lives, and a second live team makes every parallel op of the engine's thread
-    pay a wake-up (`engine.side_loops`); loading's team leaves with its thread."""
-    built: list[WorkerRuntime | BaseException] = []
-
-    def build() -> None:
-        try:
-            built.append(WorkerRuntime(config))
-        except BaseException as exc:  # re-raised in the caller's thread
-            built.append(exc)
-
-    thread = threading.Thread(target=build, name="bailing-load")
-    thread.start()
-    thread.join()
-    if isinstance(built[0], BaseException):
-        raise built[0]
-    return built[0]
-
-
-def close_runtime() -> None:
-    global _runtime
-    with _runtime_lock:
-        runtime, _runtime = _runtime, None
-    if runtime is not None:
-        runtime.close()

@@ -15,7 +15,7 @@ from celery import Celery, Task
 
 from pipelines.protocol import TASK_GENERATE
 from workers.config import WorkerConfig
-from workers.runtime import get_runtime
+from workers.process_runtime import get_runtime
 
 
 def register_tasks(app: Celery, config: WorkerConfig) -> Task:

@@ -281,17 +281,40 @@ def write_ming_checkpoint(
         raise ValueError(f"spec must be a MingDemoSpec, got {type(spec).__name__}")
     tokenizer = ming_demo_tokenizer(spec.llm.tokenizer_vocab_size)
     config = ming_config_dict(spec, tokenizer, str(dtype).removeprefix("torch."))
-    state_dict = random_ming_state_dict(config, seed)  # validates the config before any file is written
+    files = ThinkerFiles(tokenizer, config, ming_preprocessor_config(spec), spec.llm)
+    return write_thinker(out_dir, files, spec.image_generation, seed, dtype, max_shard_bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThinkerFiles:
+    """What a Ming thinker folder is written from (Preview or 2.0)."""
+
+    tokenizer: Any
+    config: dict[str, Any]
+    preprocessor: dict[str, Any]
+    llm: Any  # the LLM's demo spec: max_position_embeddings, hidden_size
+
+
+def write_thinker(
+    out_dir: str | Path,
+    files: ThinkerFiles,
+    image_generation: GenerationDemoSpec | None,
+    seed: int,
+    dtype: torch.dtype,
+    max_shard_bytes: int | None,
+) -> Path:
+    """The thinker's files and random weights (seed), then the image-generation heads (seed + 1)."""
+    state_dict = random_ming_state_dict(files.config, seed)  # checks the config before any file is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_tokenizer_files(
-        out, tokenizer, ming_chat_template(), eos_token=CHAT_EOS_TOKEN,
-        model_max_length=spec.llm.max_position_embeddings, extra_special_tokens=MING_SPECIAL_TOKENS,
+        out, files.tokenizer, ming_chat_template(), eos_token=CHAT_EOS_TOKEN,
+        model_max_length=files.llm.max_position_embeddings, extra_special_tokens=MING_SPECIAL_TOKENS,
     )  # fmt: skip
-    write_json(out / "config.json", config)
-    write_json(out / "generation_config.json", ming_generation_config(tokenizer))
-    write_json(out / "preprocessor_config.json", ming_preprocessor_config(spec))
+    write_json(out / "config.json", files.config)
+    write_json(out / "generation_config.json", ming_generation_config(files.tokenizer))
+    write_json(out / "preprocessor_config.json", files.preprocessor)
     write_safetensors_checkpoint(out, state_dict, dtype=dtype, max_shard_bytes=max_shard_bytes)
-    if spec.image_generation is not None:
-        write_generation_heads(out, spec.llm.hidden_size, spec.image_generation, seed=seed + 1, dtype=dtype)
+    if image_generation is not None:
+        write_generation_heads(out, files.llm.hidden_size, image_generation, seed=seed + 1, dtype=dtype)
     return out

@@ -25,19 +25,15 @@ from bailing.demo.ming import (
     CLIP_MEAN,
     CLIP_STD,
     MING_DEMO_LLM,
-    MING_SPECIAL_TOKENS,
     MingDemoSpec,
+    ThinkerFiles,
     ming_audio_config,
-    ming_chat_template,
     ming_demo_tokenizer,
-    ming_generation_config,
     ming_llm_config,
+    write_thinker,
 )
 from bailing.demo.ming2_speech import SpeechDemoSpec, write_speech_parts
-from bailing.demo.ming_generation import GenerationDemoSpec, write_generation_heads
-from bailing.demo.ming_weights import random_ming_state_dict
-from bailing.demo.safetensors_writer import write_safetensors_checkpoint
-from bailing.demo.tokenizer import CHAT_EOS_TOKEN, write_json, write_tokenizer_files
+from bailing.demo.ming_generation import GenerationDemoSpec
 
 MING2_TRANSFORMERS_VERSION = "4.57.1"  # what the 2.0 config.json was saved with
 MING2_ROPE_THETA = 2400000.0
@@ -189,19 +185,8 @@ def write_ming2_checkpoint(
         raise ValueError(f"spec must be a Ming2DemoSpec, got {type(spec).__name__}")
     tokenizer = ming_demo_tokenizer(spec.llm.tokenizer_vocab_size)
     config = ming2_config_dict(spec, tokenizer, str(dtype).removeprefix("torch."))
-    state_dict = random_ming_state_dict(config, seed)  # validates the config before any file is written
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_tokenizer_files(
-        out, tokenizer, ming_chat_template(), eos_token=CHAT_EOS_TOKEN,
-        model_max_length=spec.llm.max_position_embeddings, extra_special_tokens=MING_SPECIAL_TOKENS,
-    )  # fmt: skip
-    write_json(out / "config.json", config)
-    write_json(out / "generation_config.json", ming_generation_config(tokenizer))
-    write_json(out / "preprocessor_config.json", ming2_preprocessor_config(spec))
-    write_safetensors_checkpoint(out, state_dict, dtype=dtype, max_shard_bytes=max_shard_bytes)
-    if spec.image_generation is not None:
-        write_generation_heads(out, spec.llm.hidden_size, spec.image_generation, seed=seed + 1, dtype=dtype)
+    files = ThinkerFiles(tokenizer, config, ming2_preprocessor_config(spec), spec.llm)
+    out = write_thinker(out_dir, files, spec.image_generation, seed, dtype, max_shard_bytes)
     if spec.speech is not None:
         write_speech_parts(out / "talker", spec.speech, seed=seed + 2, dtype=dtype)
     return out
