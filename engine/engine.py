@@ -30,6 +30,7 @@ import torch
 from engine.admission import check_fits, check_ids, diffusion_params
 from engine.block_manager import BlockManager
 from engine.diffusion.run import diffuse_step, start_diffusion
+from engine.engine_thread import EngineThread
 from engine.errors import RequestError
 from engine.groups import fork_samples, new_group
 from engine.hidden_states import check_hidden_request, finish_hidden
@@ -73,7 +74,7 @@ class EngineConfig:
     background_prefill_tokens: int = 256
 
 
-class LLMEngine:
+class LLMEngine(EngineThread):
     def __init__(
         self,
         model: str | Path,
@@ -420,78 +421,7 @@ class LLMEngine:
             del self._requests[group.request_id]
             self.metrics.record_finished([m.output for m in group.members])
 
-    # ---- background loop and streaming -------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """The engine lock for a caller that is not the loop: the loop lets queued callers in first.
-
-        Without this the loop thread, which releases the lock after a step and takes it straight
-        back, can keep an `abort` or `add_request` waiting for several steps.
-        """
-        with self._gate:
-            self._queued += 1
-        try:
-            self._lock.acquire()
-        finally:
-            with self._gate:
-                self._queued -= 1
-                if not self._queued:
-                    self._gate.notify_all()
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-    def _let_callers_in(self, timeout: float = 0.1) -> None:
-        with self._gate:
-            self._gate.wait_for(lambda: not self._queued, timeout)
-
-    def start(self) -> None:
-        """Run steps on a daemon thread until `shutdown()`."""
-        with self._lock:
-            if self._thread is not None:
-                return
-            self._stop = False
-            self._thread = threading.Thread(target=self._loop, name="bailing-engine", daemon=True)
-            self._thread.start()
-
-    def shutdown(self) -> None:
-        with self._lock:
-            self._stop = True
-            self._wake.notify_all()
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
-
-    def wake(self) -> None:
-        """A side loop has work (see `engine.side_loops`)."""
-        with self._lock:
-            self._wake.notify_all()
-
-    def _loop(self) -> None:
-        while True:
-            self._let_callers_in()
-            with self._lock:
-                while not self._stop and not self.scheduler.has_work():
-                    delay = self.side_loops.delay()
-                    if delay is not None and (delay <= 0 or not self._wake.wait(delay)):
-                        break  # a side loop's turn (due now, or its look-again time passed)
-                    if delay is None:
-                        self._wake.wait()
-                if self._stop:
-                    return
-                stepping = self.scheduler.has_work()
-            if stepping:
-                self._step_or_fail()
-            self.side_loops.run()
-
-    def _step_or_fail(self) -> None:
-        try:
-            self.step()
-        except Exception as exc:  # a failed step must not strand every request waiting on it
-            log.exception("engine step failed; failing the %d requests in flight", len(self._requests))
-            self.fail_all(f"engine step failed: {type(exc).__name__}: {exc}")
-
+    # ---- streaming ----------------------------------------------------------------------------
     def fail_all(self, message: str) -> None:
         """End every request in flight with finish_reason "error" (streams get their final output)."""
         with self._locked():
