@@ -2,13 +2,13 @@
 
 A speech job (task "speech", its task thread): `pipelines.speech_synthesis.plan` (text -> segments,
 voice: a preset or the speaker clip, settings) -> a ticket in the process's `SpeechStage` with every
-segment queued and closed -> `speech_output.speak` reads its patches, decodes, encodes and publishes
-each chunk (bytes under `audio_key`, AUDIO events) -> DONE with `{"speech": SpeechSummary}` and usage
-(prompt = talker prompt tokens, completion = latent patches). A chat reply spoken while it is written
-uses `speak_stream` -> a `SpeechStream`: text deltas are segmented incrementally (`speech_text.
-Segmenter`) and each finished segment joins the ticket while the thinker goes on; a thread of the
-stream publishes its audio on the chat's stream (running chunk index); the chat's own terminal event
-is its caller's, with the summary `wait()` returns.
+segment queued and closed -> `speech_output.speak` reads the samples the stage decoded, encodes and
+publishes each chunk (bytes under `audio_key`, AUDIO events) -> DONE with `{"speech": SpeechSummary}`
+and usage (prompt = talker prompt tokens, completion = latent patches). A chat reply spoken while it
+is written uses `speak_stream` -> a `SpeechStream`: text deltas are segmented incrementally
+(`speech_text.Segmenter`) and each finished segment joins the ticket while the thinker goes on; a
+thread of the stream publishes its audio on the chat's stream (running chunk index) and, at its end,
+calls `then` (`workers.spoken_reply`, which writes the chat's DONE with the summary).
 Ending early: a job registers its own abort with the `Aborter` (an `ExclusiveEnd`): the stage drops the
 ticket at its next step; cancel and completion are exclusive, so the request ends exactly once.
 """
