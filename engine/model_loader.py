@@ -1,4 +1,5 @@
-"""Model folder -> ready-to-run model: config.json -> registry -> build on meta -> materialise -> load.
+"""Model folder -> ready-to-run model: config.json -> registry -> build on meta -> materialise -> load
+(block-FP8 checkpoints, declared by `quantization_config`, are dequantised into `dtype` as they load).
 
 Architectures are resolved through the `bailing.model_registries` entry point group, so the engine
 names no model family. Every failure a user can cause becomes a CheckpointError naming the folder.
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from engine.errors import CheckpointError
+from engine.fp8 import fp8_scheme
 from engine.layers.base import materialize
 from engine.loader import load_weights
 from engine.model_base import CausalLM
@@ -76,10 +78,11 @@ def load_model(folder: str | Path, device: torch.device, dtype: torch.dtype) -> 
     cls = resolve_architecture(config, folder)
     try:
         model = cls.from_config_dict(config)
+        fp8 = fp8_scheme(config)
     except ValueError as exc:
         raise CheckpointError(f"{folder}/config.json: {exc}") from None
     materialize(model, dtype, device)
-    load_weights(model, folder)
+    load_weights(model, folder, fp8)
     return model.eval()
 
 

@@ -4,7 +4,8 @@ Why not `safetensors.safe_open`: it memory-maps the file, and every page it touc
 process's resident size until the file is closed, so loading a shard costs up to the shard's size on
 top of the model. Here each tensor is read with `readinto` straight into its destination (or into a
 buffer the size of that one tensor when a dtype conversion is needed), keeping the peak near the
-model's own size. Flow: path -> `SafetensorsFile` (header, dtype/shape/offset checks) -> `read(name)`.
+model's own size. Flow: path -> `SafetensorsFile` (header, dtype/shape/offset checks) -> `read(name)`,
+or `read_part(name, dim, start, length)` for a rank's slice (only its bytes are read).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ DTYPES: dict[str, torch.dtype] = {
     "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -108,6 +111,26 @@ class SafetensorsFile:
             if got != info.nbytes:
                 raise self._fail(f"tensor {name!r}: read {got} of {info.nbytes} bytes (truncated)")
         return out.view(info.shape)
+
+    def read_part(self, name: str, dim: int, start: int, length: int) -> torch.Tensor:
+        """Rows start..start+length-1 along `dim` of tensor `name` (a tensor-parallel slice), reading
+        only those bytes: one contiguous run per index of the dimensions before `dim`."""
+        info = self.tensors[name]
+        shape = info.shape
+        if not 0 <= start <= start + length <= shape[dim]:
+            raise ValueError(f"{name}: part {start}..{start + length} outside dim {dim} of size {shape[dim]}")
+        outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1 :])
+        out = torch.empty((*shape[:dim], length, *shape[dim + 1 :]), dtype=info.dtype)
+        flat = out.view(-1).view(torch.uint8)
+        run, stride = length * inner * info.dtype.itemsize, shape[dim] * inner * info.dtype.itemsize
+        skip = start * inner * info.dtype.itemsize
+        buf = memoryview(flat.numpy()).cast("B")
+        for o in range(outer if run else 0):
+            self._fh.seek(info.start + o * stride + skip)
+            got = self._fh.readinto(buf[o * run : (o + 1) * run])
+            if got != run:
+                raise self._fail(f"tensor {name!r}: read {got} of {run} bytes (truncated)")
+        return out
 
     def close(self) -> None:
         self._fh.close()

@@ -51,8 +51,10 @@ def write_safetensors_checkpoint(
     *,
     dtype: torch.dtype = torch.bfloat16,
     max_shard_bytes: int | None = None,
+    keep_dtype: frozenset[str] = frozenset(),
 ) -> list[Path]:
     """Save `state_dict` cast to `dtype` into `out_dir`; returns the written files (index last).
+    Keys in `keep_dtype` are written in their own dtype (FP8 weights and their float32 scales).
 
     Fits in `max_shard_bytes` (or it is None): a single `model.safetensors`. Otherwise shards
     `model-00001-of-0000N.safetensors` and `model.safetensors.index.json` with the HF layout
@@ -65,7 +67,11 @@ def write_safetensors_checkpoint(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_weights(out)
-    sizes = {key: _nbytes(tensor, dtype) for key, tensor in state_dict.items()}
+
+    def target(key: str) -> torch.dtype:
+        return state_dict[key].dtype if key in keep_dtype else dtype
+
+    sizes = {key: _nbytes(tensor, target(key)) for key, tensor in state_dict.items()}
     shards = plan_shards(sizes, max_shard_bytes)
     names = (
         [SINGLE_FILE]
@@ -74,7 +80,9 @@ def write_safetensors_checkpoint(
     )
     written = []
     for name, keys in zip(names, shards, strict=True):
-        shard = {key: state_dict[key].detach().to(device="cpu", dtype=dtype).contiguous() for key in keys}
+        shard = {
+            key: state_dict[key].detach().to(device="cpu", dtype=target(key)).contiguous() for key in keys
+        }
         save_file(shard, str(out / name), metadata=_METADATA)
         (out / name).chmod(0o644)  # save_file creates 0600; weights are ordinary shared data
         del shard  # free this shard's cast copies before building the next one
