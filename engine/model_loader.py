@@ -19,6 +19,7 @@ from engine.fp8 import fp8_scheme
 from engine.layers.base import materialize
 from engine.loader import load_weights
 from engine.model_base import CausalLM
+from engine.parallel.group import SINGLE, TensorGroup, building
 
 _DTYPES = {
     "float32": torch.float32,
@@ -72,12 +73,16 @@ def resolve_architecture(config: dict[str, Any], folder: Path) -> type[CausalLM]
     raise CheckpointError(f"unknown architecture {archs[0]!r} in {folder}/config.json; supported: {known}")
 
 
-def load_model(folder: str | Path, device: torch.device, dtype: torch.dtype) -> CausalLM:
+def load_model(
+    folder: str | Path, device: torch.device, dtype: torch.dtype, group: TensorGroup = SINGLE
+) -> CausalLM:
+    """Build, materialise and load the model; under a multi-rank `group`, only this rank's share."""
     folder = Path(folder)
     config = read_config(folder)
     cls = resolve_architecture(config, folder)
     try:
-        model = cls.from_config_dict(config)
+        with building(group):
+            model = cls.from_config_dict(config)
         fp8 = fp8_scheme(config)
     except ValueError as exc:
         raise CheckpointError(f"{folder}/config.json: {exc}") from None

@@ -4,6 +4,9 @@ Legend: T = tokens, H = hidden, E = experts, K = experts per token, G = expert g
 Expert weights are stacked: `w13` [E, 2I, H] (gate rows then up rows), `w2` [E, H, I]. The checkpoint
 stores them per expert (`experts.{e}.gate_proj.weight` ...); `FusedExperts.weight_targets` maps each of
 those keys onto its slice, so the loader fills the stacks in place.
+Split over ranks (engine.parallel), each rank holds E/N whole experts (expert parallel: it runs only
+the pairs routed to them) or every expert's I/N width (tensor parallel); either way its output is a
+partial sum the MoE block all-reduces. Routing is replicated, so every rank agrees on the choice.
 Routing runs in float32: scores (sigmoid or softmax) + selection-only bias -> optional group limit ->
 top-k -> weights from the unbiased scores, renormalised when K > 1, times the routed scaling factor.
 """
@@ -16,7 +19,9 @@ from torch.nn import functional as F
 
 from engine.config import MoEConfig
 from engine.layers.base import param
-from engine.loader import WeightTarget
+from engine.loader import Shard, WeightTarget
+from engine.parallel.group import current_group
+from engine.parallel.split import even_part
 
 _HAS_GROUPED_MM = hasattr(torch, "_grouped_mm")
 # Padded bmm pays for the busiest expert's padding; past ~64 pairs per expert (prefill) the per-expert
@@ -95,27 +100,44 @@ class FusedExperts(nn.Module):
 
     def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
+        group = current_group()
         e, i, h = cfg.num_experts, cfg.intermediate_size, cfg.hidden_size
+        self.total_experts, self.hidden_size, self.full_width = e, h, i
+        self.first_expert, self.width_start = 0, 0
+        if group.size > 1 and group.expert_parallel:  # whole experts, E/N of them
+            self.first_expert, e = even_part(e, group.size, group.rank, "num_experts")
+        elif group.size > 1:  # every expert, I/N of its width
+            self.width_start, i = even_part(i, group.size, group.rank, "moe_intermediate_size")
         self.num_experts, self.intermediate_size = e, i
         self.w13 = param(e, 2 * i, h)
         self.w2 = param(e, h, i)
 
     def weight_targets(self, prefix: str) -> dict[str, WeightTarget]:
-        """Checkpoint key -> destination slice for every per-expert weight (after materialize)."""
-        i = self.intermediate_size
-        slices = {
-            "gate_proj": lambda e: self.w13[e, :i],
-            "up_proj": lambda e: self.w13[e, i:],
-            "down_proj": lambda e: self.w2[e],
-        }
-        return {
-            f"{prefix}.{e}.{name}.weight": WeightTarget(view(e), tuple(view(e).shape))
-            for e in range(self.num_experts)
-            for name, view in slices.items()
-        }
+        """Checkpoint key -> destination slice for every per-expert weight (after materialize);
+        experts another rank holds are expected keys with no destination."""
+        i, h, full = self.intermediate_size, self.hidden_size, self.full_width
+        rows = None if i == full else Shard(0, ((self.width_start, i),))
+        cols = None if i == full else Shard(1, ((self.width_start, i),))
+        targets = {}
+        for e in range(self.total_experts):
+            local = e - self.first_expert
+            mine = 0 <= local < self.num_experts
+            views = (self.w13[local, :i], self.w13[local, i:], self.w2[local]) if mine else (None,) * 3
+            for name, shape, view, shard in zip(
+                ("gate_proj", "up_proj", "down_proj"),
+                ((full, h), (full, h), (h, full)),
+                views,
+                (rows, rows, cols),
+                strict=True,
+            ):
+                targets[f"{prefix}.{e}.{name}.weight"] = WeightTarget(view, shape, shard)
+        return targets
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """x [T, H], weights/ids [T, K] -> [T, H]: group (token, slot) pairs by expert, run, combine."""
+        """x [T, H], weights/ids [T, K] -> [T, H]: group (token, slot) pairs by expert, run, combine.
+        Split over ranks the result is this rank's partial sum (its experts, or its width of each)."""
+        if self.num_experts != self.total_experts:
+            return self._forward_own_experts(x, weights, ids)
         t, k = ids.shape
         flat = ids.reshape(-1)  # (T*K,)
         order = flat.argsort(stable=True)  # (T*K,) pair indices grouped by expert
@@ -133,6 +155,27 @@ class FusedExperts(nn.Module):
         unsorted[order] = out  # (T*K, H) back in (token, slot) order
         weighted = unsorted.view(t, k, -1) * weights[:, :, None].to(out.dtype)  # (T, K, H)
         return weighted.sum(1)  # (T, H)
+
+    def _forward_own_experts(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Expert parallel: only the (token, slot) pairs routed to this rank's experts, combined by
+        scatter-add into a zero [T, H] (the other ranks' pairs arrive with the all-reduce)."""
+        k = ids.shape[1]
+        local = ids.reshape(-1) - self.first_expert  # (T*K,)
+        pairs = ((local >= 0) & (local < self.num_experts)).nonzero()[:, 0]  # (P,) pairs held here
+        out = torch.zeros_like(x)
+        if pairs.numel() == 0:
+            return out
+        expert = local[pairs]
+        order = expert.argsort(stable=True)  # (P,)
+        pairs, expert = pairs[order], expert[order]
+        counts = torch.bincount(expert, minlength=self.num_experts)  # (E_local,)
+        xs = x[pairs // k]  # (P, H)
+        if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM:
+            ys = self._grouped_gemm(xs, counts)
+        else:
+            ys = self._per_expert(xs, counts.tolist())
+        w = weights.reshape(-1)[pairs].to(ys.dtype)  # (P,)
+        return out.index_add_(0, pairs // k, ys * w[:, None])
 
     def _padding_pays(self, counts: list[int], pairs: int) -> bool:
         """Padded bmm when most experts are busy with few tokens each and padding wastes little."""

@@ -4,6 +4,8 @@ Legend: T = tokens, d = hidden, H = query heads, Hkv = KV heads, D = head_dim.
 ids [T] -> word_embeddings -> L x (input_layernorm -> attention -> residual ->
 post_attention_layernorm -> dense MLP (i < first_k_dense_replace) or MoE -> residual) -> norm -> lm_head.
 MTP layers (`model.layers.{L..L+n-1}`) do not change the main logits and are skipped at load.
+Built under `engine.parallel.building(group)`, every projection, the embedding, lm_head and the
+experts hold one rank's share (engine/parallel); norms, rotary and routers are replicated.
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ from torch import nn
 
 from engine.config import ModelRuntimeConfig, MoEConfig
 from engine.layers.attention import NoCacheContext
-from engine.layers.base import Embedding, Linear
 from engine.layers.mlp import SwiGLUMLP
 from engine.layers.moe import FusedExperts, Router
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
 from engine.model_base import CausalLM
+from engine.parallel.group import current_group
+from engine.parallel.linear import (
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
 from models.ling.config import BailingMoeV2Config
 
 _LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
@@ -33,18 +41,19 @@ class BailingAttention(nn.Module):
     def __init__(self, cfg: BailingMoeV2Config, layer_idx: int) -> None:
         super().__init__()
         a = cfg.attention_config()
+        self.query_key_value = QKVParallelLinear(
+            a.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim, bias=a.qkv_bias
+        )
+        heads = self.query_key_value.heads  # this rank's share (all of them on one rank)
         self.layer_idx, self.num_heads, self.num_kv_heads, self.head_dim = (
             layer_idx,
-            a.num_heads,
-            a.num_kv_heads,
+            heads.q_heads,
+            heads.kv_heads,
             a.head_dim,
-        )
-        self.query_key_value = Linear(
-            a.hidden_size, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, bias=a.qkv_bias
         )
         self.query_layernorm = RMSNorm(a.head_dim, a.norm_eps) if a.qk_norm else None
         self.key_layernorm = RMSNorm(a.head_dim, a.norm_eps) if a.qk_norm else None
-        self.dense = Linear(a.num_heads * a.head_dim, a.hidden_size, bias=a.out_bias)
+        self.dense = RowParallelLinear(a.num_heads * a.head_dim, a.hidden_size, bias=a.out_bias)
 
     def forward(
         self, x: torch.Tensor, rope: RotaryEmbedding, cos_sin: tuple[torch.Tensor, torch.Tensor], ctx: Any
@@ -62,21 +71,26 @@ class BailingAttention(nn.Module):
 
 
 class BailingMoE(nn.Module):
-    """Router (`gate`) -> stacked routed experts (`experts`) + unweighted shared experts."""
+    """Router (`gate`) -> stacked routed experts (`experts`) + unweighted shared experts.
+    Over several ranks both give partial sums, added up by one all-reduce."""
 
     def __init__(self, cfg: MoEConfig) -> None:
         super().__init__()
+        self.group = current_group()
         self.gate = Router(cfg)
         self.experts = FusedExperts(cfg)
         shared = cfg.shared_intermediate_size
-        self.shared_experts = None if shared is None else SwiGLUMLP(cfg.hidden_size, shared)
+        self.shared_experts = None if shared is None else SwiGLUMLP(cfg.hidden_size, shared, reduce=False)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gate(x)  # (T, K) each
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, ids = self.gate(x)  # (T, K) each
+        weights, ids = self.route(x)  # (T, K) each
         out = self.experts(x, weights, ids)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
-        return out
+        return self.group.all_reduce(out)
 
 
 class BailingDecoderLayer(nn.Module):
@@ -100,7 +114,7 @@ class BailingDecoderLayer(nn.Module):
 class BailingMoeV2Model(nn.Module):
     def __init__(self, cfg: BailingMoeV2Config) -> None:
         super().__init__()
-        self.word_embeddings = Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.word_embeddings = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(BailingDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.rope_config())
@@ -120,11 +134,11 @@ class BailingMoeV2ForCausalLM(CausalLM):
         super().__init__()
         self.config = cfg
         self.model = BailingMoeV2Model(cfg)
-        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size)
+        self.lm_head = None if cfg.tie_word_embeddings else ParallelLMHead(cfg.hidden_size, cfg.vocab_size)
         self.runtime = ModelRuntimeConfig(
             vocab_size=cfg.vocab_size,
             num_layers=cfg.num_hidden_layers,
-            num_kv_heads=cfg.num_key_value_heads,
+            num_kv_heads=self.model.layers[0].attention.num_kv_heads,  # this rank's (its KV cache)
             head_dim=cfg.head_dim,
             max_position=cfg.max_position_embeddings,
             eos_token_ids=cfg.eos_token_ids,
@@ -140,8 +154,8 @@ class BailingMoeV2ForCausalLM(CausalLM):
         return self.model(ids, positions, NoCacheContext() if ctx is None else ctx)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.word_embeddings.weight if self.lm_head is None else self.lm_head.weight
-        return nn.functional.linear(hidden, weight).float()  # (T, V)
+        head = self.model.word_embeddings if self.lm_head is None else self.lm_head
+        return head.logits(hidden)  # (T, V) float32, gathered over ranks
 
     def ignore_checkpoint_key(self, name: str) -> bool:
         """MTP layers live at model.layers.{L..L+n-1} (Ling-V2 layout) and are not used for serving."""

@@ -47,13 +47,9 @@ class MingMoE(BailingMoE):
         self.audio_gate = Router(cfg)
         self._routing = routing
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         routers = [self.gate, self.image_gate, self.audio_gate]
-        weights, ids = route_by_gate(x, routers, self._routing.gate)  # (T, K) each
-        out = self.experts(x, weights, ids)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
-        return out
+        return route_by_gate(x, routers, self._routing.gate)  # (T, K) each
 
 
 class MingLanguageModel(BailingMoeV2ForCausalLM):

@@ -1,0 +1,117 @@
+"""This process's rank in a tensor/expert-parallel group, and the collectives the parallel layers use.
+
+A model is built for one rank under `building(group)`: each parallel layer reads `current_group()`
+when it is constructed and keeps it, so families build their module trees as they always do and
+the same tree serves one rank or many. Outside `building` the group is `SINGLE` (one rank, every
+collective a no-op). `join_group` joins torch.distributed (gloo on CPU, NCCL on CUDA) by TCP
+rendezvous; the launcher / worker decides ranks and addresses.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How one logical model spreads over ranks: `tensor_parallel_size` ranks in one group, experts
+    split by width on every rank (tensor parallel) or whole experts per rank (`expert_parallel`)."""
+
+    tensor_parallel_size: int = 1
+    expert_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tensor_parallel_size, bool) or self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class TensorGroup:
+    """Rank `rank` of `size`; `pg` the process group (None when size is 1)."""
+
+    rank: int
+    size: int
+    expert_parallel: bool = False
+    pg: dist.ProcessGroup | None = None
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum `x` over the ranks, in place; every rank gets the same bits."""
+        if self.size > 1:
+            dist.all_reduce(x, group=self.pg)
+        return x
+
+    def gather_columns(self, local: torch.Tensor, widths: list[int]) -> torch.Tensor:
+        """[..., widths[rank]] on each rank -> [..., sum(widths)] on every rank (rank order)."""
+        if self.size == 1:
+            return local
+        pad = max(widths) - local.shape[-1]
+        padded = torch.nn.functional.pad(local, (0, pad)).contiguous() if pad else local.contiguous()
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded, group=self.pg)
+        return torch.cat([p[..., :w] for p, w in zip(parts, widths, strict=True)], dim=-1)
+
+
+SINGLE = TensorGroup(0, 1)
+_CURRENT: contextvars.ContextVar[TensorGroup] = contextvars.ContextVar("tensor_group", default=SINGLE)
+
+
+def current_group() -> TensorGroup:
+    """The group a layer constructed now belongs to (`SINGLE` outside `building`)."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def building(group: TensorGroup) -> Iterator[TensorGroup]:
+    """Construct a model for `group`'s rank inside this block."""
+    token = _CURRENT.set(group)
+    try:
+        yield group
+    finally:
+        _CURRENT.reset(token)
+
+
+def join_group(
+    config: ParallelConfig,
+    rank: int,
+    master_addr: str,
+    master_port: int,
+    backend: str | None = None,
+    world_size: int | None = None,
+    timeout_s: float = 600.0,
+) -> TensorGroup:
+    """Join the torch.distributed group of `config.tensor_parallel_size` ranks as `rank`.
+
+    `backend` None: NCCL when CUDA is available, else gloo. `world_size` defaults to the TP size
+    (one group spanning every process, on one node or several)."""
+    size = config.tensor_parallel_size
+    if size == 1:
+        return TensorGroup(0, 1, config.expert_parallel)
+    world = size if world_size is None else world_size
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside a group of {world}")
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://{master_addr}:{master_port}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=timeout_s),
+        )
+    return TensorGroup(rank, size, config.expert_parallel, dist.group.WORLD)
+
+
+def leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
