@@ -34,13 +34,15 @@ from engine.engine_thread import EngineThread
 from engine.errors import RequestError
 from engine.groups import fork_samples, new_group
 from engine.hidden_states import check_hidden_request, finish_hidden
-from engine.kv_cache import PagedKVCache
+from engine.kv_cache import KVCacheSpec, PagedKVCache
 from engine.metrics import EngineMetrics
 from engine.model_loader import generation_config, load_model, resolve_dtype
 from engine.model_runner import ModelRunner
 from engine.multimodal import MediaInputs, MediaState
 from engine.output_processor import apply_logits_processors, group_snapshot, process_token
 from engine.outputs import RequestOutput
+from engine.parallel.followers import LocalFollowers
+from engine.parallel.group import SINGLE, ParallelConfig, TensorGroup
 from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig
@@ -56,9 +58,6 @@ class OutputQueue(Protocol):
     def put(self, item: RequestOutput) -> None: ...
 
 
-_DEFAULT_CPU_KV_BYTES = 1 << 30
-
-
 @dataclass(frozen=True)
 class EngineConfig:
     max_num_seqs: int = 64
@@ -72,6 +71,21 @@ class EngineConfig:
     # most background_prefill_tokens per step, so a step never grows long under a burst of them.
     background_priority: int | None = None
     background_prefill_tokens: int = 256
+    # Ranks the model is split over (engine.parallel), and whether experts split by expert (EP)
+    # rather than by width.
+    tensor_parallel_size: int = 1
+    expert_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        self.parallel  # noqa: B018 - validates the parallel fields
+
+    @property
+    def kv_spec(self) -> KVCacheSpec:
+        return KVCacheSpec(self.block_size, self.kv_cache_bytes, self.num_kv_blocks)
+
+    @property
+    def parallel(self) -> ParallelConfig:
+        return ParallelConfig(self.tensor_parallel_size, self.expert_parallel)
 
 
 class LLMEngine(EngineThread):
@@ -81,16 +95,37 @@ class LLMEngine(EngineThread):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         config: EngineConfig | None = None,
+        group: TensorGroup | None = None,
     ) -> None:
+        """`group`: this process as rank 0 of a tensor/expert-parallel group whose other ranks run
+        `engine.parallel.followers.follow_rank`; None with `config.tensor_parallel_size` > 1 starts
+        those ranks as local processes."""
         self.path, self.config = Path(model), config or EngineConfig()
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.model = load_model(self.path, self.device, self.dtype)
+        self._local_followers = None
+        if group is None and self.config.tensor_parallel_size > 1:  # ranks 1.. as local processes
+            self._local_followers = LocalFollowers(
+                self.path, self.device, self.dtype, self.config.kv_spec, self.config.parallel
+            )
+            group = self._local_followers.group
+        self.group = group or SINGLE
+        self._followers_running = self.group.size > 1
+        try:
+            self.model = load_model(self.path, self.device, self.dtype, self.group)
+        except BaseException:
+            if self._local_followers is not None:
+                self._local_followers.close()
+            raise
         self.tokenizer = load_tokenizer(self.path)
         self.eos_token_ids = self._eos_ids()
         rt = self.model.runtime
         self.max_model_len = min(self.config.max_model_len or rt.max_position, rt.max_position)
-        num_blocks = self._num_kv_blocks()
+        num_blocks = self.group.agree_min(
+            self.config.kv_spec.blocks_for(
+                rt.num_layers, rt.num_kv_heads, rt.head_dim, self.dtype, self.device
+            )
+        )
         # A diffusion model's KV depends on its block length and on still-masked tokens: no prefix cache.
         caching = self.config.enable_prefix_caching and not self.model.diffusion
         self.blocks = BlockManager(num_blocks, self.config.block_size, caching)
@@ -103,7 +138,7 @@ class LLMEngine(EngineThread):
             self.dtype,
             self.device,
         )
-        self.runner = ModelRunner(self.model, cache, self.blocks, self.device)
+        self.runner = ModelRunner(self.model, cache, self.blocks, self.device, self.group)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 self.config.max_num_seqs,
@@ -137,19 +172,16 @@ class LLMEngine(EngineThread):
             ids.add(self.tokenizer.eos_token_id)
         return frozenset(int(i) for i in ids)
 
-    def _num_kv_blocks(self) -> int:
-        rt, cfg = self.model.runtime, self.config
-        if cfg.num_kv_blocks is not None:
-            return cfg.num_kv_blocks
-        per_block = PagedKVCache.bytes_per_block(
-            rt.num_layers, cfg.block_size, rt.num_kv_heads, rt.head_dim, self.dtype
-        )
-        budget = cfg.kv_cache_bytes
-        if budget is None:
-            budget = _DEFAULT_CPU_KV_BYTES
-            if self.device.type == "cuda":
-                budget = int(torch.cuda.mem_get_info(self.device)[0] * 0.85)
-        return max(1, budget // per_block)
+    def close(self) -> None:
+        """Stop the loop thread and, over several ranks, the follower ranks (idempotent)."""
+        self.shutdown()
+        if self.group.size > 1 and self._followers_running:
+            self._followers_running = False
+            with self._lock:
+                self.runner.stop_followers()
+        if self._local_followers is not None:
+            self._local_followers.close()
+            self._local_followers = None
 
     # ---- requests ----------------------------------------------------------------------------
     def encode(self, prompt: Prompt) -> list[int]:
@@ -408,7 +440,7 @@ class LLMEngine(EngineThread):
         return outputs
 
     def _fork(self, parent: TrackedRequest) -> list[TrackedRequest]:
-        forked = fork_samples(parent, self.blocks, self.scheduler, self.runner.cache)
+        forked = fork_samples(parent, self.blocks, self.scheduler, self.runner)
         self.metrics.forked_samples += len(forked)
         return forked
 

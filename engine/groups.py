@@ -8,11 +8,10 @@ sampler state, detokenizer) -> sample 0 is scheduled -> after the step that comp
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from engine.block_manager import BlockManager
 from engine.detokenizer import IncrementalDetokenizer
-from engine.kv_cache import PagedKVCache
 from engine.outputs import RequestOutput
 from engine.sampler import SamplingState, make_generator
 from engine.sampling_params import SamplingParams
@@ -67,8 +66,14 @@ def _track_sample(
     return req
 
 
+class BlockCopier(Protocol):
+    """The model runner: copies KV blocks on every rank that holds part of the cache."""
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None: ...
+
+
 def fork_samples(
-    parent: TrackedRequest, blocks: BlockManager, scheduler: Scheduler, cache: PagedKVCache
+    parent: TrackedRequest, blocks: BlockManager, scheduler: Scheduler, cache: BlockCopier
 ) -> list[TrackedRequest]:
     """Start the other samples of parent's request from its computed prompt; returns those started.
 

@@ -55,6 +55,32 @@ class PagedKVCache:
         return 2 * num_layers * block_size * num_kv_heads * head_dim * dtype.itemsize
 
 
+@dataclass(frozen=True)
+class KVCacheSpec:
+    """How big a KV cache to allocate: `num_blocks` if set, else as many blocks of `block_size` as
+    fit in `nbytes` (None: 1 GiB on CPU, 85% of the free memory on a GPU)."""
+
+    block_size: int = 16
+    nbytes: int | None = None
+    num_blocks: int | None = None
+
+    def blocks_for(
+        self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> int:
+        if self.num_blocks is not None:
+            return self.num_blocks
+        per_block = PagedKVCache.bytes_per_block(num_layers, self.block_size, num_kv_heads, head_dim, dtype)
+        budget = self.nbytes
+        if budget is None:
+            budget = _DEFAULT_CPU_KV_BYTES
+            if device.type == "cuda":
+                budget = int(torch.cuda.mem_get_info(device)[0] * 0.85)
+        return max(1, budget // per_block)
+
+
+_DEFAULT_CPU_KV_BYTES = 1 << 30
+
+
 @dataclass
 class PagedContext:
     """One step's view of the paged cache: which slots the new tokens go to, what each row attends to."""

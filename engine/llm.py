@@ -1,5 +1,8 @@
 """Offline Python API, the way vLLM users call it: LLM(path).generate / .chat / .logits / .hidden_states.
 
+`LLM(path, tensor_parallel_size=N, expert_parallel=True)` splits the model over N local ranks
+(engine.parallel): this process is rank 0; `close()` (or a `with` block) ends the others. With
+`group` (this process already rank 0 of a group) the other ranks run `serve_as_follower`.
 It owns an LLMEngine and drives it synchronously: all prompts are added, then `step()` runs until
 every request is done (continuous batching does the rest). Outputs come back in input order.
 `.logits` scores a whole sequence without a cache (for evaluation); `.hidden_states` runs prefill-only
@@ -19,6 +22,7 @@ from engine.engine import EngineConfig, LLMEngine, Prompt
 from engine.errors import RequestError
 from engine.multimodal import MediaInputs
 from engine.outputs import RequestOutput
+from engine.parallel.group import TensorGroup
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import require
 
@@ -29,9 +33,10 @@ class LLM:
         model: str | Path,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
+        group: TensorGroup | None = None,
         **engine_config: Any,
     ) -> None:
-        self.engine = LLMEngine(model, device, dtype, EngineConfig(**engine_config))
+        self.engine = LLMEngine(model, device, dtype, EngineConfig(**engine_config), group)
         self.path, self.device, self.dtype = self.engine.path, self.engine.device, self.engine.dtype
         self.model, self.tokenizer = self.engine.model, self.engine.tokenizer
         self._batches = itertools.count()
@@ -141,8 +146,18 @@ class LLM:
         ids = self.engine._check_ids(list(token_ids))
         positions = torch.arange(len(ids), device=self.device)
         # the model's own no-cache attention: causal for an AR model, bidirectional for a diffusion one
-        hidden = self.model(torch.tensor(ids, device=self.device), positions, None)
-        return self.model.compute_logits(hidden)
+        with self.engine._locked():  # over several ranks this is a broadcast step like any other
+            return self.engine.runner.score(torch.tensor(ids, device=self.device), positions)
+
+    def close(self) -> None:
+        """End the engine (and its other ranks, if the model is split over several)."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _is_single(prompts: Any) -> bool:

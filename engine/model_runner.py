@@ -7,9 +7,17 @@ at the last token of the sequences that finish their prompt or decode this step,
 the current block of a diffusion sequence whose window is complete. A prefill-only sequence gets no
 logits: the hidden rows it asked for are gathered into it (`engine.hidden_states`), one
 index_select per step for all of them. An isolated one (reproducible rows) runs in a forward of its own.
+
+Over several ranks (engine.parallel) rank 0's runner plans each forward into a `StepInputs` and
+broadcasts it; the other ranks' runners `follow()`, running the same forward on their share of the
+model and their share of the KV cache (same slots), so the layers' collectives line up. KV block
+copies (sample forks) and cache-free scoring travel the same way. Only rank 0 samples.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -18,14 +26,52 @@ from engine.hidden_states import HiddenPick, gather_hidden
 from engine.kv_cache import PagedContext, PagedKVCache
 from engine.model_base import CausalLM
 from engine.multimodal import PromptInputs, merge_forward_args
+from engine.parallel.group import SINGLE, TensorGroup
 from engine.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """One forward, as every rank runs it: T tokens, their positions ([T] or [P, T]), media keywords,
+    KV slots and per-sequence lengths / block tables, and the hidden rows that need logits (or None)."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    extra: dict[str, Any]
+    slots: torch.Tensor
+    q_lens: list[int]
+    ctx_lens: list[int]
+    tables: list[list[int]]
+    block_lengths: list[int | None] | None
+    rows: torch.Tensor | None
+
+    def to(self, device: torch.device | str) -> StepInputs:
+        def move(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return x.to(device)
+            return tuple(move(i) for i in x) if isinstance(x, tuple) else x
+
+        return replace(
+            self,
+            ids=self.ids.to(device),
+            positions=self.positions.to(device),
+            extra={k: move(v) for k, v in self.extra.items()},
+            slots=self.slots.to(device),
+            rows=None if self.rows is None else self.rows.to(device),
+        )
 
 
 class ModelRunner:
     def __init__(
-        self, model: CausalLM, cache: PagedKVCache, blocks: BlockManager, device: torch.device
+        self,
+        model: CausalLM,
+        cache: PagedKVCache,
+        blocks: BlockManager | None,
+        device: torch.device,
+        group: TensorGroup = SINGLE,
     ) -> None:
         self.model, self.cache, self.blocks, self.device = model, cache, blocks, device
+        self.group = group
 
     @torch.inference_mode()
     def execute(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
@@ -41,6 +87,16 @@ class ModelRunner:
         return sample, logits
 
     def _forward(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
+        step, sample, picks = self._plan(scheduled)
+        self._tell_followers("forward", step)
+        hidden, logits = self.run(step)
+        gather_hidden(hidden, picks)
+        return sample, logits
+
+    def _plan(
+        self, scheduled: list[tuple[Sequence, int]]
+    ) -> tuple[StepInputs, list[Sequence], list[HiddenPick]]:
+        assert self.blocks is not None, "only rank 0 plans steps"
         bs = self.cache.block_size
         ids: list[int] = []
         spans: list[tuple[int, int, PromptInputs | None]] = []  # per sequence: its tokens' inputs
@@ -65,13 +121,61 @@ class ModelRunner:
                 width = 1 if run is None else run.params.block_length
                 rows += range(len(ids) - width, len(ids))
         dev = self.device
-        block_lengths = blocks if any(b is not None for b in blocks) else None
-        ctx = PagedContext(
-            self.cache, torch.tensor(slots, device=dev), q_lens, ctx_lens, tables, block_lengths
-        )
         positions, extra = merge_forward_args(spans, dev)  # [T] | [P, T]; media rows / gates if any
-        hidden = self.model(torch.tensor(ids, device=dev), positions, ctx, **extra)  # (T, d)
-        gather_hidden(hidden, picks)
-        if not sample:
-            return [], None
-        return sample, self.model.compute_logits(hidden[torch.tensor(rows, device=dev)])  # (R, V)
+        step = StepInputs(
+            ids=torch.tensor(ids, device=dev),
+            positions=positions,
+            extra=extra,
+            slots=torch.tensor(slots, device=dev),
+            q_lens=q_lens,
+            ctx_lens=ctx_lens,
+            tables=tables,
+            block_lengths=blocks if any(b is not None for b in blocks) else None,
+            rows=torch.tensor(rows, device=dev) if sample else None,
+        )
+        return step, sample, picks
+
+    def run(self, step: StepInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The forward itself (every rank): hidden [T, d] and, for `step.rows`, logits [R, V]."""
+        ctx = PagedContext(
+            self.cache, step.slots, step.q_lens, step.ctx_lens, step.tables, step.block_lengths
+        )
+        hidden = self.model(step.ids, step.positions, ctx, **step.extra)  # (T, d)
+        if step.rows is None:
+            return hidden, None
+        return hidden, self.model.compute_logits(hidden[step.rows])  # (R, V)
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy KV blocks src -> dst on every rank (a forked sample's partly shared last block)."""
+        self._tell_followers("copy", pairs)
+        self.cache.copy_blocks(pairs)
+
+    @torch.inference_mode()
+    def score(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Full-sequence logits without the cache (the model's own attention), on every rank."""
+        self._tell_followers("score", (ids.cpu(), positions.cpu()))
+        return self.model.compute_logits(self.model(ids, positions, None))
+
+    def stop_followers(self) -> None:
+        self._tell_followers("stop", None)
+
+    def _tell_followers(self, kind: str, payload: Any) -> None:
+        if self.group.size > 1:
+            if isinstance(payload, StepInputs):
+                payload = payload.to("cpu")
+            self.group.broadcast_object((kind, payload))
+
+    @torch.inference_mode()
+    def follow(self) -> None:
+        """A follower rank's loop: run what rank 0 broadcasts until it says stop."""
+        while True:
+            kind, payload = self.group.broadcast_object()
+            if kind == "stop":
+                return
+            if kind == "forward":
+                self.run(payload.to(self.device))
+            elif kind == "copy":
+                self.cache.copy_blocks(payload)
+            elif kind == "score":
+                ids, positions = payload
+                self.model.compute_logits(self.model(ids.to(self.device), positions.to(self.device), None))

@@ -4,7 +4,8 @@ A model is built for one rank under `building(group)`: each parallel layer reads
 when it is constructed and keeps it, so families build their module trees as they always do and
 the same tree serves one rank or many. Outside `building` the group is `SINGLE` (one rank, every
 collective a no-op). `join_group` joins torch.distributed (gloo on CPU, NCCL on CUDA) by TCP
-rendezvous; the launcher / worker decides ranks and addresses.
+rendezvous; the launcher / worker decides ranks and addresses. Step messages (rank 0 -> the others)
+always travel over a gloo group on the CPU, the layers' collectives over the compute backend.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,6 +42,7 @@ class TensorGroup:
     size: int
     expert_parallel: bool = False
     pg: dist.ProcessGroup | None = None
+    control: dist.ProcessGroup | None = None  # gloo (CPU) group for step messages; pg itself on CPU
 
     @property
     def is_first(self) -> bool:
@@ -50,6 +53,22 @@ class TensorGroup:
         if self.size > 1:
             dist.all_reduce(x, group=self.pg)
         return x
+
+    def broadcast_object(self, obj: Any = None) -> Any:
+        """Rank 0's `obj` on every rank (pickled over the CPU control group; tensors must be on CPU)."""
+        if self.size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def agree_min(self, value: int) -> int:
+        """The smallest of every rank's `value` (e.g. how many KV blocks fit), on every rank."""
+        if self.size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.control)
+        return int(t.item())
 
     def gather_columns(self, local: torch.Tensor, widths: list[int]) -> torch.Tensor:
         """[..., widths[rank]] on each rank -> [..., sum(widths)] on every rank (rank order)."""
@@ -101,15 +120,18 @@ def join_group(
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside a group of {world}")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if not dist.is_initialized():
-        dist.init_process_group(
-            backend,
-            init_method=f"tcp://{master_addr}:{master_port}",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=timeout_s),
-        )
-    return TensorGroup(rank, size, config.expert_parallel, dist.group.WORLD)
+    if dist.is_initialized():
+        raise RuntimeError("this process already belongs to a rank group (one model group per process)")
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{master_addr}:{master_port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    world_group = dist.group.WORLD
+    control = world_group if backend == "gloo" else dist.new_group(backend="gloo")
+    return TensorGroup(rank, size, config.expert_parallel, world_group, control)
 
 
 def leave_group() -> None:
