@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.parallel.group import ParallelConfig
+from engine.parallel.placement import GroupPlacement
 from models.family import known_families
 
 KNOWN_FAMILIES = frozenset(known_families())  # families this worker can serve (`models.family`)
@@ -66,6 +69,14 @@ class WorkerConfig:
     min_speaker_clip_seconds: float = 1.0  # a speaker clip to clone
     max_speaker_clip_seconds: float = 30.0
     max_speaker_clip_bytes: int = 16 * 2**20
+    # One model over several ranks (engine.parallel): this process is rank 0 (the Celery consumer)
+    # on node 0, or only hosts follower ranks (node_rank > 0); torchrun's variables override these.
+    tensor_parallel_size: int = 1
+    expert_parallel: bool = False
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None  # None: a free port (one node only)
 
     def __post_init__(self) -> None:
         if self.family not in KNOWN_FAMILIES:
@@ -126,3 +137,15 @@ class WorkerConfig:
         grace = self.shutdown_grace_s
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace < float("inf"):
             raise ValueError(f"WorkerConfig.shutdown_grace_s must be a number >= 0, got {grace!r}")
+        try:
+            self.placement({})
+        except ValueError as exc:
+            raise ValueError(f"WorkerConfig: {exc}") from None
+
+    def placement(self, environ: Mapping[str, str]) -> GroupPlacement:
+        """Where this worker's ranks run: from torchrun's variables when it launched us, else the fields."""
+        under_torchrun = GroupPlacement.from_torchrun(environ, self.expert_parallel)
+        if under_torchrun is not None:
+            return under_torchrun
+        parallel = ParallelConfig(self.tensor_parallel_size, self.expert_parallel)
+        return GroupPlacement(parallel, self.nnodes, self.node_rank, self.master_addr, self.master_port)

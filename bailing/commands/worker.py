@@ -92,6 +92,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=240.0,
         help="on SIGTERM, running requests get this long to finish, then end UNAVAILABLE (240)",
     )
+    group = p.add_argument_group(
+        "one model over several devices / machines (torchrun's RANK, WORLD_SIZE, LOCAL_RANK, "
+        "MASTER_ADDR, MASTER_PORT override these)"
+    )
+    group.add_argument(
+        "--tensor-parallel", type=int, default=1, metavar="N", help="ranks the model is split over (1)"
+    )
+    group.add_argument(
+        "--expert-parallel", action="store_true", help="split MoE experts by expert instead of by width"
+    )
+    group.add_argument("--nnodes", type=int, default=1, help="machines the ranks span (1)")
+    group.add_argument(
+        "--node-rank", type=int, default=0, help="this machine's index; > 0 runs follower ranks only (0)"
+    )
+    group.add_argument("--master-addr", default="127.0.0.1", help="node 0's address (127.0.0.1)")
+    group.add_argument("--master-port", type=int, default=None, help="rendezvous port on node 0 (a free one)")
     p.add_argument("--worker-id", default=None, help="worker id (default: NAME@HOST:PID)")
     p.add_argument(
         "--logits-processor",
@@ -142,6 +158,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         min_speaker_clip_seconds=args.min_speaker_clip_seconds,
         max_speaker_clip_seconds=args.max_speaker_clip_seconds,
         max_speaker_clip_bytes=args.max_speaker_clip_bytes,
+        tensor_parallel_size=args.tensor_parallel,
+        expert_parallel=args.expert_parallel,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        master_addr=args.master_addr,
+        master_port=args.master_port,
     )
     logging.basicConfig(level=args.loglevel, format=_LOG_FORMAT)
     return run_worker(config, args.loglevel)

@@ -11,9 +11,11 @@ always travel over a gloo group on the CPU, the layers' collectives over the com
 from __future__ import annotations
 
 import contextvars
+import pickle
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -43,6 +45,8 @@ class TensorGroup:
     expert_parallel: bool = False
     pg: dist.ProcessGroup | None = None
     control: dist.ProcessGroup | None = None  # gloo (CPU) group for step messages; pg itself on CPU
+    # payload bytes per kind of collective since the last clear() (bench/parallel.py reads it)
+    traffic: Counter[str] = field(default_factory=Counter)
 
     @property
     def is_first(self) -> bool:
@@ -52,15 +56,23 @@ class TensorGroup:
         """Sum `x` over the ranks, in place; every rank gets the same bits."""
         if self.size > 1:
             dist.all_reduce(x, group=self.pg)
+            self.traffic["all_reduce"] += x.numel() * x.element_size()
         return x
 
     def broadcast_object(self, obj: Any = None) -> Any:
         """Rank 0's `obj` on every rank (pickled over the CPU control group; tensors must be on CPU)."""
         if self.size == 1:
             return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0, group=self.control)
-        return box[0]
+        size = torch.zeros(1, dtype=torch.int64)
+        if self.is_first:
+            data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+            size[0] = data.numel()
+        dist.broadcast(size, src=0, group=self.control)
+        if not self.is_first:
+            data = torch.empty(int(size[0]), dtype=torch.uint8)
+        dist.broadcast(data, src=0, group=self.control)
+        self.traffic["broadcast"] += data.numel()
+        return obj if self.is_first else pickle.loads(data.numpy().tobytes())
 
     def agree_min(self, value: int) -> int:
         """The smallest of every rank's `value` (e.g. how many KV blocks fit), on every rank."""
@@ -78,6 +90,7 @@ class TensorGroup:
         padded = torch.nn.functional.pad(local, (0, pad)).contiguous() if pad else local.contiguous()
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded, group=self.pg)
+        self.traffic["all_gather"] += padded.numel() * padded.element_size() * self.size
         return torch.cat([p[..., :w] for p, w in zip(parts, widths, strict=True)], dim=-1)
 
 

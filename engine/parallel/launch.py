@@ -8,6 +8,7 @@ Used by the offline API and the tests; `fn` must be importable (a module-level f
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import socket
 import traceback
@@ -32,7 +33,9 @@ def _rank_main(
     torch.set_num_threads(threads)
     try:
         group = join_group(config, rank, "127.0.0.1", port, timeout_s=120)
-        results.put((rank, True, fn(group, *args)))
+        # plain pickle bytes: torch's queue would pass tensors as shared-memory handles, which die
+        # with this process if it exits before the parent has read them
+        results.put((rank, True, pickle.dumps(fn(group, *args))))
     except BaseException:  # reported to the parent, which ends the group
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -68,7 +71,7 @@ def run_local_group(
                 raise TimeoutError(f"rank group of {size} gave no result within {timeout_s:.0f} s") from None
             if not ok:
                 raise RuntimeError(f"rank {rank} of {size} failed:\n{value}")
-            got[rank] = value
+            got[rank] = pickle.loads(value)
     finally:
         for p in procs:
             p.join(timeout=10 if len(got) == size else 0)
