@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +41,9 @@ from engine.model_runner import ModelRunner
 from engine.multimodal import MediaInputs, MediaState
 from engine.output_processor import apply_logits_processors, group_snapshot, process_token
 from engine.outputs import RequestOutput
-from engine.parallel.followers import LocalFollowers
+from engine.parallel.followers import NodeRanks
 from engine.parallel.group import SINGLE, ParallelConfig, TensorGroup
+from engine.parallel.placement import GroupPlacement
 from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig
@@ -96,26 +97,31 @@ class LLMEngine(EngineThread):
         dtype: torch.dtype | str | None = None,
         config: EngineConfig | None = None,
         group: TensorGroup | None = None,
+        placement: GroupPlacement | None = None,
+        on_group_failure: Callable[[str], None] | None = None,
     ) -> None:
-        """`group`: this process as rank 0 of a tensor/expert-parallel group whose other ranks run
-        `engine.parallel.followers.follow_rank`; None with `config.tensor_parallel_size` > 1 starts
-        those ranks as local processes."""
+        """`group`: this process as rank 0 of a tensor/expert-parallel group whose other ranks the
+        caller runs (`engine.parallel.followers.serve_as_follower`). Without it and with
+        `config.tensor_parallel_size` > 1 the engine starts this machine's other ranks itself, where
+        `placement` (default: every rank on this machine) puts them. `on_group_failure(why)` is called
+        (from any thread) when the group breaks; None: fail every request and refuse new ones."""
         self.path, self.config = Path(model), config or EngineConfig()
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self._local_followers = None
-        if group is None and self.config.tensor_parallel_size > 1:  # ranks 1.. as local processes
-            self._local_followers = LocalFollowers(
-                self.path, self.device, self.dtype, self.config.kv_spec, self.config.parallel
-            )
-            group = self._local_followers.group
+        self.ranks: NodeRanks | None = None  # this machine's other ranks, when the engine started them
+        self.on_group_failure = on_group_failure
+        self._broken: str | None = None
+        if group is None and self.config.tensor_parallel_size > 1:
+            where = placement or GroupPlacement(self.config.parallel)
+            self.ranks = NodeRanks(self.path, self.device, self.dtype, self.config.kv_spec, where)
+            group = self.ranks.group
         self.group = group or SINGLE
         self._followers_running = self.group.size > 1
         try:
             self.model = load_model(self.path, self.device, self.dtype, self.group)
         except BaseException:
-            if self._local_followers is not None:
-                self._local_followers.close()
+            if self.ranks is not None:
+                self.ranks.close()
             raise
         self.tokenizer = load_tokenizer(self.path)
         self.eos_token_ids = self._eos_ids()
@@ -162,6 +168,8 @@ class LLMEngine(EngineThread):
         # One request's encoders at a time: concurrent ones only split the same cores / device, so
         # each finishes later (first images wait for the last), and they crowd the loop's steps.
         self._encoding = threading.Lock()
+        if self.ranks is not None:
+            self.ranks.watch(lambda rank, code: self.group_failed(f"rank {rank} exited with code {code}"))
 
     # ---- setup -------------------------------------------------------------------------------
     def _eos_ids(self) -> frozenset[int]:
@@ -175,13 +183,24 @@ class LLMEngine(EngineThread):
     def close(self) -> None:
         """Stop the loop thread and, over several ranks, the follower ranks (idempotent)."""
         self.shutdown()
-        if self.group.size > 1 and self._followers_running:
+        if self.group.size > 1 and self._followers_running and self._broken is None:
             self._followers_running = False
             with self._lock:
                 self.runner.stop_followers()
-        if self._local_followers is not None:
-            self._local_followers.close()
-            self._local_followers = None
+        if self.ranks is not None:
+            self.ranks.close()
+            self.ranks = None
+
+    def group_failed(self, why: str) -> None:
+        """The rank group is broken (a rank died, a collective failed): no step can run any more."""
+        if self._broken is not None:
+            return
+        self._broken = why
+        log.critical("rank group failed: %s", why)
+        if self.on_group_failure is not None:
+            self.on_group_failure(why)
+            return
+        self.fail_all(f"the model's rank group failed: {why}")
 
     # ---- requests ----------------------------------------------------------------------------
     def encode(self, prompt: Prompt) -> list[int]:
@@ -251,6 +270,10 @@ class LLMEngine(EngineThread):
         hidden_positions: SequenceOf[int] | None = None,
         isolated: bool = False,
     ) -> RequestGroup:
+        if self._broken is not None:
+            raise RequestError(
+                f"the model's rank group failed ({self._broken}); this engine takes no requests"
+            )
         params = params or SamplingParams()
         ids = self._check_ids(self.encode(prompt))
         hidden = None

@@ -18,7 +18,7 @@ log = logging.getLogger("engine.engine")
 
 class EngineThread:
     """Needs the engine's `_lock` (RLock), `_wake` (its Condition), `_gate`, `_queued`, `_thread`,
-    `_stop`, `scheduler`, `side_loops`, `_requests`, `step()` and `fail_all()`."""
+    `_stop`, `scheduler`, `side_loops`, `_requests`, `group`, `step()`, `fail_all()` and `group_failed()`."""
 
     _lock: threading.RLock
     _wake: threading.Condition
@@ -31,6 +31,8 @@ class EngineThread:
     _requests: dict[str, Any]
     step: Any  # LLMEngine.step
     fail_all: Any  # LLMEngine.fail_all
+    group: Any  # the engine's TensorGroup
+    group_failed: Any  # LLMEngine.group_failed
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -100,5 +102,9 @@ class EngineThread:
         try:
             self.step()
         except Exception as exc:  # a failed step must not strand every request waiting on it
+            if self.group.size > 1:  # the ranks may now disagree on where they are: the group is over
+                log.exception("engine step failed on a rank group")
+                self.group_failed(f"a step failed: {type(exc).__name__}: {exc}")
+                return
             log.exception("engine step failed; failing the %d requests in flight", len(self._requests))
             self.fail_all(f"engine step failed: {type(exc).__name__}: {exc}")

@@ -13,6 +13,7 @@ jobs in flight at once.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -78,6 +79,10 @@ def run_worker(config: WorkerConfig, loglevel: str = "INFO") -> int:
         from workers.stage_app import run_stage_worker
 
         return run_stage_worker(config, loglevel)
+    if not config.placement(os.environ).has_rank0:  # another machine's share of a worker group
+        from workers.follower_node import serve_follower_ranks
+
+        return serve_follower_ranks(config)
     runtime = get_runtime(config)  # loads the engine and starts its threads; raises for a bad checkpoint
     on_shutdown = _shutdown_timer(runtime)
     signals.worker_shutting_down.connect(on_shutdown, weak=False)  # one worker per process

@@ -16,6 +16,7 @@ Batch items go through `batches` (`workers.batch.BatchRunner`), which calls `run
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -89,8 +90,18 @@ class WorkerRuntime:
             max_model_len=config.max_model_len,
             background_priority=BATCH_PRIORITY_OFFSET,  # batch items (and interactive priority >= it)
             background_prefill_tokens=config.batch_prefill_tokens,
+            tensor_parallel_size=config.tensor_parallel_size,
+            expert_parallel=config.expert_parallel,
         )
-        return LLMEngine(config.model_dir, config.device, config.dtype, engine_config)
+        placement = config.placement(os.environ)
+        return LLMEngine(
+            config.model_dir,
+            config.device,
+            config.dtype,
+            engine_config,
+            placement=placement,
+            on_group_failure=_end_worker_process,
+        )
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -370,3 +381,14 @@ def _queued_s(job: GenerateJob) -> float:
     if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
         return 0.0
     return max(0.0, time.time() - t)
+
+
+GROUP_FAILED_EXIT = 75
+
+
+def _end_worker_process(why: str) -> None:
+    """A broken rank group cannot serve: leave at once, as a killed worker would. Nothing in flight is
+    acknowledged, so its jobs are redelivered; the heartbeat stops; follower ranks end with us."""
+    log.critical("ending this worker: its rank group failed (%s)", why)
+    logging.shutdown()
+    os._exit(GROUP_FAILED_EXIT)

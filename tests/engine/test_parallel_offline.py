@@ -18,7 +18,7 @@ def test_llm_with_two_local_ranks_gives_the_golden_tokens_and_ends_its_follower(
     with LLM(
         golden_dir / "tiny-bailing", dtype=torch.float32, tensor_parallel_size=2, expert_parallel=True
     ) as llm:
-        (follower,) = llm.engine._local_followers.procs
+        (follower,) = llm.engine.ranks.procs
         assert llm.engine.group.size == 2 and llm.engine.group.expert_parallel
         assert llm.generate([prompt], greedy)[0].token_ids == ref["gen_sequence_ids"][0, 16:].tolist()
         torch.testing.assert_close(
