@@ -123,12 +123,15 @@ class Stack:
         grace_s: float = 15.0,
         log: Callable[[str], None] | None = None,
         models: Sequence[str] | None = None,
+        tensor_parallel: int = 1,
+        expert_parallel: bool = False,
     ) -> None:
         self.port, self.host, self.dir = port, host, Path(dir).resolve()
         self.redis_url = redis_url
         self.metrics_port_base, self.device, self.token = metrics_port_base, device, token
         self.ready_timeout_s, self.grace_s = ready_timeout_s, grace_s
         self.only = None if models is None else tuple(models)  # demo models to serve; None = all
+        self.parallel = ["--tensor-parallel", str(tensor_parallel)] + ["--expert-parallel"] * expert_parallel
         self.models: dict[str, Path] = {}  # served name -> demo checkpoint folder
         self.families: dict[str, str] = {}  # served name -> the worker's --family
         self.valkey: Child | None = None
@@ -232,7 +235,7 @@ class Stack:
         for i, (name, path) in enumerate(self.models.items(), start=1):
             argv = self._cli(
                 "worker", "--family", self.families[name], "--model", str(path), "--name", name,
-                "--device", self.device,
+                "--device", self.device, *self.parallel,
                 "--redis-url", self.redis_url or "", "--shutdown-grace", f"{self.grace_s / 2:g}",
                 *self._metrics_args(i),
             )  # fmt: skip

@@ -73,6 +73,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         metrics_port_base=args.metrics_port_base, device=args.device, token=env.api_token,
         ready_timeout_s=args.ready_timeout, grace_s=args.grace, log=_progress,
         models=[m for m in args.models.split(",") if m] if args.models else None,
+        tensor_parallel=args.tensor_parallel, expert_parallel=args.expert_parallel,
     )  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
@@ -119,6 +120,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="A,B",
         help="serve only these demo models (default: ling,ring,llada2,ming,ming2)",
+    )
+    up.add_argument(
+        "--tensor-parallel", type=int, default=1, metavar="N",
+        help="split each worker's model over N ranks (local processes; default 1)",
+    )  # fmt: skip
+    up.add_argument(
+        "--expert-parallel", action="store_true", help="with --tensor-parallel: split experts by expert"
     )
     up.add_argument(
         "--redis-url",

@@ -208,3 +208,30 @@ def test_the_banner_shows_speech_when_ming2_is_served():
     assert 'bailing speak --model ming2 -o hello.wav "Hello there."' in text
     assert 'bailing chat --model ming2 --speak answer.wav "Tell me a story."' in text
     assert "speak" not in _banner("127.0.0.1:50051", ["ming"], token=False)
+
+
+@pytest.mark.slow
+def test_bailing_up_with_a_two_rank_ling_worker_answers_as_one_rank(tmp_path):
+    """`bailing up --tensor-parallel 2`: the ling worker runs as two ranks (one follower process) and
+    its greedy answer over gRPC is the one-rank engine's; stopping leaves no process."""
+    from engine import LLM, SamplingParams
+
+    up = Up(tmp_path, "--models", "ling", "--tensor-parallel", "2")
+    try:
+        address = up.wait_up()
+        procs = process_tree([up.proc.pid])[1:]
+        followers = [p for p in procs if "engine.parallel.follower_main" in " ".join(p.cmdline())]
+        assert len(followers) == 1
+        with Client(address) as client:
+            got = client.generate(
+                "ling", "The quick brown fox", max_tokens=16, temperature=0, ignore_eos=True
+            )
+        with LLM(tmp_path / "demo" / "ling") as one_rank:
+            params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+            want = one_rank.generate("The quick brown fox", params)[0]
+        assert got.text == want.text and got.usage.completion_tokens == 16
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(timeout=60) == 0, up.stderr()
+    finally:
+        up.kill()
+    assert _wait_gone(procs) == []
