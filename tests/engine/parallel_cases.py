@@ -143,3 +143,17 @@ def _ming_runs(llm) -> dict:
         )
         out[case] = o.token_ids
     return out
+
+
+def load_rss(group: TensorGroup, folder: str) -> dict[str, int]:
+    """Load this rank's share of `folder`; resident bytes before, peak during (VmHWM) and after."""
+    import psutil
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    model = load_model(folder, CPU, torch.float32, group)
+    final = proc.memory_info().rss
+    with open("/proc/self/status") as status:
+        hwm = next(line for line in status if line.startswith("VmHWM"))
+    held = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"base": base, "final": final, "peak": int(hwm.split()[1]) * 1024, "held": held}
