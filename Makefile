@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
 .PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming \
-	bench-ming-image bench-ming-speech gpu-check
+	bench-ming-image bench-ming-speech bench-parallel gpu-check
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -65,6 +65,9 @@ bench-ming-image: $(STAMP)
 
 bench-ming-speech: $(STAMP)
 	$(PY) -m bench.ming_speech
+
+bench-parallel: $(STAMP)
+	$(PY) -m bench.parallel
 
 # On a machine with a CUDA device: the tests marked gpu, then the GPU benchmarks (bf16).
 gpu-check: $(STAMP)

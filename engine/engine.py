@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -30,19 +29,20 @@ import torch
 from engine.admission import check_fits, check_ids, diffusion_params
 from engine.block_manager import BlockManager
 from engine.diffusion.run import diffuse_step, start_diffusion
+from engine.engine_config import EngineConfig
+from engine.engine_ranks import RankGroupOwner
 from engine.engine_thread import EngineThread
 from engine.errors import RequestError
 from engine.groups import fork_samples, new_group
 from engine.hidden_states import check_hidden_request, finish_hidden
-from engine.kv_cache import KVCacheSpec, PagedKVCache
+from engine.kv_cache import PagedKVCache
 from engine.metrics import EngineMetrics
 from engine.model_loader import generation_config, load_model, resolve_dtype
 from engine.model_runner import ModelRunner
 from engine.multimodal import MediaInputs, MediaState
 from engine.output_processor import apply_logits_processors, group_snapshot, process_token
 from engine.outputs import RequestOutput
-from engine.parallel.followers import NodeRanks
-from engine.parallel.group import SINGLE, ParallelConfig, TensorGroup
+from engine.parallel.group import TensorGroup
 from engine.parallel.placement import GroupPlacement
 from engine.sampler import sample
 from engine.sampling_params import SamplingParams
@@ -59,37 +59,7 @@ class OutputQueue(Protocol):
     def put(self, item: RequestOutput) -> None: ...
 
 
-@dataclass(frozen=True)
-class EngineConfig:
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    block_size: int = 16
-    kv_cache_bytes: int | None = None  # None: 1 GiB on CPU, 85% of free memory on GPU
-    num_kv_blocks: int | None = None  # overrides kv_cache_bytes
-    enable_prefix_caching: bool = True
-    max_model_len: int | None = None  # None: the model's max_position_embeddings
-    # Priorities >= background_priority are background work (e.g. batch jobs): their prompts get at
-    # most background_prefill_tokens per step, so a step never grows long under a burst of them.
-    background_priority: int | None = None
-    background_prefill_tokens: int = 256
-    # Ranks the model is split over (engine.parallel), and whether experts split by expert (EP)
-    # rather than by width.
-    tensor_parallel_size: int = 1
-    expert_parallel: bool = False
-
-    def __post_init__(self) -> None:
-        self.parallel  # noqa: B018 - validates the parallel fields
-
-    @property
-    def kv_spec(self) -> KVCacheSpec:
-        return KVCacheSpec(self.block_size, self.kv_cache_bytes, self.num_kv_blocks)
-
-    @property
-    def parallel(self) -> ParallelConfig:
-        return ParallelConfig(self.tensor_parallel_size, self.expert_parallel)
-
-
-class LLMEngine(EngineThread):
+class LLMEngine(EngineThread, RankGroupOwner):
     def __init__(
         self,
         model: str | Path,
@@ -108,20 +78,11 @@ class LLMEngine(EngineThread):
         self.path, self.config = Path(model), config or EngineConfig()
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.ranks: NodeRanks | None = None  # this machine's other ranks, when the engine started them
-        self.on_group_failure = on_group_failure
-        self._broken: str | None = None
-        if group is None and self.config.tensor_parallel_size > 1:
-            where = placement or GroupPlacement(self.config.parallel)
-            self.ranks = NodeRanks(self.path, self.device, self.dtype, self.config.kv_spec, where)
-            group = self.ranks.group
-        self.group = group or SINGLE
-        self._followers_running = self.group.size > 1
+        self.group = self._join_group(group, placement, on_group_failure)
         try:
             self.model = load_model(self.path, self.device, self.dtype, self.group)
         except BaseException:
-            if self.ranks is not None:
-                self.ranks.close()
+            self._end_ranks()
             raise
         self.tokenizer = load_tokenizer(self.path)
         self.eos_token_ids = self._eos_ids()
@@ -168,8 +129,7 @@ class LLMEngine(EngineThread):
         # One request's encoders at a time: concurrent ones only split the same cores / device, so
         # each finishes later (first images wait for the last), and they crowd the loop's steps.
         self._encoding = threading.Lock()
-        if self.ranks is not None:
-            self.ranks.watch(lambda rank, code: self.group_failed(f"rank {rank} exited with code {code}"))
+        self._watch_ranks()
 
     # ---- setup -------------------------------------------------------------------------------
     def _eos_ids(self) -> frozenset[int]:
@@ -179,28 +139,6 @@ class LLMEngine(EngineThread):
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return frozenset(int(i) for i in ids)
-
-    def close(self) -> None:
-        """Stop the loop thread and, over several ranks, the follower ranks (idempotent)."""
-        self.shutdown()
-        if self.group.size > 1 and self._followers_running and self._broken is None:
-            self._followers_running = False
-            with self._lock:
-                self.runner.stop_followers()
-        if self.ranks is not None:
-            self.ranks.close()
-            self.ranks = None
-
-    def group_failed(self, why: str) -> None:
-        """The rank group is broken (a rank died, a collective failed): no step can run any more."""
-        if self._broken is not None:
-            return
-        self._broken = why
-        log.critical("rank group failed: %s", why)
-        if self.on_group_failure is not None:
-            self.on_group_failure(why)
-            return
-        self.fail_all(f"the model's rank group failed: {why}")
 
     # ---- requests ----------------------------------------------------------------------------
     def encode(self, prompt: Prompt) -> list[int]:

@@ -45,3 +45,21 @@ def test_a_layout_the_model_cannot_split_is_refused_and_leaves_no_process(golden
 def test_bad_parallel_options_are_refused_before_anything_starts(golden_dir):
     with pytest.raises(ValueError, match="tensor_parallel_size must be >= 1"):
         LLM(golden_dir / "tiny-bailing", tensor_parallel_size=0)
+
+
+def test_a_rank_that_dies_breaks_the_group_at_once_and_new_requests_are_refused(golden_dir):
+    import time
+
+    from engine import RequestError
+
+    reasons: list[str] = []
+    with LLM(golden_dir / "tiny-bailing", tensor_parallel_size=2) as llm:
+        llm.engine.on_group_failure = reasons.append
+        (follower,) = llm.engine.ranks.procs
+        follower.kill()
+        deadline = time.monotonic() + 10
+        while not reasons and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reasons and reasons[0].startswith("rank 1 exited with code -9")
+        with pytest.raises(RequestError, match="rank group failed"):
+            llm.generate([[5, 6, 7]], SamplingParams(max_tokens=2))

@@ -1,0 +1,38 @@
+"""EngineConfig: the engine's knobs (batching, KV cache, priorities, how the model spreads over ranks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.kv_cache import KVCacheSpec
+from engine.parallel.group import ParallelConfig
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    block_size: int = 16
+    kv_cache_bytes: int | None = None  # None: 1 GiB on CPU, 85% of free memory on GPU
+    num_kv_blocks: int | None = None  # overrides kv_cache_bytes
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    # Priorities >= background_priority are background work (e.g. batch jobs): their prompts get at
+    # most background_prefill_tokens per step, so a step never grows long under a burst of them.
+    background_priority: int | None = None
+    background_prefill_tokens: int = 256
+    # Ranks the model is split over (engine.parallel), and whether experts split by expert (EP)
+    # rather than by width.
+    tensor_parallel_size: int = 1
+    expert_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        self.parallel  # noqa: B018 - validates the parallel fields
+
+    @property
+    def kv_spec(self) -> KVCacheSpec:
+        return KVCacheSpec(self.block_size, self.kv_cache_bytes, self.num_kv_blocks)
+
+    @property
+    def parallel(self) -> ParallelConfig:
+        return ParallelConfig(self.tensor_parallel_size, self.expert_parallel)
