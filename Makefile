@@ -69,7 +69,9 @@ bench-ming-speech: $(STAMP)
 bench-parallel: $(STAMP)
 	$(PY) -m bench.parallel
 
-# On a machine with a CUDA device: the tests marked gpu, then the GPU benchmarks (bf16).
+# On a machine with a CUDA device: the tests marked gpu (NCCL tensor parallel when there are 2+
+# GPUs, FP8 loading), then the GPU benchmarks (bf16; the engine on Ling-mini-2.0's real shapes).
 gpu-check: $(STAMP)
 	$(VENV)/bin/pytest -m gpu -ra
+	$(PY) -m bench.engine --device cuda --real-config ling-mini --quick
 	$(PY) -m bench.ming_image --device cuda --dtype bfloat16

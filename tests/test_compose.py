@@ -218,3 +218,21 @@ def test_the_optional_ming_image_stage(services):
     (device,) = stage["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"]
     assert _parse(services["worker-ming"]["command"]).image_stage == "local"
+
+
+def test_the_commented_two_gpu_worker_group_example_is_valid_once_uncommented():
+    """The docker-compose example of a 2-GPU worker group parses as a service once its '# ' are removed."""
+    lines = (REPO / "docker-compose.yml").read_text().splitlines()
+    start = lines.index("  # worker-ling-flash:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #") or (
+            block and line.startswith("  # ") and not line.startswith("  #   ")
+        ):
+            break
+        block.append("  " + line[4:])
+    service = yaml.safe_load("\n".join(["services:", *block]).replace("<<: *bailing", "image: x"))
+    spec = service["services"]["worker-ling-flash"]
+    argv = spec["command"]
+    assert argv[argv.index("--tensor-parallel") + 1] == "2" and argv[0] == "worker"
+    assert spec["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2

@@ -50,6 +50,8 @@ def follow_rank(
     world_size: int | None = None,
 ) -> None:
     """Join the group as `rank`, serve rank 0's steps on `path` until stop, leave the group."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before NCCL sees this process
     group = join_group(parallel, rank, master_addr, master_port, world_size=world_size)
     try:
         serve_as_follower(path, device, dtype, kv, group)

@@ -31,6 +31,8 @@ def _rank_main(
     rank: int, config: ParallelConfig, port: int, threads: int, fn: Callable, args: tuple, results: Any
 ) -> None:
     torch.set_num_threads(threads)
+    if torch.cuda.is_available():  # NCCL: one device per rank, set before the group is joined
+        torch.cuda.set_device(rank % torch.cuda.device_count())
     try:
         group = join_group(config, rank, "127.0.0.1", port, timeout_s=120)
         # plain pickle bytes: torch's queue would pass tensors as shared-memory handles, which die

@@ -157,3 +157,13 @@ def load_rss(group: TensorGroup, folder: str) -> dict[str, int]:
         hwm = next(line for line in status if line.startswith("VmHWM"))
     held = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"base": base, "final": final, "peak": int(hwm.split()[1]) * 1024, "held": held}
+
+
+@torch.inference_mode()
+def ling_logits_on_gpu(group: TensorGroup) -> torch.Tensor | None:
+    """The Ling golden logits of input 0 with this rank's share on its own GPU (NCCL)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    ling = load_model(GOLDEN_LING / "tiny-bailing", device, torch.float32, group)
+    ids = load_file(GOLDEN_LING / "logits.safetensors")["input_ids_0"][0].to(device)
+    logits = ling.compute_logits(ling(ids, torch.arange(len(ids), device=device)))
+    return logits.cpu() if group.is_first else None
