@@ -109,7 +109,7 @@ def markdown(result: dict[str, Any], machine: dict[str, Any]) -> str:
         "",
         "| layout | ranks x threads | TTFT, 256-token prompt (ms) | decode (ms/token) "
         "| all-reduce / prefill token (KB) | all-reduce / decode token (KB) "
-        "| logits gather / decode token (KB) | step message / decode token (KB) |",
+        "| logits gather / decode token, per rank (KB) | step message / decode token (KB) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     base = result["layouts"]["TP=1"]
@@ -119,7 +119,7 @@ def markdown(result: dict[str, Any], machine: dict[str, Any]) -> str:
             f"| {name} | {r['ranks']} x {r['threads_per_rank']} | {r['ttft_ms']:.1f} "
             f"({r['ttft_ms'] / base['ttft_ms']:.2f}x) | {r['decode_ms_per_token']:.2f} "
             f"({r['decode_ms_per_token'] / base['decode_ms_per_token']:.2f}x) | {_kb(p, 'all_reduce')} | "
-            f"{_kb(d, 'all_reduce')} | {_kb(d, 'all_gather')} | {_kb(d, 'broadcast')} |"
+            f"{_kb(d, 'all_reduce')} | {_kb(d, 'gather')} | {_kb(d, 'broadcast')} |"
         )
     lines += [
         "",

@@ -82,15 +82,18 @@ class TensorGroup:
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.control)
         return int(t.item())
 
-    def gather_columns(self, local: torch.Tensor, widths: list[int]) -> torch.Tensor:
-        """[..., widths[rank]] on each rank -> [..., sum(widths)] on every rank (rank order)."""
+    def gather_columns(self, local: torch.Tensor, widths: list[int]) -> torch.Tensor | None:
+        """[..., widths[rank]] on each rank -> [..., sum(widths)] on rank 0 (rank order); None on the
+        others (only rank 0 samples, so only it receives the logits)."""
         if self.size == 1:
             return local
         pad = max(widths) - local.shape[-1]
         padded = torch.nn.functional.pad(local, (0, pad)).contiguous() if pad else local.contiguous()
-        parts = [torch.empty_like(padded) for _ in range(self.size)]
-        dist.all_gather(parts, padded, group=self.pg)
-        self.traffic["all_gather"] += padded.numel() * padded.element_size() * self.size
+        parts = [torch.empty_like(padded) for _ in range(self.size)] if self.is_first else None
+        dist.gather(padded, parts, dst=0, group=self.pg)
+        self.traffic["gather"] += padded.numel() * padded.element_size()  # this rank's part
+        if parts is None:
+            return None
         return torch.cat([p[..., :w] for p, w in zip(parts, widths, strict=True)], dim=-1)
 
 

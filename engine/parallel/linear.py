@@ -8,7 +8,8 @@ Legend: N = ranks, r = this rank, T = tokens. Checkpoint weights are [out, in].
   ranks (all-reduce) unless the caller sums several partials first (`reduce=False`, then the bias is
   added by rank 0 only so the sum counts it once).
 - `VocabParallelEmbedding`: rows of the vocab; ids outside the rank's rows give 0, the all-reduce
-  fills them in. `ParallelLMHead`: the same split for the output; `logits()` gathers the columns.
+  fills them in. `ParallelLMHead`: the same split for the output; `logits()` gathers the columns
+  on rank 0, the only rank that samples.
 Each layer's `weight_targets(prefix)` names the checkpoint keys with the `Shard` this rank reads.
 With one rank every layer computes exactly what the plain `Linear` / `Embedding` does.
 """
@@ -129,8 +130,8 @@ class VocabParallelEmbedding(nn.Module):
         rows = F.embedding(local.clamp(0, self.weight.shape[0] - 1), self.weight)  # (T, d)
         return self.group.all_reduce(rows * mine[:, None].to(rows.dtype))
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Tied output head: hidden [T, d] -> [T, V] float32."""
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Tied output head: hidden [T, d] -> [T, V] float32 on rank 0 (None on the others)."""
         return _vocab_logits(hidden, self.weight, self.group, self.widths)
 
 
@@ -141,6 +142,6 @@ class ParallelLMHead(ColumnParallelLinear):
         super().__init__(hidden_size, vocab_size, uneven=True)
         self.widths = part_widths(vocab_size, self.group.size)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [T, d] -> [T, V] float32 on every rank."""
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """hidden [T, d] -> [T, V] float32 on rank 0 (None on the others)."""
         return _vocab_logits(hidden, self.weight, self.group, self.widths)

@@ -155,7 +155,7 @@ class BailingMoeV2ForCausalLM(CausalLM):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.model.word_embeddings if self.lm_head is None else self.lm_head
-        return head.logits(hidden)  # (T, V) float32, gathered over ranks
+        return head.logits(hidden)  # (T, V) float32, gathered on rank 0 (None on the others)
 
     def ignore_checkpoint_key(self, name: str) -> bool:
         """MTP layers live at model.layers.{L..L+n-1} (Ling-V2 layout) and are not used for serving."""
