@@ -108,3 +108,88 @@ def quantize(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor
     scale_inv = (amax / FP8_MAX).clamp(min=1e-12)  # (so, si)
     q = (blocks / scale_inv[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX)
     return q.view_as(padded)[:o, :i].to(FP8_DTYPE).contiguous(), scale_inv
+
+
+# ---- FP8 weights kept as they are (GPU) ---------------------------------------------------------
+def quantize_rows(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations [M, K] -> (float8 [M, K], scale float32 [M, K / group]): one scale per row and
+    `group` columns (dynamic, as `activation_scheme: dynamic` means)."""
+    m, k = x.shape
+    groups = x.float().view(m, k // group, group)
+    scale = (groups.abs().amax(-1) / FP8_MAX).clamp(min=1e-12)  # (M, K/group)
+    q = (groups / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q.view(m, k), scale
+
+
+def fp8_linear_native(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block: tuple[int, int],
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Readable twin: y = x W^T (+ b) with W dequantised from its FP8 blocks for this call."""
+    return torch.nn.functional.linear(x, dequantize(weight, scale_inv, block, dtype=x.dtype), bias)
+
+
+def _scaled_mm(x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, layout: str) -> torch.Tensor:
+    """x [M, K] (bf16) x FP8 weight [N, K] with 128x128 block scales -> [M, N] in x's dtype, through
+    torch's block-scaled FP8 GEMM (activations quantised per 1x128 group)."""
+    from torch.nn.functional import ScalingType, scaled_mm
+
+    xq, xs = quantize_rows(x, 128)
+    if layout == "outer-major":  # scales stored transposed (column-major), as some kernels require
+        xs = xs.t().contiguous().t()
+    return scaled_mm(
+        xq,
+        weight.t(),
+        xs,
+        ScalingType.BlockWise1x128,
+        scale_inv,
+        ScalingType.BlockWise128x128,
+        output_dtype=x.dtype,
+    )
+
+
+_FAST: dict[str, str | None] = {}  # device -> scale layout that works there, None: use the twin
+
+
+def _fast_layout(device: torch.device) -> str | None:
+    """Once per device: does the block-scaled FP8 GEMM run here and agree with the twin? Probed on a
+    small problem (both scale layouts torch may expect); a device where it does not gets the twin."""
+    key = str(device)
+    if key not in _FAST:
+        _FAST[key] = None
+        if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9):
+            gen = torch.Generator(device=device).manual_seed(0)
+            x = torch.randn(64, 256, device=device, generator=gen).to(torch.bfloat16)
+            w, s = quantize(torch.randn(384, 256, device=device, generator=gen), (128, 128))
+            want = fp8_linear_native(x, w, s, (128, 128), None).float()
+            for layout in ("row-major", "outer-major"):
+                try:
+                    got = _scaled_mm(x, w, s, layout).float()
+                except (RuntimeError, ValueError, TypeError):
+                    continue
+                if (got - want).abs().max() <= 0.05 * want.abs().max():
+                    _FAST[key] = layout
+                    break
+    return _FAST[key]
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block: tuple[int, int],
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = x W^T (+ b) for an FP8 weight kept with its block scales: torch's scaled FP8 GEMM on a
+    GPU that has it (128x128 blocks, K and N multiples of 128), else `fp8_linear_native`."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    n = weight.shape[0]
+    if block == (128, 128) and k % 128 == 0 and n % 128 == 0 and x.dtype == torch.bfloat16 and x.numel():
+        layout = _fast_layout(x.device)
+        if layout is not None:
+            y = _scaled_mm(x.reshape(-1, k), weight, scale_inv, layout).view(*lead, n)
+            return y if bias is None else y + bias
+    return fp8_linear_native(x, weight, scale_inv, block, bias)

@@ -55,6 +55,7 @@ class WeightTarget:
     dest: torch.Tensor | None
     shape: tuple[int, ...]
     shard: Shard | None = None
+    owner: object = None  # the module holding dest (one that can keep FP8 weights marks itself)
 
 
 class LoadableModel(Protocol):
@@ -252,7 +253,7 @@ def _fill(
     info, dest = f.tensors[name], target.dest
     assert dest is not None
     shard = target.shard
-    if shard is None and scale is None:
+    if shard is None and (scale is None or dest.dtype == info.dtype):
         if dest.device.type == "cpu" and dest.dtype == info.dtype and dest.is_contiguous():
             f.read(name, out=dest)
             return
@@ -264,7 +265,7 @@ def _fill(
     pos = 0
     for start, length in shard.ranges:
         part = f.read_part(name, shard.dim, start, length)
-        if scale is not None:
+        if scale is not None and dest.dtype != part.dtype:  # an FP8 weight kept as FP8 is copied
             scale_part = scale.file.read_part(
                 scale.name, shard.dim, *scale_span(start, length, scale.block[shard.dim])
             )

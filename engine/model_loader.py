@@ -1,5 +1,6 @@
 """Model folder -> ready-to-run model: config.json -> registry -> build on meta -> materialise -> load
-(block-FP8 checkpoints, declared by `quantization_config`, are dequantised into `dtype` as they load).
+(block-FP8 checkpoints, declared by `quantization_config`, are dequantised into `dtype` as they load,
+or on a GPU kept FP8 layer by layer: `keep_fp8_weights`).
 
 Architectures are resolved through the `bailing.model_registries` entry point group, so the engine
 names no model family. Every failure a user can cause becomes a CheckpointError naming the folder.
@@ -8,6 +9,7 @@ names no model family. Every failure a user can cause becomes a CheckpointError 
 from __future__ import annotations
 
 import json
+import os
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,13 @@ from typing import Any
 import torch
 
 from engine.errors import CheckpointError
-from engine.fp8 import fp8_scheme
+from engine.fp8 import FP8_DTYPE, fp8_scheme
 from engine.layers.base import materialize
-from engine.loader import load_weights
+from engine.loader import Checkpoint, load_weights
 from engine.model_base import CausalLM
 from engine.parallel.group import SINGLE, TensorGroup, building
 
+FP8_WEIGHTS_ENV = "BAILING_FP8_WEIGHTS"
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -86,9 +89,37 @@ def load_model(
         fp8 = fp8_scheme(config)
     except ValueError as exc:
         raise CheckpointError(f"{folder}/config.json: {exc}") from None
+    if fp8 is not None and keep_fp8_weights(device):
+        keep_fp8_where_stored(model, folder, fp8.block)
     materialize(model, dtype, device)
     load_weights(model, folder, fp8)
     return model.eval()
+
+
+def keep_fp8_weights(device: torch.device) -> bool:
+    """Keep a block-FP8 checkpoint's weights as FP8 (`$BAILING_FP8_WEIGHTS`: keep | dequantize | auto;
+    auto keeps them on a GPU, where they halve the memory and the FP8 GEMM reads them, and
+    dequantises them at load on a CPU, where a dequantise per product would cost more than it saves)."""
+    mode = os.environ.get(FP8_WEIGHTS_ENV, "auto")
+    if mode not in ("auto", "keep", "dequantize"):
+        raise CheckpointError(f"${FP8_WEIGHTS_ENV} must be auto, keep or dequantize, got {mode!r}")
+    return mode == "keep" or (mode == "auto" and device.type == "cuda")
+
+
+def keep_fp8_where_stored(model: CausalLM, folder: Path, block: tuple[int, int]) -> int:
+    """Before materialising: every layer that holds a checkpoint weight stored as FP8 and can keep it
+    (whole blocks on this rank) keeps it FP8 with its scales. Returns how many layers do."""
+    with Checkpoint(folder) as ckpt:
+        stored = {key for key, f in ckpt.where.items() if f.tensors[key].dtype == FP8_DTYPE}
+    owners = {
+        id(t.owner): t.owner
+        for key, t in model.weight_targets().items()
+        if key in stored and hasattr(t.owner, "keep_fp8")
+    }
+    kept = [o for o in owners.values() if o.fp8_aligned(block)]
+    for owner in kept:
+        owner.keep_fp8(block)
+    return len(kept)
 
 
 def generation_config(folder: Path) -> dict[str, Any]:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.fp8 import FP8_DTYPE, fp8_linear, scale_shape
 
-def param(*shape: int, keep_fp32: bool = False) -> nn.Parameter:
-    """An uninitialised, frozen parameter; `keep_fp32` pins it to float32 whatever the model dtype."""
+
+def param(*shape: int, keep_fp32: bool = False, dtype: torch.dtype | None = None) -> nn.Parameter:
+    """An uninitialised, frozen parameter; `keep_fp32` pins it to float32 whatever the model dtype,
+    `dtype` to that dtype (FP8 weights kept as stored, and their scales)."""
     p = nn.Parameter(torch.empty(*shape, device="meta"), requires_grad=False)
     p.keep_fp32 = keep_fp32  # type: ignore[attr-defined]
+    p.fixed_dtype = dtype  # type: ignore[attr-defined]
     return p
 
 
@@ -24,9 +28,12 @@ def materialize(model: nn.Module, dtype: torch.dtype, device: torch.device | str
         for name, p in list(module._parameters.items()):
             if p is None:
                 continue
-            dt = torch.float32 if getattr(p, "keep_fp32", False) else dtype
+            dt = getattr(p, "fixed_dtype", None) or (
+                torch.float32 if getattr(p, "keep_fp32", False) else dtype
+            )
             new = nn.Parameter(torch.empty(p.shape, dtype=dt, device=device), requires_grad=False)
             new.keep_fp32 = getattr(p, "keep_fp32", False)  # type: ignore[attr-defined]
+            new.fixed_dtype = getattr(p, "fixed_dtype", None)  # type: ignore[attr-defined]
             module._parameters[name] = new
         for name, buf in list(module._buffers.items()):
             if buf is not None:
@@ -35,15 +42,29 @@ def materialize(model: nn.Module, dtype: torch.dtype, device: torch.device | str
 
 
 class Linear(nn.Module):
-    """y = x W^T (+ b); W is [out, in] as in every checkpoint."""
+    """y = x W^T (+ b); W is [out, in] as in every checkpoint. After `keep_fp8(block)` (before
+    materialising) W stays float8 as a block-FP8 checkpoint stores it, with `weight_scale_inv`."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.weight = param(out_features, in_features)
         self.bias = param(out_features) if bias else None
+        self.fp8_block: tuple[int, int] | None = None
+
+    def keep_fp8(self, block: tuple[int, int]) -> None:
+        o, i = self.weight.shape
+        self.weight = param(o, i, dtype=FP8_DTYPE)
+        self.weight_scale_inv = param(*scale_shape((o, i), block), dtype=torch.float32)
+        self.fp8_block = block
+
+    def project(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x W^T (+ bias), whichever way W is held."""
+        if self.fp8_block is not None:
+            return fp8_linear(x, self.weight, self.weight_scale_inv, self.fp8_block, bias)
+        return nn.functional.linear(x, self.weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight, self.bias)
+        return self.project(x, self.bias)
 
 
 class Embedding(nn.Module):

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from engine.config import MoEConfig
+from engine.fp8 import FP8_DTYPE, fp8_linear
 from engine.layers.base import param
 from engine.loader import Shard, WeightTarget
 from engine.parallel.group import current_group
@@ -111,6 +112,23 @@ class FusedExperts(nn.Module):
         self.num_experts, self.intermediate_size = e, i
         self.w13 = param(e, 2 * i, h)
         self.w2 = param(e, h, i)
+        self.fp8_block: tuple[int, int] | None = None
+
+    def fp8_aligned(self, block: tuple[int, int]) -> bool:
+        """Whole FP8 blocks in every expert matrix this rank holds (so the scales stack too)."""
+        sizes = (self.intermediate_size, self.hidden_size, self.width_start)
+        return all(n % b == 0 for n in sizes for b in block)
+
+    def keep_fp8(self, block: tuple[int, int]) -> None:
+        """Hold the experts as float8 with their block scales (s13 [E, 2I/bo, H/bi], s2 [E, H/bo, I/bi])
+        instead of the compute dtype; each expert's matrices are used through `fp8_linear`."""
+        (e, i, h), (bo, bi) = (self.num_experts, self.intermediate_size, self.hidden_size), block
+        self.w13, self.s13 = (
+            param(e, 2 * i, h, dtype=FP8_DTYPE),
+            param(e, 2 * i // bo, h // bi, dtype=torch.float32),
+        )
+        self.w2, self.s2 = param(e, h, i, dtype=FP8_DTYPE), param(e, h // bo, i // bi, dtype=torch.float32)
+        self.fp8_block = block
 
     def weight_targets(self, prefix: str) -> dict[str, WeightTarget]:
         """Checkpoint key -> destination slice for every per-expert weight (after materialize);
@@ -130,8 +148,28 @@ class FusedExperts(nn.Module):
                 (rows, rows, cols),
                 strict=True,
             ):
-                targets[f"{prefix}.{e}.{name}.weight"] = WeightTarget(view, shape, shard)
+                targets[f"{prefix}.{e}.{name}.weight"] = WeightTarget(view, shape, shard, self)
+            if self.fp8_block is not None:
+                targets.update(self._scale_targets(f"{prefix}.{e}", local if mine else None))
         return targets
+
+    def _scale_targets(self, prefix: str, local: int | None) -> dict[str, WeightTarget]:
+        """The FP8 scales of one expert (kept FP8): the blocks of this rank's width, or none (EP)."""
+        (bo, bi), i, h, full = self.fp8_block, self.intermediate_size, self.hidden_size, self.full_width
+        rows = None if i == full else Shard(0, ((self.width_start // bo, i // bo),))
+        cols = None if i == full else Shard(1, ((self.width_start // bi, i // bi),))
+        mine = local is not None
+        return {
+            f"{prefix}.gate_proj.weight_scale_inv": WeightTarget(
+                self.s13[local, : i // bo] if mine else None, (-(-full // bo), -(-h // bi)), rows, self
+            ),
+            f"{prefix}.up_proj.weight_scale_inv": WeightTarget(
+                self.s13[local, i // bo :] if mine else None, (-(-full // bo), -(-h // bi)), rows, self
+            ),
+            f"{prefix}.down_proj.weight_scale_inv": WeightTarget(
+                self.s2[local] if mine else None, (-(-h // bo), -(-full // bi)), cols, self
+            ),
+        }
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x [T, H], weights/ids [T, K] -> [T, H]: group (token, slot) pairs by expert, run, combine.
@@ -143,11 +181,11 @@ class FusedExperts(nn.Module):
         order = flat.argsort(stable=True)  # (T*K,) pair indices grouped by expert
         xs = x[order // k]  # (T*K, H) token of each sorted pair
         counts = torch.bincount(flat, minlength=self.num_experts)  # (E,)
-        if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM:
+        if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM and self.fp8_block is None:
             out = self._grouped_gemm(xs, counts)
         else:
             per_expert = counts.tolist()
-            if self._padding_pays(per_expert, t * k):
+            if self.fp8_block is None and self._padding_pays(per_expert, t * k):
                 out = self._padded_bmm(xs, flat[order], counts, max(per_expert))
             else:
                 out = self._per_expert(xs, per_expert)
@@ -170,7 +208,7 @@ class FusedExperts(nn.Module):
         pairs, expert = pairs[order], expert[order]
         counts = torch.bincount(expert, minlength=self.num_experts)  # (E_local,)
         xs = x[pairs // k]  # (P, H)
-        if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM:
+        if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM and self.fp8_block is None:
             ys = self._grouped_gemm(xs, counts)
         else:
             ys = self._per_expert(xs, counts.tolist())
@@ -224,5 +262,8 @@ class FusedExperts(nn.Module):
         return out
 
     def _expert(self, e: int, xs: torch.Tensor) -> torch.Tensor:
+        if self.fp8_block is not None:  # FP8 kept: each matrix through the block-scaled FP8 product
+            gate, up = fp8_linear(xs, self.w13[e], self.s13[e], self.fp8_block).chunk(2, dim=-1)
+            return fp8_linear(F.silu(gate) * up, self.w2[e], self.s2[e], self.fp8_block)
         gate, up = F.linear(xs, self.w13[e]).chunk(2, dim=-1)  # (n, I) each
         return F.linear(F.silu(gate) * up, self.w2[e])  # (n, H)

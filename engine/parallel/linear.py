@@ -10,16 +10,20 @@ Legend: N = ranks, r = this rank, T = tokens. Checkpoint weights are [out, in].
 - `VocabParallelEmbedding`: rows of the vocab; ids outside the rank's rows give 0, the all-reduce
   fills them in. `ParallelLMHead`: the same split for the output; `logits()` gathers the columns
   on rank 0, the only rank that samples.
-Each layer's `weight_targets(prefix)` names the checkpoint keys with the `Shard` this rank reads.
+Each layer's `weight_targets(prefix)` names the checkpoint keys with the `Shard` this rank reads
+(and, for a block-FP8 weight kept as FP8, the blocks of `weight_scale_inv` that go with it).
 With one rank every layer computes exactly what the plain `Linear` / `Embedding` does.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine.fp8 import scale_shape
 from engine.layers.base import Linear, param
 from engine.loader import Shard, WeightTarget
 from engine.parallel.group import TensorGroup, current_group
@@ -27,16 +31,61 @@ from engine.parallel.split import even_part, part_widths, split_heads, uneven_pa
 
 
 def target(
-    dest: torch.Tensor, full: tuple[int, ...], dim: int, ranges: tuple[tuple[int, int], ...]
+    dest: torch.Tensor,
+    full: tuple[int, ...],
+    dim: int,
+    ranges: tuple[tuple[int, int], ...],
+    owner: object = None,
 ) -> WeightTarget:
     """A WeightTarget for `dest` = `ranges` along `dim` of a checkpoint tensor of shape `full`
     (no Shard when the ranges are the whole tensor, so a single rank reads it in one go)."""
     whole = ranges == ((0, full[dim]),)
-    return WeightTarget(dest, full, None if whole else Shard(dim, ranges))
+    return WeightTarget(dest, full, None if whole else Shard(dim, ranges), owner)
 
 
-class ColumnParallelLinear(Linear):
+def block_aligned(ranges: tuple[tuple[int, int], ...], size: int, block: int) -> bool:
+    """Can these ranges of a dimension of `size` carry their FP8 scales (whole blocks, or the tensor's
+    ragged last block)?"""
+    return all(a % block == 0 and (n % block == 0 or a + n == size) for a, n in ranges)
+
+
+def in_blocks(ranges: tuple[tuple[int, int], ...], block: int) -> tuple[tuple[int, int], ...]:
+    return tuple((a // block, math.ceil(n / block)) for a, n in ranges)
+
+
+class _Sharded:
+    """weight_targets of a linear that holds `ranges` along `dim` of an [out, in] checkpoint weight
+    and, when it keeps FP8 weights, the blocks of their scales that cover them."""
+
+    weight: torch.Tensor
+    weight_scale_inv: torch.Tensor
+    bias: torch.Tensor | None
+    fp8_block: tuple[int, int] | None
+    full: tuple[int, int]
+    ranges: tuple[tuple[int, int], ...]
+    dim: int
+
+    def fp8_aligned(self, block: tuple[int, int]) -> bool:
+        return block_aligned(self.ranges, self.full[self.dim], block[self.dim])
+
+    def weight_targets(self, prefix: str) -> dict[str, WeightTarget]:
+        targets = {f"{prefix}.weight": target(self.weight, self.full, self.dim, self.ranges, self)}
+        if self.fp8_block is not None:
+            scales = scale_shape(self.full, self.fp8_block)
+            blocks = in_blocks(self.ranges, self.fp8_block[self.dim])
+            targets[f"{prefix}.weight_scale_inv"] = target(
+                self.weight_scale_inv, scales, self.dim, blocks, self
+            )
+        if self.bias is not None:
+            bias_ranges = self.ranges if self.dim == 0 else ((0, self.full[0]),)
+            targets[f"{prefix}.bias"] = target(self.bias, self.full[:1], 0, bias_ranges)
+        return targets
+
+
+class ColumnParallelLinear(_Sharded, Linear):
     """y[:, rows] = x W[rows]^T (+ b[rows]): this rank's share of the output features."""
+
+    dim = 0
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, uneven: bool = False) -> None:
         group = current_group()
@@ -47,12 +96,6 @@ class ColumnParallelLinear(Linear):
         super().__init__(in_features, n, bias)
         self.group, self.full = group, (out_features, in_features)
         self.ranges: tuple[tuple[int, int], ...] = ((start, n),)
-
-    def weight_targets(self, prefix: str) -> dict[str, WeightTarget]:
-        targets = {f"{prefix}.weight": target(self.weight, self.full, 0, self.ranges)}
-        if self.bias is not None:
-            targets[f"{prefix}.bias"] = target(self.bias, self.full[:1], 0, self.ranges)
-        return targets
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -75,8 +118,10 @@ class QKVParallelLinear(ColumnParallelLinear):
         )
 
 
-class RowParallelLinear(Linear):
+class RowParallelLinear(_Sharded, Linear):
     """y = sum over ranks of x[:, cols] W[:, cols]^T, + b once."""
+
+    dim = 1
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, reduce: bool = True) -> None:
         group = current_group()
@@ -85,16 +130,10 @@ class RowParallelLinear(Linear):
         self.group, self.full, self.reduce = group, (out_features, in_features), reduce
         self.ranges: tuple[tuple[int, int], ...] = ((start, n),)
 
-    def weight_targets(self, prefix: str) -> dict[str, WeightTarget]:
-        targets = {f"{prefix}.weight": target(self.weight, self.full, 1, self.ranges)}
-        if self.bias is not None:
-            targets[f"{prefix}.bias"] = WeightTarget(self.bias, self.full[:1])
-        return targets
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.group.size == 1:
-            return F.linear(x, self.weight, self.bias)
-        y = F.linear(x, self.weight)
+            return self.project(x, self.bias)
+        y = self.project(x)
         if self.reduce:
             y = self.group.all_reduce(y)
             return y if self.bias is None else y + self.bias
@@ -144,4 +183,4 @@ class ParallelLMHead(ColumnParallelLinear):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """hidden [T, d] -> [T, V] float32 on rank 0 (None on the others)."""
-        return _vocab_logits(hidden, self.weight, self.group, self.widths)
+        return self.group.gather_columns(self.project(hidden).float(), self.widths)

@@ -167,3 +167,17 @@ def ling_logits_on_gpu(group: TensorGroup) -> torch.Tensor | None:
     ids = load_file(GOLDEN_LING / "logits.safetensors")["input_ids_0"][0].to(device)
     logits = ling.compute_logits(ling(ids, torch.arange(len(ids), device=device)))
     return logits.cpu() if group.is_first else None
+
+
+@torch.inference_mode()
+def fp8_logits(group: TensorGroup | None, folder: str, ids: list[int]) -> tuple[torch.Tensor | None, int]:
+    """Logits of `ids` from an FP8 folder loaded as $BAILING_FP8_WEIGHTS says, with how many of this
+    rank's layers hold FP8 weights."""
+    from engine.parallel.group import SINGLE
+
+    group = group or SINGLE
+    model = load_model(folder, CPU, torch.float32, group)
+    kept = sum(1 for m in model.modules() if getattr(m, "fp8_block", None) is not None)
+    x = torch.tensor(ids)
+    logits = model.compute_logits(model(x, torch.arange(len(ids))))
+    return (logits if group.is_first else None), kept

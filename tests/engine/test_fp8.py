@@ -198,3 +198,35 @@ def test_a_ranks_fp8_slice_reads_only_its_rows_and_dequantises_with_the_right_sc
     load_weights(part, fp8_folder, fp8_scheme(config))
     pieces = [want.narrow(shard.dim, s, n) for s, n in shard.ranges]
     assert torch.equal(part.dest, torch.cat(pieces, dim=shard.dim))
+
+
+@pytest.mark.parametrize(("size", "expert_parallel"), [(1, False), (2, False), (2, True)])
+def test_fp8_weights_kept_as_stored_give_the_dequantised_models_logits(
+    fp8_folder, monkeypatch, size, expert_parallel
+):
+    """BAILING_FP8_WEIGHTS=keep (the GPU default): projections and experts stay float8 with their
+    scales (each rank its blocks), products go through fp8_linear (here its native twin), and the
+    logits equal those of the weights dequantised at load."""
+    from engine.model_loader import load_model
+    from engine.parallel.launch import run_local_group
+    from tests.engine.parallel_cases import fp8_logits
+
+    ids = list(range(3, 50))
+    want = LLM(fp8_folder, dtype=torch.float32).logits(ids)
+    monkeypatch.setenv("BAILING_FP8_WEIGHTS", "keep")
+    if size == 1:
+        model = load_model(fp8_folder, torch.device("cpu"), torch.float32)
+        layer = model.model.layers[1]
+        assert layer.attention.query_key_value.weight.dtype == torch.float8_e4m3fn
+        assert (
+            layer.mlp.experts.w13.dtype == torch.float8_e4m3fn
+            and layer.mlp.experts.s13.dtype == torch.float32
+        )
+        assert model.lm_head.weight.dtype == torch.float32  # stored in bf16: not FP8
+        got, kept = fp8_logits(None, str(fp8_folder), ids)
+    else:
+        got, kept = run_local_group(
+            fp8_logits, size, str(fp8_folder), ids, expert_parallel=expert_parallel, threads=1
+        )[0]
+    assert kept > 0
+    assert (got - want).abs().max().item() <= 1e-5

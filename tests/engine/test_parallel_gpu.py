@@ -38,3 +38,30 @@ def test_an_fp8_checkpoint_loads_on_the_gpu_as_on_the_cpu(golden_dir, tmp_path):
     cpu = LLM(folder, dtype=torch.float32).logits(ids)
     gpu = LLM(folder, device="cuda", dtype=torch.float32).logits(ids).cpu()
     assert (gpu - cpu).abs().max().item() <= 1e-4
+
+
+def test_the_fp8_gemm_agrees_with_its_readable_twin_and_runs_on_hopper():
+    from engine.fp8 import _fast_layout, fp8_linear, fp8_linear_native, quantize
+
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(37, 512, device=device, generator=gen).to(torch.bfloat16)
+    w, s = quantize(torch.randn(384, 512, device=device, generator=gen), (128, 128))
+    got = fp8_linear(x, w, s, (128, 128)).float()
+    want = fp8_linear_native(x, w, s, (128, 128), None).float()
+    assert (got - want).abs().max() <= 0.05 * want.abs().max()  # activations quantised to e4m3 too
+    if torch.cuda.get_device_capability(device) >= (9, 0):
+        assert _fast_layout(device) is not None, "the block-scaled FP8 GEMM should run on Hopper"
+
+
+def test_on_the_gpu_fp8_weights_stay_fp8_and_track_the_cpu_model(golden_dir, tmp_path):
+    config = json.loads((golden_dir / "tiny-bailing" / "config.json").read_text())
+    folder = write_fp8_checkpoint(
+        tmp_path / "fp8", config, random_ling_state_dict(config, seed=5), block=(16, 16)
+    )
+    gpu = LLM(folder, device="cuda")  # bf16 compute, FP8 weights kept (the GPU default)
+    assert gpu.model.model.layers[1].mlp.experts.w13.dtype == torch.float8_e4m3fn
+    ids = list(range(3, 60))
+    a, b = gpu.logits(ids).cpu(), LLM(folder).logits(ids)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.8
+    assert (a - b).abs().mean() < 0.1
