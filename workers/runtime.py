@@ -84,16 +84,16 @@ class WorkerRuntime:
         self._closed = False
 
     def _load_engine(self, config: WorkerConfig) -> LLMEngine:
+        placement = config.placement(os.environ)
         engine_config = EngineConfig(
             max_num_seqs=config.max_num_seqs,
             kv_cache_bytes=config.kv_cache_bytes,
             max_model_len=config.max_model_len,
             background_priority=BATCH_PRIORITY_OFFSET,  # batch items (and interactive priority >= it)
             background_prefill_tokens=config.batch_prefill_tokens,
-            tensor_parallel_size=config.tensor_parallel_size,
-            expert_parallel=config.expert_parallel,
+            tensor_parallel_size=placement.parallel.tensor_parallel_size,  # torchrun's WORLD_SIZE if set
+            expert_parallel=placement.parallel.expert_parallel,
         )
-        placement = config.placement(os.environ)
         return LLMEngine(
             config.model_dir,
             config.device,
