@@ -76,8 +76,8 @@ def measure(group: TensorGroup, folder: str, decode: int, repeats: int) -> dict[
     }
 
 
-def run(quick: bool) -> dict[str, Any]:
-    folder = str(ensure_bench_checkpoint(BENCH_ROOT / "ling-bench"))
+def run(quick: bool, folder: str | None = None) -> dict[str, Any]:
+    folder = folder or str(ensure_bench_checkpoint(BENCH_ROOT / "ling-bench"))
     decode, repeats = (16, 1) if quick else (64, 3)
     cores = os.cpu_count() or 1
     layouts = {"TP=1": (1, False), "TP=2": (2, False), "TP=2+EP": (2, True)}
