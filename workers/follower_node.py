@@ -38,6 +38,7 @@ def serve_follower_ranks(config: WorkerConfig) -> int:
             rank,
             placement.master_addr,
             placement.master_port or 0,
+            init_method=placement.init_method,
         )
         return 0
     return NodeRanks(config.model_dir, device, dtype, kv, placement).wait()

@@ -47,12 +47,12 @@ def follow_rank(
     rank: int,
     master_addr: str,
     master_port: int,
-    world_size: int | None = None,
+    init_method: str | None = None,
 ) -> None:
     """Join the group as `rank`, serve rank 0's steps on `path` until stop, leave the group."""
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before NCCL sees this process
-    group = join_group(parallel, rank, master_addr, master_port, world_size=world_size)
+    group = join_group(parallel, rank, master_addr, master_port, init_method=init_method)
     try:
         serve_as_follower(path, device, dtype, kv, group)
     finally:
@@ -106,7 +106,9 @@ class NodeRanks:
         self.group: TensorGroup | None = None
         if placement.has_rank0:
             try:
-                self.group = join_group(parallel, 0, placement.master_addr, port)
+                self.group = join_group(
+                    parallel, 0, placement.master_addr, port, init_method=placement.init_method
+                )
             except BaseException:
                 self.close(timeout_s=0)
                 raise

@@ -122,27 +122,27 @@ def join_group(
     master_addr: str,
     master_port: int,
     backend: str | None = None,
-    world_size: int | None = None,
     timeout_s: float = 600.0,
+    init_method: str | None = None,
 ) -> TensorGroup:
-    """Join the torch.distributed group of `config.tensor_parallel_size` ranks as `rank`.
+    """Join the torch.distributed group of `config.tensor_parallel_size` ranks (every process of it,
+    on one machine or several) as `rank`.
 
-    `backend` None: NCCL when CUDA is available, else gloo. `world_size` defaults to the TP size
-    (one group spanning every process, on one node or several)."""
+    `backend` None: NCCL when CUDA is available, else gloo. `init_method` None: TCP rendezvous at
+    master_addr:master_port (rank 0 hosts it); "env://" under torchrun, whose agent hosts it."""
     size = config.tensor_parallel_size
     if size == 1:
         return TensorGroup(0, 1, config.expert_parallel)
-    world = size if world_size is None else world_size
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} outside a group of {world}")
+    if not 0 <= rank < size:
+        raise ValueError(f"rank {rank} outside a group of {size}")
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_initialized():
         raise RuntimeError("this process already belongs to a rank group (one model group per process)")
     dist.init_process_group(
         backend,
-        init_method=f"tcp://{master_addr}:{master_port}",
+        init_method=init_method or f"tcp://{master_addr}:{master_port}",
         rank=rank,
-        world_size=world,
+        world_size=size,
         timeout=timedelta(seconds=timeout_s),
     )
     world_group = dist.group.WORLD

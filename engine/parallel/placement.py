@@ -77,5 +77,11 @@ class GroupPlacement:
         return rank - self.node_rank * self.ranks_per_node
 
     @property
+    def init_method(self) -> str | None:
+        """How ranks meet: torchrun's agent already hosts the rendezvous store ("env://"); else None,
+        a TCP rendezvous that rank 0 hosts at master_addr:master_port."""
+        return "env://" if self.only_rank is not None else None
+
+    @property
     def has_rank0(self) -> bool:
         return 0 in self.ranks_here()

@@ -6,6 +6,7 @@ finishes the batch with every item exactly once."""
 from __future__ import annotations
 
 import signal
+import sys
 import time
 import uuid
 
@@ -13,9 +14,10 @@ import grpc
 import psutil
 import pytest
 
+from bailing.stack import Child
 from gateway.api import pb, pb_grpc
-from pipelines.protocol import WORKER_DEAD_AFTER_S
-from tests.service.procs import Processes
+from pipelines.protocol import WORKER_DEAD_AFTER_S, workers_key
+from tests.service.procs import Processes, free_port
 from tests.service.test_batch_e2e import VISIBILITY_S, check_exactly_once, jsonl, results, wait_batch
 
 pytestmark = pytest.mark.slow
@@ -83,3 +85,65 @@ def test_a_two_rank_worker_answers_as_one_rank_and_a_dead_rank_loses_nothing(pro
         done = wait_batch(jobs, batch.id, timeout=240)
         assert done.status == pb.COMPLETED and (done.counts.completed, done.counts.failed) == (120, 0)
         check_exactly_once(results(jobs, batch.id), 120)
+
+
+def _start(procs: Processes, name: str, argv: list[str]) -> Child:
+    child = Child(name, argv, procs.logs / f"{name}-{uuid.uuid4().hex[:6]}.log")
+    child.start(procs._env())
+    procs.children.append(child)
+    return child
+
+
+def _wait_registered(
+    procs: Processes, name: str, worker_id: str, child: Child, timeout: float = 120.0
+) -> None:
+    until = time.monotonic() + timeout
+    while procs.redis.zscore(workers_key(name), worker_id) is None:
+        assert child.exit_code() is None and time.monotonic() < until, child.describe()
+        time.sleep(0.05)
+
+
+def _worker_argv(model_dir, name: str, worker_id: str, redis_url: str) -> list[str]:
+    return [
+        "-m", "bailing.cli", "worker", "--family", "ling", "--model", str(model_dir), "--name", name,
+        "--worker-id", worker_id, "--redis-url", redis_url,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("launch", ["two-nodes", "torchrun"])
+def test_a_group_over_two_nodes_or_under_torchrun_answers_as_one_rank(procs, demo_ling, launch):
+    """Two `bailing worker` processes as node 0 and node 1 of one group (rendezvous over TCP, as on two
+    machines), or torchrun starting one process per rank: either way the group answers as one rank,
+    and ending rank 0 ends every process of it."""
+    name, worker_id, port = f"ling-{launch}", f"ling-{launch}@test", free_port()
+    base = [sys.executable, *_worker_argv(demo_ling, name, worker_id, procs.redis_url)]
+    if launch == "two-nodes":
+        group = ["--tensor-parallel", "2", "--nnodes", "2", "--master-port", str(port)]
+        node1 = _start(procs, f"{name}-node1", [*base, *group, "--node-rank", "1"])
+        rank0 = _start(procs, f"{name}-node0", [*base, *group, "--node-rank", "0"])
+        others = [node1]
+    else:
+        run = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(port),
+        ]
+        rank0 = _start(procs, name, [*run, *_worker_argv(demo_ling, name, worker_id, procs.redis_url)])
+        others = []
+    _wait_registered(procs, name, worker_id, rank0)
+    procs.worker(demo_ling, "ling-one")
+    address = procs.gateway(name, "ling-one")
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        want = stub.Generate(request("ling-one", 24, temperature=0), timeout=120).choices[0].text
+        assert stub.Generate(request(name, 24, temperature=0), timeout=120).choices[0].text == want
+    rank0.signal_group(signal.SIGTERM)
+    for child in [rank0, *others]:
+        until = time.monotonic() + 60
+        while child.group_alive() and time.monotonic() < until:
+            time.sleep(0.1)
+        assert not child.group_alive(), child.describe()
