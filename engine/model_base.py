@@ -2,7 +2,8 @@
 
 A family's `CausalLM` subclass is built from its config.json dict on the meta device, materialised,
 then filled by the loader. The engine calls only what is declared here:
-`forward(ids [T], positions [T], ctx) -> hidden [T, d]`, `compute_logits(hidden) -> [T, V] float32`,
+`forward(ids [T], positions [T], ctx) -> hidden [T, d]`, `compute_logits(hidden) -> [T, V] float32`
+(over several ranks only rank 0, which samples, gets them; the others get None),
 `weight_targets()` / `ignore_checkpoint_key()` for loading, and reads `runtime` (a ModelRuntimeConfig).
 """
 
