@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from engine.fp8 import scale_shape
 from engine.layers.base import Linear, param
+from engine.layers.vocab_product import vocab_product
 from engine.loader import Shard, WeightTarget
 from engine.parallel.group import TensorGroup, current_group
 from engine.parallel.split import even_part, part_widths, split_heads, uneven_part
@@ -144,7 +145,7 @@ def _vocab_logits(
     hidden: torch.Tensor, weight: torch.Tensor, group: TensorGroup, widths: list[int]
 ) -> torch.Tensor:
     """hidden [T, d] x this rank's vocab rows -> logits [T, V] float32 on every rank."""
-    return group.gather_columns(F.linear(hidden, weight).float(), widths)
+    return group.gather_columns(vocab_product(hidden, weight).float(), widths)
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -183,4 +184,6 @@ class ParallelLMHead(ColumnParallelLinear):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """hidden [T, d] -> [T, V] float32 on rank 0 (None on the others)."""
-        return self.group.gather_columns(self.project(hidden).float(), self.widths)
+        if self.fp8_block is not None:
+            return self.group.gather_columns(self.project(hidden).float(), self.widths)
+        return self.group.gather_columns(vocab_product(hidden, self.weight).float(), self.widths)
