@@ -35,7 +35,6 @@ from engine.engine_thread import EngineThread
 from engine.errors import RequestError
 from engine.groups import fork_samples, new_group
 from engine.hidden_states import check_hidden_request, finish_hidden
-from engine.kv_cache import PagedKVCache
 from engine.metrics import EngineMetrics
 from engine.model_loader import generation_config, load_model, resolve_dtype
 from engine.model_runner import ModelRunner
@@ -88,23 +87,10 @@ class LLMEngine(EngineThread, RankGroupOwner):
         self.eos_token_ids = self._eos_ids()
         rt = self.model.runtime
         self.max_model_len = min(self.config.max_model_len or rt.max_position, rt.max_position)
-        num_blocks = self.group.agree_min(
-            self.config.kv_spec.blocks_for(
-                rt.num_layers, rt.num_kv_heads, rt.head_dim, self.dtype, self.device
-            )
-        )
+        cache = self.config.kv_spec.allocate(rt, self.dtype, self.device, self.group.agree_min)
         # A diffusion model's KV depends on its block length and on still-masked tokens: no prefix cache.
         caching = self.config.enable_prefix_caching and not self.model.diffusion
-        self.blocks = BlockManager(num_blocks, self.config.block_size, caching)
-        cache = PagedKVCache(
-            rt.num_layers,
-            num_blocks,
-            self.config.block_size,
-            rt.num_kv_heads,
-            rt.head_dim,
-            self.dtype,
-            self.device,
-        )
+        self.blocks = BlockManager(cache.num_blocks, self.config.block_size, caching)
         self.runner = ModelRunner(self.model, cache, self.blocks, self.device, self.group)
         self.scheduler = Scheduler(
             SchedulerConfig(

@@ -15,11 +15,13 @@ Both paths equal the contiguous-cache attention (`engine.layers.attention`); tes
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
+from engine.config import ModelRuntimeConfig
 from engine.layers.attention import attention, block_causal_attention
 
 
@@ -76,6 +78,20 @@ class KVCacheSpec:
             if device.type == "cuda":
                 budget = int(torch.cuda.mem_get_info(device)[0] * 0.85)
         return max(1, budget // per_block)
+
+    def allocate(
+        self,
+        rt: ModelRuntimeConfig,
+        dtype: torch.dtype,
+        device: torch.device,
+        agree: Callable[[int], int] = lambda blocks: blocks,
+    ) -> PagedKVCache:
+        """The paged cache of a model with runtime `rt`; over several ranks `agree` (the group's
+        `agree_min`) gives every rank the same block count, the smallest any of them can hold."""
+        blocks = agree(self.blocks_for(rt.num_layers, rt.num_kv_heads, rt.head_dim, dtype, device))
+        return PagedKVCache(
+            rt.num_layers, blocks, self.block_size, rt.num_kv_heads, rt.head_dim, dtype, device
+        )
 
 
 _DEFAULT_CPU_KV_BYTES = 1 << 30

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from engine.kv_cache import KVCacheSpec, PagedKVCache
+from engine.kv_cache import KVCacheSpec
 from engine.model_loader import load_model
 from engine.model_runner import ModelRunner
 from engine.parallel.group import ParallelConfig, TensorGroup, join_group, leave_group
@@ -65,9 +65,7 @@ def serve_as_follower(
     """Load this rank's share of `path`, agree on the KV block count, run steps until rank 0's stop
     (its engine's `close()`); the group stays joined for whatever comes next."""
     model = load_model(path, device, dtype, group)
-    rt = model.runtime
-    blocks = group.agree_min(kv.blocks_for(rt.num_layers, rt.num_kv_heads, rt.head_dim, dtype, device))
-    cache = PagedKVCache(rt.num_layers, blocks, kv.block_size, rt.num_kv_heads, rt.head_dim, dtype, device)
+    cache = kv.allocate(model.runtime, dtype, device, group.agree_min)
     ModelRunner(model, cache, None, device, group).follow()
 
 

@@ -186,4 +186,4 @@ class ParallelLMHead(ColumnParallelLinear):
         """hidden [T, d] -> [T, V] float32 on rank 0 (None on the others)."""
         if self.fp8_block is not None:
             return self.group.gather_columns(self.project(hidden).float(), self.widths)
-        return self.group.gather_columns(vocab_product(hidden, self.weight).float(), self.widths)
+        return _vocab_logits(hidden, self.weight, self.group, self.widths)
