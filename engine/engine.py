@@ -28,6 +28,8 @@ import torch
 
 from engine.admission import check_fits, check_ids, diffusion_params
 from engine.block_manager import BlockManager
+from engine.decode_graph import DecodeGraph
+from engine.decode_graph import supports as supports_compiled_decode
 from engine.diffusion.run import diffuse_step, start_diffusion
 from engine.engine_config import EngineConfig
 from engine.engine_ranks import RankGroupOwner
@@ -91,7 +93,13 @@ class LLMEngine(EngineThread, RankGroupOwner):
         # A diffusion model's KV depends on its block length and on still-masked tokens: no prefix cache.
         caching = self.config.enable_prefix_caching and not self.model.diffusion
         self.blocks = BlockManager(cache.num_blocks, self.config.block_size, caching)
-        self.runner = ModelRunner(self.model, cache, self.blocks, self.device, self.group)
+        graph = None
+        if self.config.wants_compiled_decode and supports_compiled_decode(
+            self.model, self.device, self.group.size
+        ):
+            graph = DecodeGraph(self.model)
+            graph.start_warm_up(rt, self.dtype)
+        self.runner = ModelRunner(self.model, cache, self.blocks, self.device, self.group, graph)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 self.config.max_num_seqs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from engine.kv_cache import KVCacheSpec
@@ -25,6 +26,15 @@ class EngineConfig:
     # rather than by width.
     tensor_parallel_size: int = 1
     expert_parallel: bool = False
+    # Decode steps of a few sequences as one compiled graph where the model and device allow it
+    # (engine.decode_graph: CPU, one rank). None: $BAILING_COMPILE ("0" off, "1" on), else on.
+    compile_decode: bool | None = None
+
+    @property
+    def wants_compiled_decode(self) -> bool:
+        if self.compile_decode is not None:
+            return self.compile_decode
+        return os.environ.get("BAILING_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
 
     def __post_init__(self) -> None:
         self.parallel  # noqa: B018 - validates the parallel fields

@@ -27,6 +27,8 @@ class CausalLM(nn.Module):
     # True for masked-diffusion LMs (LLaDA2): logits predict their own position and decoding runs the
     # block-diffusion loop (engine.diffusion) instead of next-token sampling.
     diffusion: ClassVar[bool] = False
+    # True where every layer's few-row decode path traces without a graph break (engine.decode_graph).
+    compiled_decode: ClassVar[bool] = False
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any]) -> CausalLM:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from engine.block_manager import BlockManager
+from engine.decode_graph import DecodeGraph
 from engine.hidden_states import HiddenPick, gather_hidden
 from engine.kv_cache import PagedContext, PagedKVCache
 from engine.model_base import CausalLM
@@ -69,9 +70,11 @@ class ModelRunner:
         blocks: BlockManager | None,
         device: torch.device,
         group: TensorGroup = SINGLE,
+        decode_graph: DecodeGraph | None = None,
     ) -> None:
         self.model, self.cache, self.blocks, self.device = model, cache, blocks, device
         self.group = group
+        self.decode_graph = decode_graph  # few-row decode steps, compiled (CPU, one rank)
 
     @torch.inference_mode()
     def execute(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], torch.Tensor | None]:
@@ -140,6 +143,10 @@ class ModelRunner:
         ctx = PagedContext(
             self.cache, step.slots, step.q_lens, step.ctx_lens, step.tables, step.block_lengths
         )
+        if self.decode_graph is not None and self.decode_graph.takes(step):
+            compiled = self.decode_graph(step.ids, step.positions, ctx)
+            if compiled is not None:
+                return compiled
         hidden = self.model(step.ids, step.positions, ctx, **step.extra)  # (T, d)
         if step.rows is None:
             return hidden, None

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+# Engines compile their decode graph in a background thread by default (engine.decode_graph); across
+# the hundreds of engines the suite starts that would only compete for the two cores. The tests of
+# the compiled path turn it on themselves (and subprocess workers inherit this).
+os.environ.setdefault("BAILING_COMPILE", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GOLDEN_LING = SHARED / "golden" / "ling-tiny"

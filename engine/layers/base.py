@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from engine.fp8 import FP8_DTYPE, fp8_linear, scale_shape
+from engine.layers.matvec import linear
 
 
 def param(*shape: int, keep_fp32: bool = False, dtype: torch.dtype | None = None) -> nn.Parameter:
@@ -61,7 +62,7 @@ class Linear(nn.Module):
         """x W^T (+ bias), whichever way W is held."""
         if self.fp8_block is not None:
             return fp8_linear(x, self.weight, self.weight_scale_inv, self.fp8_block, bias)
-        return nn.functional.linear(x, self.weight, bias)
+        return linear(x, self.weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project(x, self.bias)

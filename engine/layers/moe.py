@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from engine.config import MoEConfig
 from engine.fp8 import FP8_DTYPE, fp8_linear
 from engine.layers.base import param
+from engine.layers.matvec import linear, use_reduction
 from engine.loader import Shard, WeightTarget
 from engine.parallel.group import current_group
 from engine.parallel.split import even_part
@@ -70,7 +71,7 @@ class Router(nn.Module):
         self.expert_bias = param(cfg.num_experts, keep_fp32=True) if cfg.expert_bias else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = F.linear(x.float(), self.weight.float())  # (T, E), always float32
+        logits = linear(x.float(), self.weight.float())  # (T, E), always float32
         return select_experts(logits, self.expert_bias, self.cfg)
 
 
@@ -176,6 +177,8 @@ class FusedExperts(nn.Module):
         Split over ranks the result is this rank's partial sum (its experts, or its width of each)."""
         if self.num_experts != self.total_experts:
             return self._forward_own_experts(x, weights, ids)
+        if use_reduction(x) and self.fp8_block is None:  # a compiled decode step (engine.layers.matvec)
+            return self.forward_gathered(x, weights, ids)
         t, k = ids.shape
         flat = ids.reshape(-1)  # (T*K,)
         order = flat.argsort(stable=True)  # (T*K,) pair indices grouped by expert
@@ -252,6 +255,14 @@ class FusedExperts(nn.Module):
             2, dim=-1
         )  # (T*K, I) each
         return torch._grouped_mm(F.silu(gate) * up, self.w2.transpose(1, 2), offs=offs)  # (T*K, H)
+
+    def forward_gathered(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Every (token, slot) pair reads its expert's matrices straight from the stacks, as products
+        in reduction form: no sort, no host sync, only the K experts each token hit. Compiled, the
+        indexing becomes the loads of the reductions; eager it would copy the matrices (tests only)."""
+        gate, up = (self.w13[ids] * x[:, None, None, :]).sum(-1).chunk(2, dim=-1)  # (T, K, I) each
+        y = (self.w2[ids] * (F.silu(gate) * up)[:, :, None, :]).sum(-1)  # (T, K, H)
+        return (y * weights[:, :, None].to(y.dtype)).sum(1)  # (T, H)
 
     def forward_native(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Readable twin: loop over tokens and their K experts."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from engine.layers.matvec import linear_as_reduction, use_reduction
+
 FEW_ROWS = 16  # measured crossover: equal at ~24 rows, F.linear ahead from ~128
 TALL = 8192  # only tall projections (vocab-sized); small matrices are faster through F.linear
 
@@ -25,6 +27,8 @@ def vocab_product_native(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def vocab_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [T, d] W^T -> [T, V], through whichever CPU kernel is fast for this T (see the module)."""
     t = x.shape[0]
+    if use_reduction(x):  # inside a compiled decode graph (engine.layers.matvec)
+        return linear_as_reduction(x, weight)
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2 or not 0 < t <= FEW_ROWS:
         return vocab_product_native(x, weight)
     if weight.shape[0] < TALL:

@@ -129,6 +129,7 @@ class BailingMoeV2Model(nn.Module):
 
 class BailingMoeV2ForCausalLM(CausalLM):
     default_stop_strings = ("<|role_end|>",)  # the model sometimes spells its end-of-turn token out
+    compiled_decode = True
 
     def __init__(self, cfg: BailingMoeV2Config) -> None:
         super().__init__()
