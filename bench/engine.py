@@ -42,6 +42,7 @@ from bailing.demo.safetensors_writer import INDEX_FILE, plan_shards
 from bailing.demo.writer import WRITER_VERSION, ling_tensor_layout, write_ling_checkpoint
 from engine import LLM, SamplingParams
 from engine.loader import load_state_dict
+from engine.model_loader import cpu_has_bf16_arithmetic
 from models.ling.glm4moe import load_glm4moe_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,14 +220,26 @@ class Engines:
     load_s: dict[str, float]
 
 
-def load_engines(folder: Path, device: str | torch.device = "cpu") -> Engines:
-    """Ours: LLM (fp32 on CPU, its bf16 default on GPU). Baseline: Glm4Moe, fp32 on CPU, bf16 on GPU."""
+def load_engines(
+    folder: Path,
+    device: str | torch.device = "cpu",
+    ours_dtype: str | None = None,
+    compile_decode: bool | None = None,
+) -> Engines:
+    """Ours: LLM (`ours_dtype`; default fp32 on CPU, its bf16 default on GPU; "auto": the engine's
+    choice), its decode graph on or off (None: the engine's default). Baseline: Glm4Moe, fp32 on
+    CPU, bf16 on GPU."""
     device = torch.device(device)
     gpu = device.type == "cuda"
     t0 = time.perf_counter()
     # On a GPU our engine would give 85% of the free memory to its KV cache; leave room for the baseline.
-    kv = {"kv_cache_bytes": GPU_KV_CACHE_BYTES} if gpu else {}
-    ours = LLM(folder, device=device, dtype=None if gpu else torch.float32, **kv)
+    kv: dict[str, Any] = {"kv_cache_bytes": GPU_KV_CACHE_BYTES} if gpu else {}
+    if compile_decode is not None:
+        kv["compile_decode"] = compile_decode
+    dtype = ours_dtype or (None if gpu else "float32")
+    ours = LLM(folder, device=device, dtype=None if dtype == "auto" else dtype, **kv)
+    if not ours.engine.wait_compiled():  # its decode graph compiles in the background
+        print("warning: the decode graph did not compile; our decode steps run eager", file=sys.stderr)
     t1 = time.perf_counter()
     config = json.loads((folder / "config.json").read_text())
     ref_dtype = torch.bfloat16 if gpu else torch.float32
@@ -465,6 +478,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
     info["threads"] = torch.get_num_threads()
+    info["cpu_bf16_arithmetic"] = cpu_has_bf16_arithmetic()
     info["loadavg_1min_at_end"] = os.getloadavg()[0]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -498,7 +512,10 @@ def _git_state() -> str:
 
 def run_all(eng: Engines, sizes: Sizes) -> dict[str, Any]:
     """Every scenario on loaded engines; one flat dict of results."""
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {
+        "ours_dtype": str(eng.ours.engine.dtype).removeprefix("torch."),
+        "ours_decode_graph": eng.ours.engine.runner.decode_graph is not None,
+    }
     for name, scenario in (("offline", offline_scenario), ("batch 1", batch1_scenario)):
         log(f"scenario: {name}")
         results.update(scenario(eng, sizes))
@@ -533,9 +550,11 @@ def markdown_table(r: dict[str, Any], machine: dict[str, Any]) -> str:
         f"| {r['ours_decode_over_floor']:.2f}x | {r['baseline_decode_over_floor']:.2f}x | |"
     )
     gpu = f", {machine['gpu']}" if "gpu" in machine else ""
+    bf16 = "with" if machine.get("cpu_bf16_arithmetic") else "without"
     head = (
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-        f"{machine['threads']} threads{gpu}. Baseline batch sizes: offline "
+        f"Machine: {machine['cpu']} ({bf16} bf16 arithmetic), {machine['cores']} cores, torch "
+        f"{machine['torch']}, {machine['threads']} threads{gpu}. Ours: {r['ours_dtype']}, decode graph "
+        f"{'on' if r['ours_decode_graph'] else 'off'}. Baseline batch sizes: offline "
         f"{r['offline_baseline_batch_size']}, mixed {r['mixed_baseline_batch_size']}."
     )
     return head + "\n\n" + "\n".join(lines)
@@ -549,6 +568,17 @@ def main() -> None:
     ap.add_argument("--real-config", choices=sorted(REAL_SPECS), help="real model shapes (GPU only)")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, help="timed runs per engine and scenario (default 2)")
+    ap.add_argument(
+        "--ours-dtype",
+        choices=["float32", "bfloat16", "auto"],
+        help="our engine's dtype (default float32 on CPU; auto: the engine's choice for this CPU)",
+    )
+    ap.add_argument(
+        "--decode-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="our compiled decode graph (engine.decode_graph; default: the engine's default, on)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -563,7 +593,7 @@ def main() -> None:
         folder = ensure_real_checkpoint(BENCH_ROOT / args.real_config, args.real_config, device)
     else:
         folder = ensure_bench_checkpoint(BENCH_ROOT / "ling-bench")
-    eng = load_engines(folder, device)
+    eng = load_engines(folder, device, args.ours_dtype, args.decode_graph)
     results = run_all(eng, sizes)
     machine = machine_info(device)
     results.update(
@@ -575,7 +605,10 @@ def main() -> None:
         total_s=time.perf_counter() - t0,
     )
     print(markdown_table(results, machine), file=sys.stderr if args.json else sys.stdout)
-    name = f"engine-{device.type}{'-' + args.real_config if args.real_config else ''}{'-quick' * args.quick}"
+    variant = "" if results["ours_dtype"] == "float32" else "-" + results["ours_dtype"]
+    variant += "" if results["ours_decode_graph"] or device.type == "cuda" else "-eager"
+    name = f"engine-{device.type}{'-' + args.real_config if args.real_config else ''}{variant}"
+    name += "-quick" * args.quick
     out = REPO / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

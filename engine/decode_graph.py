@@ -85,6 +85,18 @@ class DecodeGraph:
         self.ready = threading.Event()  # set once both graphs are compiled (or compiling failed)
         self._compiled = torch.compile(self._step, dynamic=False, fullgraph=True)
 
+    @classmethod
+    def start(
+        cls, model: CausalLM, device: torch.device, dtype: torch.dtype, group_size: int, config: Any
+    ) -> DecodeGraph | None:
+        """The engine's graph, warming up in the background, if its config wants one and this model
+        and device support it (`config`: an EngineConfig)."""
+        if not (config.wants_compiled_decode and supports(model, device, group_size)):
+            return None
+        graph = cls(model)
+        graph.start_warm_up(model.runtime, dtype)
+        return graph
+
     def start_warm_up(self, rt: ModelRuntimeConfig, dtype: torch.dtype) -> threading.Thread:
         """Compile both graphs in a daemon thread; decode steps run eager until `ready`."""
         thread = threading.Thread(target=self.warm_up, args=(rt, dtype), name="decode-graph", daemon=True)

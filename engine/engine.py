@@ -29,27 +29,26 @@ import torch
 from engine.admission import check_fits, check_ids, diffusion_params
 from engine.block_manager import BlockManager
 from engine.decode_graph import DecodeGraph
-from engine.decode_graph import supports as supports_compiled_decode
-from engine.diffusion.run import diffuse_step, start_diffusion
+from engine.diffusion.run import start_diffusion
 from engine.engine_config import EngineConfig
 from engine.engine_ranks import RankGroupOwner
 from engine.engine_thread import EngineThread
 from engine.errors import RequestError
 from engine.groups import fork_samples, new_group
-from engine.hidden_states import check_hidden_request, finish_hidden
+from engine.hidden_states import check_hidden_request
 from engine.metrics import EngineMetrics
 from engine.model_loader import generation_config, load_model, resolve_dtype
 from engine.model_runner import ModelRunner
 from engine.multimodal import MediaInputs, MediaState
-from engine.output_processor import apply_logits_processors, group_snapshot, process_token
+from engine.output_processor import group_snapshot
 from engine.outputs import RequestOutput
 from engine.parallel.group import TensorGroup
 from engine.parallel.placement import GroupPlacement
-from engine.sampler import sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig
-from engine.sequence import RequestGroup, Sequence, TrackedRequest, sample_id
+from engine.sequence import RequestGroup, TrackedRequest, sample_id
 from engine.side_loops import SideLoops
+from engine.step_outputs import StepOutputs
 from engine.tokenizer import load_tokenizer, require
 
 Prompt = str | list[int]
@@ -60,7 +59,7 @@ class OutputQueue(Protocol):
     def put(self, item: RequestOutput) -> None: ...
 
 
-class LLMEngine(EngineThread, RankGroupOwner):
+class LLMEngine(EngineThread, RankGroupOwner, StepOutputs):
     def __init__(
         self,
         model: str | Path,
@@ -93,12 +92,7 @@ class LLMEngine(EngineThread, RankGroupOwner):
         # A diffusion model's KV depends on its block length and on still-masked tokens: no prefix cache.
         caching = self.config.enable_prefix_caching and not self.model.diffusion
         self.blocks = BlockManager(cache.num_blocks, self.config.block_size, caching)
-        graph = None
-        if self.config.wants_compiled_decode and supports_compiled_decode(
-            self.model, self.device, self.group.size
-        ):
-            graph = DecodeGraph(self.model)
-            graph.start_warm_up(rt, self.dtype)
+        graph = DecodeGraph.start(self.model, self.device, self.dtype, self.group.size, self.config)
         self.runner = ModelRunner(self.model, cache, self.blocks, self.device, self.group, graph)
         self.scheduler = Scheduler(
             SchedulerConfig(
@@ -126,6 +120,12 @@ class LLMEngine(EngineThread, RankGroupOwner):
         self._watch_ranks()
 
     # ---- setup -------------------------------------------------------------------------------
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Block until the compiled decode graph is ready (True at once if there is none); False on
+        timeout or if compiling failed (decode then stays eager)."""
+        graph = self.runner.decode_graph
+        return graph is None or (graph.ready.wait(timeout) and not graph.failed)
+
     def _eos_ids(self) -> frozenset[int]:
         gen = generation_config(self.path).get("eos_token_id")
         ids = set(self.model.runtime.eos_token_ids)
@@ -323,76 +323,6 @@ class LLMEngine(EngineThread, RankGroupOwner):
                 outputs += self._diffuse(diffusing)
             self.metrics.record_step(sched, len(seqs), time.monotonic() - t0, self.scheduler, self.blocks)
             return outputs
-
-    def _finish_prefill_only(self, scheduled: list[tuple[Sequence, int]]) -> list[RequestOutput]:
-        """End the prefill-only requests whose prompt this step completed (their rows are in)."""
-        outputs = []
-        for seq, _ in scheduled:
-            if seq.hidden is None or seq.num_uncomputed:
-                continue
-            req = self._seqs[seq.seq_id]
-            finish_hidden(req)
-            self._finish(req)
-            snap = group_snapshot(req.group)
-            if req.group.queue is not None:
-                req.group.queue.put(snap)
-            outputs.append(snap)
-        return outputs
-
-    def _diffuse(self, items: list[tuple[Sequence, torch.Tensor]]) -> list[RequestOutput]:
-        """Diffusion sequences: each decoder commits from its block's logits [B, V]."""
-        outputs = []
-        for seq, block_logits in items:
-            req = self._seqs[seq.seq_id]
-            try:
-                progressed = diffuse_step(req, block_logits)
-            except Exception as exc:  # a failing request must not end the others in the step
-                log.exception("request %s: diffusion step failed", seq.request_id)
-                req.output.finish_reason, req.output.stop_reason = "error", f"{type(exc).__name__}: {exc}"
-                progressed = True
-            if req.output.finished:
-                self._finish(req)
-            group = req.group
-            if progressed and not (group.final_only and not group.finished):
-                snap = group_snapshot(group)
-                if group.queue is not None:
-                    group.queue.put(snap)
-                outputs.append(snap)
-        return outputs
-
-    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
-        reqs, rows = [], []
-        for row, seq in enumerate(seqs):
-            reqs.append(self._seqs[seq.seq_id])
-            rows.append(row)
-            if seq.pending_forks:  # its prompt is computed: the other samples start from here
-                forked = self._fork(reqs[-1])
-                reqs += forked
-                rows += [row] * len(forked)
-        if len(rows) != len(seqs):
-            logits = logits[torch.tensor(rows, device=logits.device)]  # (S', V)
-        processed, failed = apply_logits_processors(reqs, logits)
-        result = sample(processed, [r.sampling for r in reqs], raw_logits=logits)
-        progressed: dict[str, RequestGroup] = {}
-        for i, (req, token, lps) in enumerate(zip(reqs, result.token_ids, result.logprobs, strict=True)):
-            if i in failed:
-                req.output.finish_reason, req.output.stop_reason = "error", failed[i]
-            else:
-                req.seq.append(token)
-                process_token(req, token, lps, self.max_model_len)
-                req.output.num_forwards += 1
-            if req.output.finished:
-                self._finish(req)
-            progressed[req.group.request_id] = req.group
-        outputs = []
-        for group in progressed.values():
-            if group.final_only and not group.finished:
-                continue
-            snap = group_snapshot(group)
-            if group.queue is not None:
-                group.queue.put(snap)
-            outputs.append(snap)
-        return outputs
 
     def _fork(self, parent: TrackedRequest) -> list[TrackedRequest]:
         forked = fork_samples(parent, self.blocks, self.scheduler, self.runner)

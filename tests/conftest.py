@@ -14,6 +14,9 @@ import pytest
 # the hundreds of engines the suite starts that would only compete for the two cores. The tests of
 # the compiled path turn it on themselves (and subprocess workers inherit this).
 os.environ.setdefault("BAILING_COMPILE", "0")
+# The CPU default dtype follows the CPU (bf16 where it has bf16 arithmetic); the suite's references are
+# float32 and CI machines differ, so the suite pins it (tests of the choice itself set it themselves).
+os.environ.setdefault("BAILING_CPU_DTYPE", "float32")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -40,6 +40,7 @@ class WorkerConfig:
     name: str = ""  # the served model name (queue, registry); "" = the family
     device: str = "cpu"
     dtype: str | None = None  # None: the engine's choice for the device
+    compile_decode: bool | None = None  # None: the engine's default (engine.decode_graph)
     max_num_seqs: int = 64  # requests running at once (also the Celery thread count)
     kv_cache_bytes: int | None = None  # None: the engine's default
     max_model_len: int | None = None  # None: the model's context length

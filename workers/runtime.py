@@ -93,6 +93,7 @@ class WorkerRuntime:
             background_prefill_tokens=config.batch_prefill_tokens,
             tensor_parallel_size=placement.parallel.tensor_parallel_size,  # torchrun's WORLD_SIZE if set
             expert_parallel=placement.parallel.expert_parallel,
+            compile_decode=config.compile_decode,
         )
         return LLMEngine(
             config.model_dir,

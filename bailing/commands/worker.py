@@ -21,7 +21,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help="Hugging Face checkpoint folder")
     p.add_argument("--name", default=None, help="served model name (default: the family)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="compute dtype (default: bfloat16 on a GPU and on a CPU with bf16 arithmetic, else float32; "
+        "$BAILING_CPU_DTYPE presets the CPU choice)",
+    )
+    p.add_argument(
+        "--compile-decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run decode steps of a few requests as one compiled graph on CPU, compiled in the background "
+        "at start (default: on unless $BAILING_COMPILE=0)",
+    )
     p.add_argument("--max-num-seqs", type=int, default=64, help="requests running at once (default 64)")
     p.add_argument(
         "--max-batch-inflight",
@@ -134,6 +147,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         name=args.name or "",
         device=args.device,
         dtype=args.dtype,
+        compile_decode=args.compile_decode,
         max_num_seqs=args.max_num_seqs,
         max_batch_inflight=args.max_batch_inflight,
         batch_prefill_tokens=args.batch_prefill_tokens,

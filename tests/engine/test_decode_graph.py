@@ -174,3 +174,24 @@ def test_which_models_and_devices_compile(golden_model, golden_dir):
         assert not supports(golden_model, cpu, 1)
     finally:
         layer.fp8_block = None
+
+
+def test_the_switch_is_a_config_field_or_the_environment(monkeypatch):
+    from engine.engine_config import EngineConfig
+
+    monkeypatch.delenv("BAILING_COMPILE", raising=False)
+    assert EngineConfig().wants_compiled_decode  # on by default
+    monkeypatch.setenv("BAILING_COMPILE", "0")
+    assert not EngineConfig().wants_compiled_decode
+    assert EngineConfig(compile_decode=True).wants_compiled_decode  # the field wins
+    monkeypatch.setenv("BAILING_COMPILE", "1")
+    assert not EngineConfig(compile_decode=False).wants_compiled_decode
+
+
+def test_the_worker_flag_parses():
+    from bailing.cli import build_parser
+
+    base = ["worker", "--family", "ling", "--model", "m"]
+    assert build_parser().parse_args(base).compile_decode is None
+    assert build_parser().parse_args([*base, "--compile-decode"]).compile_decode is True
+    assert build_parser().parse_args([*base, "--no-compile-decode"]).compile_decode is False
