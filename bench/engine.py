@@ -225,6 +225,7 @@ def load_engines(
     device: str | torch.device = "cpu",
     ours_dtype: str | None = None,
     compile_decode: bool | None = None,
+    engine_config: dict[str, Any] | None = None,
 ) -> Engines:
     """Ours: LLM (`ours_dtype`; default fp32 on CPU, its bf16 default on GPU; "auto": the engine's
     choice), its decode graph on or off (None: the engine's default). Baseline: Glm4Moe, fp32 on
@@ -234,6 +235,7 @@ def load_engines(
     t0 = time.perf_counter()
     # On a GPU our engine would give 85% of the free memory to its KV cache; leave room for the baseline.
     kv: dict[str, Any] = {"kv_cache_bytes": GPU_KV_CACHE_BYTES} if gpu else {}
+    kv.update(engine_config or {})
     if compile_decode is not None:
         kv["compile_decode"] = compile_decode
     dtype = ours_dtype or (None if gpu else "float32")
@@ -421,9 +423,10 @@ def batch1_scenario(eng: Engines, sizes: Sizes) -> dict[str, Any]:
 # ---------------------------------------------------------------- memory-bandwidth floor
 
 
-def active_decode_bytes(config: dict[str, Any], dtype: torch.dtype) -> int:
+def active_decode_bytes(config: dict[str, Any], dtype: torch.dtype, quantization: str | None = None) -> int:
     """Weight bytes one batch-1 decode step must read (embedding row, attention, norms, dense MLP or
-    router + top-k experts + shared expert, final norm, lm_head). Router and expert bias are fp32."""
+    router + top-k experts + shared expert, final norm, lm_head). Router and expert bias are fp32;
+    with int8 weights every element counts one byte (their per-row scales are under 1%)."""
     d, v, layers = config["hidden_size"], config["vocab_size"], config["num_hidden_layers"]
     hd, h, hkv = config["head_dim"], config["num_attention_heads"], config["num_key_value_heads"]
     mlp = 3 * d  # SwiGLU weights per unit of width
@@ -435,7 +438,7 @@ def active_decode_bytes(config: dict[str, Any], dtype: torch.dtype) -> int:
     router = config["num_experts"] * (d + 1)  # fp32 whatever the compute dtype
     elems = d + layers * attn + dense * mlp * config["intermediate_size"] + (layers - dense) * moe
     elems += d + v * d  # final norm, lm_head
-    size = torch.empty((), dtype=dtype).element_size()
+    size = 1 if quantization == "int8" else torch.empty((), dtype=dtype).element_size()
     return elems * size + (layers - dense) * router * 4
 
 
@@ -454,7 +457,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, tries: int = 5
 
 
 def floor_scenario(eng: Engines, batch1: dict[str, Any]) -> dict[str, Any]:
-    nbytes = active_decode_bytes(eng.config, eng.ours.dtype)
+    nbytes = active_decode_bytes(eng.config, eng.ours.dtype, eng.ours.engine.config.quantization)
     bandwidth = copy_bandwidth(eng.device)
     floor_ms = 1e3 * nbytes / bandwidth
     return {
@@ -464,6 +467,20 @@ def floor_scenario(eng: Engines, batch1: dict[str, Any]) -> dict[str, Any]:
         "ours_decode_over_floor": batch1["decode_ours_ms"] / floor_ms,
         "baseline_decode_over_floor": batch1["decode_baseline_ms"] / floor_ms,
     }
+
+
+@torch.inference_mode()
+def deviation_scenario(eng: Engines, prompts: int = 3, length: int = 128) -> dict[str, Any]:
+    """Our full-sequence logits against the baseline's on the same prompts: the largest and the mean
+    |difference| in units of the baseline's logit std, and how often the argmax agrees."""
+    worst, mean, agree = 0.0, 0.0, 0.0
+    for ids in random_prompts([length] * prompts, 555, eng.config):
+        ours = eng.ours.logits(ids).float().cpu()
+        ref = eng.baseline(torch.tensor([ids], device=eng.device)).logits[0].float().cpu()
+        diff = (ours - ref).abs() / ref.std()
+        worst, mean = max(worst, diff.max().item()), mean + diff.mean().item() / prompts
+        agree += (ours.argmax(-1) == ref.argmax(-1)).float().mean().item() / prompts
+    return {"logit_max_dev_std": worst, "logit_mean_dev_std": mean, "logit_top1_agreement": agree}
 
 
 # ---------------------------------------------------------------- report
@@ -515,11 +532,13 @@ def run_all(eng: Engines, sizes: Sizes) -> dict[str, Any]:
     results: dict[str, Any] = {
         "ours_dtype": str(eng.ours.engine.dtype).removeprefix("torch."),
         "ours_decode_graph": eng.ours.engine.runner.decode_graph is not None,
+        "ours_quantization": eng.ours.engine.config.quantization,
     }
     for name, scenario in (("offline", offline_scenario), ("batch 1", batch1_scenario)):
         log(f"scenario: {name}")
         results.update(scenario(eng, sizes))
     results.update(floor_scenario(eng, results))
+    results.update(deviation_scenario(eng))
     log("scenario: mixed")
     results.update(mixed_scenario(eng, sizes))
     results["sizes"] = dataclasses.asdict(sizes)
@@ -549,11 +568,16 @@ def markdown_table(r: dict[str, Any], machine: dict[str, Any]) -> str:
         f"| batch-1 decode / bandwidth floor ({r['decode_floor_ms']:.2f} ms) | x floor "
         f"| {r['ours_decode_over_floor']:.2f}x | {r['baseline_decode_over_floor']:.2f}x | |"
     )
+    lines.append(
+        f"| logits vs the baseline's ({r['logit_top1_agreement']:.1%} same argmax) | max / mean "
+        f"abs diff, in logit std | {r['logit_max_dev_std']:.2e} / {r['logit_mean_dev_std']:.2e} | | |"
+    )
     gpu = f", {machine['gpu']}" if "gpu" in machine else ""
     bf16 = "with" if machine.get("cpu_bf16_arithmetic") else "without"
     head = (
         f"Machine: {machine['cpu']} ({bf16} bf16 arithmetic), {machine['cores']} cores, torch "
-        f"{machine['torch']}, {machine['threads']} threads{gpu}. Ours: {r['ours_dtype']}, decode graph "
+        f"{machine['torch']}, {machine['threads']} threads{gpu}. Ours: {r['ours_dtype']}"
+        f"{' with int8 weights' if r.get('ours_quantization') == 'int8' else ''}, decode graph "
         f"{'on' if r['ours_decode_graph'] else 'off'}. Baseline batch sizes: offline "
         f"{r['offline_baseline_batch_size']}, mixed {r['mixed_baseline_batch_size']}."
     )
@@ -573,6 +597,7 @@ def main() -> None:
         choices=["float32", "bfloat16", "auto"],
         help="our engine's dtype (default float32 on CPU; auto: the engine's choice for this CPU)",
     )
+    ap.add_argument("--quantization", choices=["int8"], help="our weights quantized (engine.int8)")
     ap.add_argument(
         "--decode-graph",
         action=argparse.BooleanOptionalAction,
@@ -593,7 +618,8 @@ def main() -> None:
         folder = ensure_real_checkpoint(BENCH_ROOT / args.real_config, args.real_config, device)
     else:
         folder = ensure_bench_checkpoint(BENCH_ROOT / "ling-bench")
-    eng = load_engines(folder, device, args.ours_dtype, args.decode_graph)
+    quantized = {"quantization": args.quantization} if args.quantization else None
+    eng = load_engines(folder, device, args.ours_dtype, args.decode_graph, quantized)
     results = run_all(eng, sizes)
     machine = machine_info(device)
     results.update(
@@ -606,6 +632,7 @@ def main() -> None:
     )
     print(markdown_table(results, machine), file=sys.stderr if args.json else sys.stdout)
     variant = "" if results["ours_dtype"] == "float32" else "-" + results["ours_dtype"]
+    variant += "-int8" if args.quantization else ""
     variant += "" if results["ours_decode_graph"] or device.type == "cuda" else "-eager"
     name = f"engine-{device.type}{'-' + args.real_config if args.real_config else ''}{variant}"
     name += "-quick" * args.quick

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import types
 from typing import Any
 
 import torch
@@ -83,7 +84,7 @@ class DecodeGraph:
         self.failed = False
         self.steps = 0  # steps run through the graph
         self.ready = threading.Event()  # set once both graphs are compiled (or compiling failed)
-        self._compiled = torch.compile(self._step, dynamic=False, fullgraph=True)
+        self._compiled = torch.compile(_own_step(model), dynamic=False, fullgraph=True)
 
     @classmethod
     def start(
@@ -151,6 +152,15 @@ class DecodeGraph:
         finally:
             _STEP_CONTEXTS.pop(self.slot, None)
 
-    def _step(self, ids: torch.Tensor, positions: torch.Tensor, ctx: SlotContext) -> Any:
-        hidden = self.model(ids, positions, ctx)  # (R, d)
-        return hidden, self.model.compute_logits(hidden)  # (R, V)
+
+def _own_step(model: CausalLM) -> types.FunctionType:
+    """The step function of one model, with a code object of its own: dynamo keeps compiled graphs
+    (and their cache limit) per code object, so graphs of different engines in one process would
+    otherwise share one cache, and it would outlive them."""
+
+    def decode_step(ids: torch.Tensor, positions: torch.Tensor, ctx: SlotContext) -> Any:
+        hidden = model(ids, positions, ctx)  # (R, d)
+        return hidden, model.compute_logits(hidden)  # (R, V)
+
+    code = decode_step.__code__.replace()  # a copy
+    return types.FunctionType(code, decode_step.__globals__, "decode_step", None, decode_step.__closure__)

@@ -77,10 +77,10 @@ class LLMEngine(EngineThread, RankGroupOwner, StepOutputs):
         (from any thread) when the group breaks; None: fail every request and refuse new ones."""
         self.path, self.config = Path(model), config or EngineConfig()
         self.device = torch.device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, self.device, self.config.quantization)
         self.group = self._join_group(group, placement, on_group_failure)
         try:
-            self.model = load_model(self.path, self.device, self.dtype, self.group)
+            self.model = load_model(self.path, self.device, self.dtype, self.group, self.config.quantization)
         except BaseException:
             self._end_ranks()
             raise

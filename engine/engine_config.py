@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from engine.kv_cache import KVCacheSpec
 from engine.parallel.group import ParallelConfig
 
+QUANTIZATIONS = (None, "int8")
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -29,6 +31,8 @@ class EngineConfig:
     # Decode steps of a few sequences as one compiled graph where the model and device allow it
     # (engine.decode_graph: CPU, one rank). None: $BAILING_COMPILE ("0" off, "1" on), else on.
     compile_decode: bool | None = None
+    # Weights held quantized (engine.int8): None, or "int8" (weight-only, per-row scales; one rank).
+    quantization: str | None = None
 
     @property
     def wants_compiled_decode(self) -> bool:
@@ -38,6 +42,10 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.parallel  # noqa: B018 - validates the parallel fields
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.quantization is not None and self.tensor_parallel_size > 1:
+            raise ValueError("int8 quantization runs on one rank for now (tensor_parallel_size=1)")
 
     @property
     def kv_spec(self) -> KVCacheSpec:

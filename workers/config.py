@@ -41,6 +41,7 @@ class WorkerConfig:
     device: str = "cpu"
     dtype: str | None = None  # None: the engine's choice for the device
     compile_decode: bool | None = None  # None: the engine's default (engine.decode_graph)
+    quantization: str | None = None  # "int8": weight-only int8 (engine.int8)
     max_num_seqs: int = 64  # requests running at once (also the Celery thread count)
     kv_cache_bytes: int | None = None  # None: the engine's default
     max_model_len: int | None = None  # None: the model's context length

@@ -94,6 +94,7 @@ class WorkerRuntime:
             tensor_parallel_size=placement.parallel.tensor_parallel_size,  # torchrun's WORLD_SIZE if set
             expert_parallel=placement.parallel.expert_parallel,
             compile_decode=config.compile_decode,
+            quantization=config.quantization,
         )
         return LLMEngine(
             config.model_dir,

@@ -29,6 +29,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "$BAILING_CPU_DTYPE presets the CPU choice)",
     )
     p.add_argument(
+        "--quantize",
+        default=None,
+        choices=["int8"],
+        help="hold the weights quantized: int8 = weight-only int8 with per-row scales (CPU decode reads "
+        "a quarter of fp32's bytes); one rank only",
+    )
+    p.add_argument(
         "--compile-decode",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -148,6 +155,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         compile_decode=args.compile_decode,
+        quantization=args.quantize,
         max_num_seqs=args.max_num_seqs,
         max_batch_inflight=args.max_batch_inflight,
         batch_prefill_tokens=args.batch_prefill_tokens,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from engine.fp8 import FP8_DTYPE, fp8_linear, scale_shape
+from engine.int8 import int8_linear, quantize_rows
 from engine.layers.matvec import linear
 
 
@@ -51,6 +52,7 @@ class Linear(nn.Module):
         self.weight = param(out_features, in_features)
         self.bias = param(out_features) if bias else None
         self.fp8_block: tuple[int, int] | None = None
+        self.int8 = False
 
     def keep_fp8(self, block: tuple[int, int]) -> None:
         o, i = self.weight.shape
@@ -58,8 +60,17 @@ class Linear(nn.Module):
         self.weight_scale_inv = param(*scale_shape((o, i), block), dtype=torch.float32)
         self.fp8_block = block
 
+    def quantize_int8(self) -> None:
+        """After loading: hold W as int8 with a float32 scale per output row (engine.int8)."""
+        q, scale = quantize_rows(self.weight)
+        self.weight = nn.Parameter(q, requires_grad=False)
+        self.weight_scale = nn.Parameter(scale, requires_grad=False)
+        self.int8 = True
+
     def project(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x W^T (+ bias), whichever way W is held."""
+        if self.int8:
+            return int8_linear(x, self.weight, self.weight_scale, bias)
         if self.fp8_block is not None:
             return fp8_linear(x, self.weight, self.weight_scale_inv, self.fp8_block, bias)
         return linear(x, self.weight, bias)

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from engine.config import MoEConfig
 from engine.fp8 import FP8_DTYPE, fp8_linear
+from engine.int8 import int8_linear, quantize_rows
 from engine.layers.base import param
 from engine.layers.matvec import linear, use_reduction
 from engine.loader import Shard, WeightTarget
@@ -114,6 +115,7 @@ class FusedExperts(nn.Module):
         self.w13 = param(e, 2 * i, h)
         self.w2 = param(e, h, i)
         self.fp8_block: tuple[int, int] | None = None
+        self.int8 = False
 
     def fp8_aligned(self, block: tuple[int, int]) -> bool:
         """Whole FP8 blocks in every expert matrix this rank holds (so the scales stack too)."""
@@ -130,6 +132,15 @@ class FusedExperts(nn.Module):
         )
         self.w2, self.s2 = param(e, h, i, dtype=FP8_DTYPE), param(e, h // bo, i // bi, dtype=torch.float32)
         self.fp8_block = block
+
+    def quantize_int8(self) -> None:
+        """After loading: both stacks as int8 with a float32 scale per output row of each expert
+        (w13_scale [E, 2I], w2_scale [E, H]; engine.int8)."""
+        for name in ("w13", "w2"):
+            q, scale = quantize_rows(getattr(self, name))
+            setattr(self, name, nn.Parameter(q, requires_grad=False))
+            setattr(self, f"{name}_scale", nn.Parameter(scale, requires_grad=False))
+        self.int8 = True
 
     def weight_targets(self, prefix: str) -> dict[str, WeightTarget]:
         """Checkpoint key -> destination slice for every per-expert weight (after materialize);
@@ -184,11 +195,11 @@ class FusedExperts(nn.Module):
         order = flat.argsort(stable=True)  # (T*K,) pair indices grouped by expert
         xs = x[order // k]  # (T*K, H) token of each sorted pair
         counts = torch.bincount(flat, minlength=self.num_experts)  # (E,)
-        if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM and self.fp8_block is None:
+        if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM and self._plain:
             out = self._grouped_gemm(xs, counts)
         else:
             per_expert = counts.tolist()
-            if self.fp8_block is None and self._padding_pays(per_expert, t * k):
+            if self._plain and self._padding_pays(per_expert, t * k):
                 out = self._padded_bmm(xs, flat[order], counts, max(per_expert))
             else:
                 out = self._per_expert(xs, per_expert)
@@ -211,12 +222,17 @@ class FusedExperts(nn.Module):
         pairs, expert = pairs[order], expert[order]
         counts = torch.bincount(expert, minlength=self.num_experts)  # (E_local,)
         xs = x[pairs // k]  # (P, H)
-        if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM and self.fp8_block is None:
+        if x.is_cuda and x.dtype == torch.bfloat16 and _HAS_GROUPED_MM and self._plain:
             ys = self._grouped_gemm(xs, counts)
         else:
             ys = self._per_expert(xs, counts.tolist())
         w = weights.reshape(-1)[pairs].to(ys.dtype)  # (P,)
         return out.index_add_(0, pairs // k, ys * w[:, None])
+
+    @property
+    def _plain(self) -> bool:
+        """Weights held in the compute dtype (not FP8 or int8): the batched GEMM forms apply."""
+        return self.fp8_block is None and not self.int8
 
     def _padding_pays(self, counts: list[int], pairs: int) -> bool:
         """Padded bmm when most experts are busy with few tokens each and padding wastes little."""
@@ -260,8 +276,14 @@ class FusedExperts(nn.Module):
         """Every (token, slot) pair reads its expert's matrices straight from the stacks, as products
         in reduction form: no sort, no host sync, only the K experts each token hit. Compiled, the
         indexing becomes the loads of the reductions; eager it would copy the matrices (tests only)."""
-        gate, up = (self.w13[ids] * x[:, None, None, :]).sum(-1).chunk(2, dim=-1)  # (T, K, I) each
-        y = (self.w2[ids] * (F.silu(gate) * up)[:, :, None, :]).sum(-1)  # (T, K, H)
+        w13, w2 = self.w13[ids].to(x.dtype), self.w2[ids].to(x.dtype)  # int8 -> dtype in the loads
+        g = (w13 * x[:, None, None, :]).sum(-1)  # (T, K, 2I)
+        if self.int8:
+            g = g * self.w13_scale[ids].to(x.dtype)
+        gate, up = g.chunk(2, dim=-1)  # (T, K, I) each
+        y = (w2 * (F.silu(gate) * up)[:, :, None, :]).sum(-1)  # (T, K, H)
+        if self.int8:
+            y = y * self.w2_scale[ids].to(x.dtype)
         return (y * weights[:, :, None].to(y.dtype)).sum(1)  # (T, H)
 
     def forward_native(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -273,6 +295,9 @@ class FusedExperts(nn.Module):
         return out
 
     def _expert(self, e: int, xs: torch.Tensor) -> torch.Tensor:
+        if self.int8:
+            gate, up = int8_linear(xs, self.w13[e], self.w13_scale[e]).chunk(2, dim=-1)
+            return int8_linear(F.silu(gate) * up, self.w2[e], self.w2_scale[e])
         if self.fp8_block is not None:  # FP8 kept: each matrix through the block-scaled FP8 product
             gate, up = fp8_linear(xs, self.w13[e], self.s13[e], self.fp8_block).chunk(2, dim=-1)
             return fp8_linear(F.silu(gate) * up, self.w2[e], self.s2[e], self.fp8_block)

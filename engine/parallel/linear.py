@@ -184,6 +184,6 @@ class ParallelLMHead(ColumnParallelLinear):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """hidden [T, d] -> [T, V] float32 on rank 0 (None on the others)."""
-        if self.fp8_block is not None:
+        if self.fp8_block is not None or self.int8:
             return self.group.gather_columns(self.project(hidden).float(), self.widths)
         return _vocab_logits(hidden, self.weight, self.group, self.widths)

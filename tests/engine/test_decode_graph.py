@@ -12,11 +12,11 @@ from torch.nn import functional as F
 from engine import LLM, SamplingParams
 from engine.config import MoEConfig
 from engine.decode_graph import DecodeGraph, supports
-from engine.kv_cache import PagedContext, PagedKVCache
 from engine.layers.base import materialize
 from engine.layers.matvec import FEW_ROWS, linear, linear_as_reduction, use_reduction
 from engine.layers.moe import FusedExperts
 from engine.model_loader import load_model
+from tests.engine.decode_cases import prefilled
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
@@ -79,36 +79,9 @@ def compiled(golden_model):
     return graph
 
 
-def _prefilled(model, lengths):
-    """A paged cache holding one prefilled prompt per length (blocks of 4), and the decode context
-    of their next token: (cache, ids, positions, context factory)."""
-    rt, bs = model.runtime, 4
-    cache = PagedKVCache(rt.num_layers, 64, bs, rt.num_kv_heads, rt.head_dim, torch.float32, "cpu")
-    g = torch.Generator().manual_seed(sum(lengths))
-    tables, next_block = [], 0
-    for n in lengths:
-        blocks = -(-(n + 1) // bs)
-        tables.append(list(range(next_block + blocks - 1, next_block - 1, -1)))  # out of order on purpose
-        next_block += blocks
-    slots = lambda seq, ps: torch.tensor([tables[seq][p // bs] * bs + p % bs for p in ps])  # noqa: E731
-    with torch.inference_mode():
-        for i, n in enumerate(lengths):
-            ids = torch.randint(2, rt.vocab_size, (n,), generator=g)
-            ctx = PagedContext(cache, slots(i, range(n)), [n], [n], [tables[i]])
-            model(ids, torch.arange(n), ctx)
-    ids = torch.randint(2, rt.vocab_size, (len(lengths),), generator=g)
-    positions = torch.tensor(lengths)
-    step_slots = torch.cat([slots(i, [n]) for i, n in enumerate(lengths)])
-
-    def context():
-        return PagedContext(cache, step_slots, [1] * len(lengths), [n + 1 for n in lengths], tables)
-
-    return ids, positions, context
-
-
 @pytest.mark.parametrize("lengths", [[9], [3, 17], [5, 1, 12], [8, 8, 2, 30]])
 def test_compiled_step_gives_the_eager_logits(golden_model, compiled, lengths):
-    ids, positions, context = _prefilled(golden_model, lengths)
+    ids, positions, context = prefilled(golden_model, lengths)
     with torch.inference_mode():
         eager_hidden = golden_model(ids, positions, context())
         eager = golden_model.compute_logits(eager_hidden)
@@ -147,7 +120,7 @@ def test_a_graph_that_fails_to_compile_leaves_decode_eager(golden_model, monkeyp
     monkeypatch.setattr(graph, "_compiled", broken)
     graph.warm_up(golden_model.runtime, torch.float32)
     assert graph.ready.is_set() and graph.failed
-    ids, positions, context = _prefilled(golden_model, [6])
+    ids, positions, context = prefilled(golden_model, [6])
 
     class Step:  # the fields `takes` reads
         q_lens, extra, block_lengths = [1], {}, None
@@ -195,3 +168,11 @@ def test_the_worker_flag_parses():
     assert build_parser().parse_args(base).compile_decode is None
     assert build_parser().parse_args([*base, "--compile-decode"]).compile_decode is True
     assert build_parser().parse_args([*base, "--no-compile-decode"]).compile_decode is False
+
+
+def test_each_graph_has_a_compile_cache_of_its_own(golden_model):
+    # dynamo caches per code object (8 entries by default): engines in one process must not share one
+    a, b = DecodeGraph(golden_model), DecodeGraph(golden_model)
+    code_a = a._compiled._torchdynamo_orig_callable.__code__
+    code_b = b._compiled._torchdynamo_orig_callable.__code__
+    assert code_a is not code_b and code_a.co_code == code_b.co_code

@@ -23,6 +23,7 @@ def test_cpu_default_follows_bf16_arithmetic(monkeypatch, bf16, expected):
     assert resolve_dtype("auto", CPU) is expected
     assert resolve_dtype("float32", CPU) is torch.float32  # asked for: always honoured
     assert resolve_dtype(None, torch.device("cuda")) is torch.bfloat16
+    assert resolve_dtype(None, CPU, quantization="int8") is torch.float32  # int8 weights: fp32 compute
 
 
 def test_the_environment_presets_the_cpu_default(monkeypatch):
