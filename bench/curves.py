@@ -4,9 +4,10 @@ transformers' `Glm4MoeForCausalLM.generate` on the same weights (greedy, both si
 (a) throughput against batch size: B prompts of 64 tokens, 32 new tokens each, all at once (ours:
     one `generate` call with room for all B; the baseline: one static batch of B) -> generated tok/s,
     for B in 1, 2, 4, ... 256;
-(b) batch-1 decode latency against context: a prompt of L tokens, then (t(1 + N) - t(1)) / N with
-    N = 16 -> ms/token, for L in 256, 512, ... 16384 (the baseline runs SDPA attention here, so the
-    curve compares decode steps, not its eager attention's L x L score matrix).
+(b) batch-1 decode latency against context: after a prompt of L tokens, the mean time of the next
+    N = 16 tokens -> ms/token (ours: the engine's inter-token latencies; the baseline: its forward
+    over one cached token at a time), for L in 256, 512, ... 16384 (the baseline runs SDPA here, so
+    the curve compares decode steps, not its eager attention's L x L score matrix).
 Checkpoint: the bench model of `bench.engine` with 16,448 positions (`.bailing/bench/ling-bench-16k`).
 Writes bench/results/curves-<device>[-quick].json and .png (matplotlib) and prints a markdown table.
 Usage: python -m bench.curves [--quick] [--ours-dtype bfloat16] [--max-batch N] [--max-context N]
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ from bench.engine import (
     run_ours,
     timed,
 )
+from engine import SamplingParams
 
 CONTEXT_SPEC = dataclasses.replace(BENCH_SPEC, max_position_embeddings=16384 + 64)
 
@@ -72,18 +75,37 @@ def batch_point(eng: Engines, b: int, sizes: CurveSizes) -> dict[str, Any]:
 
 
 def context_point(eng: Engines, length: int, sizes: CurveSizes) -> dict[str, Any]:
+    """Batch-1 decode at a context of `length`: ours from the engine's own per-token timings, the
+    baseline from timing its forward one cached token at a time after the prefill (subtracting two
+    whole runs would drown a few decode steps in the prefill's noise at long contexts)."""
     n = sizes.decode_tokens
-    out: dict[str, Any] = {"context": length}
-    tokens = {}
-    for side, run in (("ours", run_ours), ("baseline", lambda e, p, m: run_baseline(e, p, m, 1))):
-        first, _ = timed(eng, run, random_prompts([length], 9000 + length, eng.config), [1])
-        total, tokens[side] = timed(eng, run, random_prompts([length], 9001 + length, eng.config), [1 + n])
-        out[f"{side}_ttft_ms"] = 1e3 * first
-        out[f"{side}_ms_per_token"] = 1e3 * (total - first) / n
-    out["mismatches"] = check_same(
-        f"context {length}", tokens["ours"], tokens["baseline"], sizes.check_tokens
-    )
-    return out
+    prompt = random_prompts([length], 9000 + length, eng.config)[0]
+    params = SamplingParams(max_tokens=1 + n, temperature=0.0, ignore_eos=True)
+    out = eng.ours.generate([prompt], params)[0]
+    point: dict[str, Any] = {
+        "context": length,
+        "ours_ttft_ms": 1e3 * out.metrics.time_to_first_token_s,
+        "ours_ms_per_token": 1e3 * statistics.mean(out.metrics.inter_token_latencies_s),
+    }
+    base, point["baseline_ttft_ms"], point["baseline_ms_per_token"] = _baseline_decode(eng, prompt, n)
+    point["mismatches"] = check_same(f"context {length}", [out.token_ids], [base], sizes.check_tokens)
+    return point
+
+
+@torch.inference_mode()
+def _baseline_decode(eng: Engines, prompt: list[int], n: int) -> tuple[list[int], float, float]:
+    """Greedy tokens, prefill ms and mean ms per decode step of the baseline's cached forward."""
+    model, dev = eng.baseline, eng.device
+    t0 = time.perf_counter()
+    out = model(torch.tensor([prompt], device=dev), use_cache=True)
+    token = out.logits[0, -1].argmax()
+    t1 = time.perf_counter()
+    tokens = [int(token)]
+    for _ in range(n):
+        out = model(token.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
+        token = out.logits[0, -1].argmax()
+        tokens.append(int(token))
+    return tokens, 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t1) / n
 
 
 def run_curves(eng: Engines, sizes: CurveSizes) -> dict[str, Any]:
