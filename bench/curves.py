@@ -126,33 +126,33 @@ def run_curves(eng: Engines, sizes: CurveSizes) -> dict[str, Any]:
     return {"batch": batch, "context": context, "sizes": dataclasses.asdict(sizes)}
 
 
+def _table(caption: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def markdown_tables(r: dict[str, Any]) -> str:
     s = r["sizes"]
-    lines = [
-        f"Throughput against batch size ({s['batch_prompt']}-token prompts, "
-        f"{s['batch_new']} new tokens each):",
-        "",
-        "| batch | ours tok/s | baseline tok/s | ratio |",
-        "|---|---|---|---|",
-    ]
-    for p in r["batch"]:
-        ratio = p["ours_tok_s"] / p["baseline_tok_s"]
-        lines.append(f"| {p['batch']} | {p['ours_tok_s']:.1f} | {p['baseline_tok_s']:.1f} | {ratio:.2f}x |")
-    lines += [
-        "",
+    batch = _table(
+        f"Throughput against batch size ({s['batch_prompt']}-token prompts, {s['batch_new']} new each):",
+        ["batch", "ours tok/s", "baseline tok/s", "ratio"],
+        [
+            [str(p["batch"]), f"{p['ours_tok_s']:.1f}", f"{p['baseline_tok_s']:.1f}",
+             f"{p['ours_tok_s'] / p['baseline_tok_s']:.2f}x"]
+            for p in r["batch"]
+        ],
+    )  # fmt: skip
+    context = _table(
         f"Batch-1 decode against context length ({s['decode_tokens']} tokens decoded after the prompt):",
-        "",
-        "| context | ours ms/token | baseline ms/token | ratio | ours TTFT ms | baseline TTFT ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for p in r["context"]:
-        ratio = p["baseline_ms_per_token"] / p["ours_ms_per_token"]
-        lines.append(
-            f"| {p['context']} | {p['ours_ms_per_token']:.2f} | {p['baseline_ms_per_token']:.2f} "
-            f"| {ratio:.2f}x "
-            f"| {p['ours_ttft_ms']:.0f} | {p['baseline_ttft_ms']:.0f} |"
-        )
-    return "\n".join(lines)
+        ["context", "ours ms/token", "baseline ms/token", "ratio", "ours TTFT ms", "baseline TTFT ms"],
+        [
+            [str(p["context"]), f"{p['ours_ms_per_token']:.2f}", f"{p['baseline_ms_per_token']:.2f}",
+             f"{p['baseline_ms_per_token'] / p['ours_ms_per_token']:.2f}x",
+             f"{p['ours_ttft_ms']:.0f}", f"{p['baseline_ttft_ms']:.0f}"]
+            for p in r["context"]
+        ],
+    )  # fmt: skip
+    return "\n".join([*batch, "", *context])
 
 
 def plot(r: dict[str, Any], title: str, out: Path) -> Path:
