@@ -163,21 +163,16 @@ def plot(r: dict[str, Any], title: str, out: Path) -> Path:
     from matplotlib import pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    b = [p["batch"] for p in r["batch"]]
-    for side, style in (("ours", "o-"), ("baseline", "s--")):
-        left.plot(b, [p[f"{side}_tok_s"] for p in r["batch"]], style, label=side)
-    left.set(
-        xscale="log", yscale="log", xlabel="batch size (requests at once)", ylabel="generated tokens / s"
+    panels = (
+        (left, "batch", "tok_s", "batch size (requests at once)", "generated tokens / s"),
+        (right, "context", "ms_per_token", "context length (tokens)", "batch-1 decode ms / token"),
     )
-    left.set_title("throughput against batch size")
-    c = [p["context"] for p in r["context"]]
-    for side, style in (("ours", "o-"), ("baseline", "s--")):
-        right.plot(c, [p[f"{side}_ms_per_token"] for p in r["context"]], style, label=side)
-    right.set(
-        xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="batch-1 decode ms / token"
-    )
-    right.set_title("decode latency against context")
-    for ax in (left, right):
+    titles = ("throughput against batch size", "decode latency against context")
+    for (ax, curve, metric, xlabel, ylabel), name in zip(panels, titles, strict=True):
+        xs = [p[curve] for p in r[curve]]
+        for side, style in (("ours", "o-"), ("baseline", "s--")):
+            ax.plot(xs, [p[f"{side}_{metric}"] for p in r[curve]], style, label=side)
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=name)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=9)

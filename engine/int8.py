@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from engine.layers.matvec import use_reduction
+from engine.layers.matvec import linear_as_reduction, use_reduction
 
 INT8_MAX = 127
 
@@ -32,6 +32,12 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = wf.abs().amax(-1).clamp_min(torch.finfo(torch.float32).tiny) / INT8_MAX  # (..., out)
     q = torch.round(wf / scale[..., None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
     return q, scale
+
+
+def int8_parameters(w: torch.Tensor) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    """`quantize_rows(w)` as the two frozen parameters a module holds (weight, scale)."""
+    q, scale = quantize_rows(w)
+    return torch.nn.Parameter(q, requires_grad=False), torch.nn.Parameter(scale, requires_grad=False)
 
 
 def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -50,7 +56,7 @@ def int8_linear(
 ) -> torch.Tensor:
     """x [T, in] (or [..., in]) times the int8 weight q [out, in] with row scales [out] (+ bias)."""
     if use_reduction(x):  # compiled few-row step: one fused loop over the int8 bytes
-        y = (x[:, None, :] * q[None].to(x.dtype)).sum(-1) * scale.to(x.dtype)
+        y = linear_as_reduction(x, q.to(x.dtype)) * scale.to(x.dtype)
     else:  # q converts exactly; the scales apply per output column of y
         y = F.linear(x, q.to(x.dtype)) * scale.to(x.dtype)
     return y if bias is None else y + bias

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from engine.fp8 import FP8_DTYPE, fp8_linear, scale_shape
-from engine.int8 import int8_linear, quantize_rows
+from engine.int8 import int8_linear, int8_parameters
 from engine.layers.matvec import linear
 
 
@@ -62,9 +62,7 @@ class Linear(nn.Module):
 
     def quantize_int8(self) -> None:
         """After loading: hold W as int8 with a float32 scale per output row (engine.int8)."""
-        q, scale = quantize_rows(self.weight)
-        self.weight = nn.Parameter(q, requires_grad=False)
-        self.weight_scale = nn.Parameter(scale, requires_grad=False)
+        self.weight, self.weight_scale = int8_parameters(self.weight)
         self.int8 = True
 
     def project(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from engine.config import MoEConfig
 from engine.fp8 import FP8_DTYPE, fp8_linear
-from engine.int8 import int8_linear, quantize_rows
+from engine.int8 import int8_linear, int8_parameters
 from engine.layers.base import param
 from engine.layers.matvec import linear, use_reduction
 from engine.loader import Shard, WeightTarget
@@ -137,9 +137,9 @@ class FusedExperts(nn.Module):
         """After loading: both stacks as int8 with a float32 scale per output row of each expert
         (w13_scale [E, 2I], w2_scale [E, H]; engine.int8)."""
         for name in ("w13", "w2"):
-            q, scale = quantize_rows(getattr(self, name))
-            setattr(self, name, nn.Parameter(q, requires_grad=False))
-            setattr(self, f"{name}_scale", nn.Parameter(scale, requires_grad=False))
+            q, scale = int8_parameters(getattr(self, name))
+            setattr(self, name, q)
+            setattr(self, f"{name}_scale", scale)
         self.int8 = True
 
     def weight_targets(self, prefix: str) -> dict[str, WeightTarget]:
