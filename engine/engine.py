@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -44,6 +44,7 @@ from engine.output_processor import group_snapshot
 from engine.outputs import RequestOutput
 from engine.parallel.group import TensorGroup
 from engine.parallel.placement import GroupPlacement
+from engine.passing_thread import in_passing_thread
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerConfig
 from engine.sequence import RequestGroup, TrackedRequest, sample_id
@@ -80,7 +81,9 @@ class LLMEngine(EngineThread, RankGroupOwner, StepOutputs):
         self.dtype = resolve_dtype(dtype, self.device, self.config.quantization)
         self.group = self._join_group(group, placement, on_group_failure)
         try:
-            self.model = load_model(self.path, self.device, self.dtype, self.group, self.config.quantization)
+            self.model = in_passing_thread(  # see engine.passing_thread: keeps the step fast
+                load_model, self.path, self.device, self.dtype, self.group, self.config.quantization
+            )
         except BaseException:
             self._end_ranks()
             raise
@@ -88,7 +91,9 @@ class LLMEngine(EngineThread, RankGroupOwner, StepOutputs):
         self.eos_token_ids = self._eos_ids()
         rt = self.model.runtime
         self.max_model_len = min(self.config.max_model_len or rt.max_position, rt.max_position)
-        cache = self.config.kv_spec.allocate(rt, self.dtype, self.device, self.group.agree_min)
+        cache = in_passing_thread(
+            self.config.kv_spec.allocate, rt, self.dtype, self.device, self.group.agree_min
+        )
         # A diffusion model's KV depends on its block length and on still-masked tokens: no prefix cache.
         caching = self.config.enable_prefix_caching and not self.model.diffusion
         self.blocks = BlockManager(cache.num_blocks, self.config.block_size, caching)
@@ -252,9 +257,14 @@ class LLMEngine(EngineThread, RankGroupOwner, StepOutputs):
             raise RequestError(f"model {self.path.name!r} takes text only: it cannot take media inputs")
         if self.model.diffusion:
             raise RequestError("a diffusion model takes no media inputs")
+
+        def encode() -> Any:
+            with torch.inference_mode():
+                return prepare(torch.tensor(ids, device=self.device), **dict(media.tensors))
+
         try:
-            with self._encoding, torch.inference_mode():
-                prompt = prepare(torch.tensor(ids, device=self.device), **dict(media.tensors))
+            with self._encoding:  # on a passing thread: see engine.passing_thread
+                prompt = in_passing_thread(encode, name="bailing-encode")
         except (ValueError, TypeError) as exc:  # the inputs do not fit the prompt or the model
             raise RequestError(f"media inputs: {exc}") from None
         return MediaState.of(prompt, media.content_digest())

@@ -20,6 +20,7 @@ from engine.diffusion.params import DiffusionParams
 from engine.engine import LLMEngine
 from engine.errors import RequestError
 from engine.multimodal import MediaInputs
+from engine.passing_thread import in_passing_thread
 from engine.sampling_params import LogitsProcessor, SamplingParams
 from models.family import Family, ThinkTags
 from pipelines.media import MediaPipeline
@@ -64,7 +65,7 @@ def prepare(
     if job.task == "transcribe" and media is None:
         raise RequestError(f"model '{job.model}' does not transcribe audio (it takes text only)")
     if media is not None:
-        built = media.build(job)
+        built = in_passing_thread(media.build, job)  # torch work off the task thread: engine.passing_thread
         ids, mm = built.ids, built.media
     else:
         text = prompt_text(job, engine)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.passing_thread import in_passing_thread
 from models.ming.generation.denoise import DenoiseJob
 from models.ming.generation.generator import ImageGenerator
 from pipelines.image_generation import ImageSettings
@@ -65,7 +66,7 @@ def finish_images(
         raise RuntimeError(f"the denoising loop failed: {ticket.error}")
     if ticket.outcome != "finished":
         return False  # stopped: cancel, deadline or shutdown (whoever stopped it wrote the terminal)
-    pixels = generator.decode(job)  # (k, H, W, 3) uint8
+    pixels = in_passing_thread(generator.decode, job)  # (k, H, W, 3) uint8; engine.passing_thread: why
     encoded = [encode_image(p, settings.output_format, settings.quality) for p in pixels]
     if not complete():
         return False

@@ -7,6 +7,8 @@ fork from a media prompt; the prefix cache shares KV only for equal media; bad m
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -228,3 +230,19 @@ def test_one_request_at_a_time_runs_the_encoders(golden):
     for t in threads:
         t.join()
     assert peak[0] == 1
+
+
+def test_encoders_run_off_the_callers_thread(engine, golden, monkeypatch):
+    """engine.passing_thread: the encoders' torch work never leaves an OpenMP pool on a task thread."""
+    _, tensors = golden
+    ids, inputs = request(tensors, "image")
+    threads = []
+    prepare = engine.model.prepare_prompt
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "prepare_prompt", recording)
+    engine.encode_media(ids, inputs)
+    assert threads and threads[0] is not threading.current_thread() and not threads[0].is_alive()
