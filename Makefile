@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
 .PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming \
-	bench-ming-image bench-ming-speech bench-parallel bench-curves gpu-check
+	bench-ming-image bench-ming-speech bench-parallel bench-curves bench-omp-pools gpu-check
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -72,6 +72,9 @@ bench-parallel: $(STAMP)
 # Cost curves: tok/s against batch size 1..256, ms/token against context 256..16k, ours vs transformers.
 bench-curves: $(STAMP)
 	$(PY) -m bench.curves
+
+bench-omp-pools: $(STAMP)
+	$(PY) -m bench.omp_pools
 
 # On a machine with a CUDA device: the tests marked gpu (NCCL tensor parallel when there are 2+
 # GPUs, FP8 loading), then the GPU benchmarks (bf16; the engine on Ling-mini-2.0's real shapes).

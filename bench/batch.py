@@ -25,8 +25,10 @@ import threading
 import time
 from typing import Any
 
-from bench.engine import BENCH_SPEC, REPO, _git_state, ensure_bench_checkpoint, log, machine_info
-from bench.service import CHECKPOINT, Service, make_prompts
+from bench.checkpoints import BENCH_SPEC, ensure_bench_checkpoint
+from bench.harness import REPO, git_state, log, machine_info
+from bench.service import CHECKPOINT, make_prompts
+from bench.service_stack import Service
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +209,7 @@ def main() -> None:
     import torch
 
     machine = machine_info(torch.device("cpu"))
-    result.update(machine=machine, git=_git_state())
+    result.update(machine=machine, git=git_state())
     out = REPO / "bench" / "results" / f"batch-cpu{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     table = markdown_table(result, machine)

@@ -26,21 +26,9 @@ from typing import Any
 
 import torch
 
-from bench.engine import (
-    BENCH_ROOT,
-    BENCH_SPEC,
-    REPO,
-    Engines,
-    check_same,
-    ensure_bench_checkpoint,
-    load_engines,
-    log,
-    machine_info,
-    random_prompts,
-    run_baseline,
-    run_ours,
-    timed,
-)
+from bench.checkpoints import BENCH_ROOT, BENCH_SPEC, ensure_bench_checkpoint
+from bench.engine_pair import Engines, check_same, load_engines, random_prompts, run_baseline, run_ours, timed
+from bench.harness import REPO, log, machine_info
 from engine import SamplingParams
 
 CONTEXT_SPEC = dataclasses.replace(BENCH_SPEC, max_position_embeddings=16384 + 64)

@@ -27,16 +27,8 @@ from typing import Any
 import torch
 
 from bailing.demo.ling_config import LingDemoSpec
-from bench.engine import (
-    BENCH_ROOT,
-    BENCH_SPEC,
-    _git_state,
-    _publish,
-    _stamp_matches,
-    log,
-    machine_info,
-    report,
-)
+from bench.checkpoints import BENCH_ROOT, BENCH_SPEC, publish, stamp_matches
+from bench.harness import git_state, log, machine_info, report
 from engine import LLM, DiffusionParams, SamplingParams
 
 LM_HEAD_SCALE = 40.0  # random weights are near-uniform; this makes the model commit several per step
@@ -66,13 +58,13 @@ def ensure_checkpoints(root: Path = BENCH_ROOT, spec: LingDemoSpec = BENCH_SPEC)
 
     diff, ar = root / "llada2-bench", root / "llada2-bench-ar"
     stamp = {"writer": WRITER, "spec": dataclasses.asdict(spec), "lm_head_scale": LM_HEAD_SCALE}
-    if not _stamp_matches(diff, stamp):
+    if not stamp_matches(diff, stamp):
         tmp = diff.with_name(diff.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         log(f"writing {diff} (first run only)")
         write_llada2_checkpoint(tmp, spec, seed=3, dtype=torch.float32, lm_head_scale=LM_HEAD_SCALE)
-        _publish(tmp, diff, stamp)
-    if not _stamp_matches(ar, stamp):
+        publish(tmp, diff, stamp)
+    if not stamp_matches(ar, stamp):
         tmp = ar.with_name(ar.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -86,7 +78,7 @@ def ensure_checkpoints(root: Path = BENCH_ROOT, spec: LingDemoSpec = BENCH_SPEC)
             norm_topk_prob=True,
         )  # fmt: skip
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        _publish(tmp, ar, stamp)
+        publish(tmp, ar, stamp)
     return diff, ar
 
 
@@ -181,7 +173,7 @@ def main() -> None:
     args = ap.parse_args()
     result = run(QUICK if args.quick else FULL)
     machine = machine_info(torch.device("cpu"))
-    result.update(machine=machine, git=_git_state())
+    result.update(machine=machine, git=git_state())
     report("diffusion-cpu", args.quick, result, markdown_table(result, machine), args.json)
 
 

@@ -23,70 +23,27 @@ import dataclasses
 import json
 import math
 import os
-import platform
-import random
-import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from bailing.demo.ling_config import LingDemoSpec, ling_config_dict
-from bailing.demo.safetensors_writer import INDEX_FILE, plan_shards
-from bailing.demo.writer import WRITER_VERSION, ling_tensor_layout, write_ling_checkpoint
-from engine import LLM, SamplingParams
-from engine.loader import load_state_dict
-from engine.model_loader import cpu_has_bf16_arithmetic
-from models.ling.glm4moe import load_glm4moe_reference
-
-REPO = Path(__file__).resolve().parents[1]
-BENCH_ROOT = REPO / ".bailing" / "bench"
-STAMP_NAME = "bench_stamp.json"
-BENCH_SPEC = LingDemoSpec(
-    hidden_size=512,
-    intermediate_size=1408,
-    num_hidden_layers=8,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    head_dim=64,
-    num_experts=32,
-    num_experts_per_tok=4,
-    n_group=4,
-    topk_group=2,
-    moe_intermediate_size=256,
-    num_shared_experts=1,
-    first_k_dense_replace=1,
-    max_position_embeddings=4096,
+from bench.checkpoints import BENCH_ROOT, REAL_SPECS, ensure_bench_checkpoint, ensure_real_checkpoint
+from bench.engine_pair import (
+    Engines,
+    check_same,
+    load_engines,
+    random_lengths,
+    random_prompts,
+    run_baseline,
+    run_ours,
+    sync,
+    timed,
+    warm_up,
 )
-BENCH_OVERRIDES = {"vocab_size": 32768}  # the writer sizes vocab to its 2k demo tokenizer otherwise
-# Ling-mini-2.0 (spec bailing_moe_v2.md section 6): sizes, then vocab and special ids.
-REAL_SPECS = {
-    "ling-mini": LingDemoSpec(
-        hidden_size=2048,
-        intermediate_size=5120,
-        num_hidden_layers=20,
-        num_attention_heads=16,
-        num_key_value_heads=4,
-        head_dim=128,
-        num_experts=256,
-        num_experts_per_tok=8,
-        n_group=8,
-        topk_group=4,
-        moe_intermediate_size=512,
-        num_shared_experts=1,
-        first_k_dense_replace=1,
-        max_position_embeddings=32768,
-    )
-}
-REAL_IDS = {"vocab_size": 157184, "bos_id": 156891, "eos_id": 156892, "pad_id": 156892}
-GPU_KV_CACHE_BYTES = 8 << 30  # our engine's KV cache on a GPU (64 x 512 tokens of Ling-mini need 1.3 GB)
-TOKEN_RANGE = (100, 30000)  # prompt ids: clear of the low ids and of the (padded) vocab's tail
+from bench.harness import REPO, git_state, log, machine_info
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,229 +64,6 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(prompts=16, new_tokens=32, mixed_max_tokens=(8, 64), decode_tokens=16, batch_sizes=(8, 16))
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _stamp_matches(folder: Path, stamp: dict[str, Any]) -> bool:
-    try:
-        found = json.loads((folder / STAMP_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    files = found.pop("files", [])
-    return found == stamp and bool(files) and all((folder / f).is_file() for f in files)
-
-
-def _publish(tmp: Path, folder: Path, stamp: dict[str, Any]) -> Path:
-    """Stamp the finished `tmp` folder and rename it to `folder` (replacing an older bench folder)."""
-    files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-    (tmp / STAMP_NAME).write_text(json.dumps({**stamp, "files": files}, indent=1))
-    if folder.exists():
-        if not (folder / STAMP_NAME).is_file():
-            raise SystemExit(f"{folder} exists and is not a bench checkpoint; refusing to replace it")
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-    return folder
-
-
-def ensure_bench_checkpoint(
-    folder: Path,
-    spec: LingDemoSpec = BENCH_SPEC,
-    overrides: dict | None = None,
-    seed: int = 0,
-    *,
-    with_tokenizer: bool = False,
-) -> Path:
-    """Write the fp32 random-weight bench checkpoint to `folder` unless a matching stamp is there.
-
-    `with_tokenizer` adds the demo tokenizer and chat template (for benchmarks that send text).
-    """
-    overrides = BENCH_OVERRIDES if overrides is None else overrides
-    stamp = {"writer": WRITER_VERSION, "spec": dataclasses.asdict(spec), "overrides": overrides, "seed": seed}
-    if with_tokenizer:
-        stamp["tokenizer"] = True
-    if _stamp_matches(folder, stamp):
-        return folder
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_ling_checkpoint(
-        tmp,
-        spec,
-        seed=seed,
-        dtype=torch.float32,
-        max_shard_bytes=200_000_000,
-        with_tokenizer=with_tokenizer,
-        config_overrides=overrides,
-    )
-    return _publish(tmp, folder, stamp)
-
-
-def _random_tensor(shape: tuple[int, ...], init: str, gen: torch.Generator) -> torch.Tensor:
-    """The demo writer's init (linear std 1/sqrt(fan_in), norms ~1), drawn on the generator's device."""
-    noise = torch.randn(shape, generator=gen, device=gen.device)
-    scale = {"embedding": 1.0, "norm": 0.1, "bias": 0.1}.get(init, 1.0 / math.sqrt(shape[-1]))
-    out = noise.mul_(scale).add_(1.0) if init == "norm" else noise.mul_(scale)
-    return out.to(torch.bfloat16).cpu()
-
-
-def ensure_real_checkpoint(folder: Path, name: str, device: torch.device, seed: int = 0) -> Path:
-    """Write a real-size random bf16 checkpoint shard by shard (one shard in memory at a time)."""
-    spec = REAL_SPECS[name]
-    stamp = {"real": name, "spec": dataclasses.asdict(spec), "ids": REAL_IDS, "seed": seed}
-    if _stamp_matches(folder, stamp):
-        return folder
-    ids = dict(REAL_IDS)
-    config = ling_config_dict(spec, vocab_size=ids.pop("vocab_size"), **ids)
-    layout = {s.key: s for s in ling_tensor_layout(config)}
-    shards = plan_shards({k: 2 * math.prod(s.shape) for k, s in layout.items()}, 4_000_000_000)
-    names = [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    for i, (fname, keys) in enumerate(zip(names, shards, strict=True)):
-        log(f"writing {fname} ({len(keys)} tensors)")
-        gen = torch.Generator(device=device).manual_seed(seed * 100_003 + i)
-        shard = {k: _random_tensor(layout[k].shape, layout[k].init, gen) for k in keys}
-        save_file(shard, str(tmp / fname), metadata={"format": "pt"})
-        del shard
-    weight_map = {k: fname for fname, keys in zip(names, shards, strict=True) for k in keys}
-    total = sum(2 * math.prod(s.shape) for s in layout.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
-    return _publish(tmp, folder, stamp)
-
-
-# ---------------------------------------------------------------- the two engines
-
-
-@dataclasses.dataclass
-class Engines:
-    """Both engines on the same checkpoint; `config` is its config.json."""
-
-    ours: LLM
-    baseline: torch.nn.Module
-    device: torch.device
-    config: dict[str, Any]
-    pad_id: int
-    load_s: dict[str, float]
-
-
-def load_engines(
-    folder: Path,
-    device: str | torch.device = "cpu",
-    ours_dtype: str | None = None,
-    compile_decode: bool | None = None,
-    engine_config: dict[str, Any] | None = None,
-) -> Engines:
-    """Ours: LLM (`ours_dtype`; default fp32 on CPU, its bf16 default on GPU; "auto": the engine's
-    choice), its decode graph on or off (None: the engine's default). Baseline: Glm4Moe, fp32 on
-    CPU, bf16 on GPU."""
-    device = torch.device(device)
-    gpu = device.type == "cuda"
-    t0 = time.perf_counter()
-    # On a GPU our engine would give 85% of the free memory to its KV cache; leave room for the baseline.
-    kv: dict[str, Any] = {"kv_cache_bytes": GPU_KV_CACHE_BYTES} if gpu else {}
-    kv.update(engine_config or {})
-    if compile_decode is not None:
-        kv["compile_decode"] = compile_decode
-    dtype = ours_dtype or (None if gpu else "float32")
-    ours = LLM(folder, device=device, dtype=None if dtype == "auto" else dtype, **kv)
-    if not ours.engine.wait_compiled():  # its decode graph compiles in the background
-        print("warning: the decode graph did not compile; our decode steps run eager", file=sys.stderr)
-    t1 = time.perf_counter()
-    config = json.loads((folder / "config.json").read_text())
-    ref_dtype = torch.bfloat16 if gpu else torch.float32
-    baseline = load_glm4moe_reference(config, load_state_dict(folder), ref_dtype).to(device)
-    baseline.generation_config.eos_token_id = None  # run to max_new_tokens, like ours with ignore_eos
-    load_s = {"ours": t1 - t0, "baseline": time.perf_counter() - t1}
-    return Engines(ours, baseline, device, config, int(config.get("pad_token_id") or 0), load_s)
-
-
-def run_ours(eng: Engines, prompts: list[list[int]], max_tokens: list[int]) -> list[list[int]]:
-    """Greedy completions from our engine: one call, one SamplingParams per request."""
-    params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in max_tokens]
-    return [out.token_ids for out in eng.ours.generate(prompts, params)]
-
-
-@torch.inference_mode()
-def _baseline_batch(eng: Engines, prompts: list[list[int]], max_tokens: list[int]) -> list[list[int]]:
-    width, new = max(map(len, prompts)), max(max_tokens)  # the batch runs until its longest request
-    ids = torch.full((len(prompts), width), eng.pad_id, dtype=torch.long)  # (B, S) left-padded
-    mask = torch.zeros_like(ids)  # (B, S)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
-    out = eng.baseline.generate(
-        ids.to(eng.device),
-        attention_mask=mask.to(eng.device),
-        max_new_tokens=new,
-        min_new_tokens=new,
-        do_sample=False,
-        pad_token_id=eng.pad_id,
-    )  # (B, S + new)
-    return [row[width : width + n] for row, n in zip(out.tolist(), max_tokens, strict=True)]
-
-
-def run_baseline(
-    eng: Engines, prompts: list[list[int]], max_tokens: list[int], batch_size: int
-) -> list[list[int]]:
-    """Greedy completions from Glm4Moe.generate: static batches of `batch_size` in input order."""
-    out: list[list[int]] = []
-    for i in range(0, len(prompts), batch_size):
-        out += _baseline_batch(eng, prompts[i : i + batch_size], max_tokens[i : i + batch_size])
-    return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(eng: Engines, fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
-    """(seconds, result) of fn(eng, *args), synchronising the device around it."""
-    _sync(eng.device)
-    t0 = time.perf_counter()
-    result = fn(eng, *args)
-    _sync(eng.device)
-    return time.perf_counter() - t0, result
-
-
-def warm_up(eng: Engines) -> None:
-    prompts = random_prompts([16, 8], 999, eng.config)
-    run_ours(eng, prompts, [4, 4])
-    run_baseline(eng, prompts, [4, 4], 2)
-
-
-def random_lengths(n: int, bounds: tuple[int, int], seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randint(*bounds) for _ in range(n)]
-
-
-def random_prompts(lengths: list[int], seed: int, config: dict[str, Any]) -> list[list[int]]:
-    """Prompts of these lengths, ids uniform in TOKEN_RANGE (cut to the vocab) minus bos/eos/pad.
-
-    Every timed run gets prompts of its own seed: our engine caches prefixes, so a repeated prompt
-    would skip its prefill. Same lengths, other ids: the same work for both engines.
-    """
-    special = {config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    low, high = TOKEN_RANGE[0], min(TOKEN_RANGE[1], config["vocab_size"] - 1)
-    rng = random.Random(seed)
-    ids = [[rng.randrange(low, high) for _ in range(n)] for n in lengths]
-    return [[t + 1 if t in special else t for t in p] for p in ids]
-
-
-def check_same(name: str, ours: list[list[int]], base: list[list[int]], n: int) -> int:
-    """How many requests' first `n` greedy tokens differ; warns loudly when any do."""
-    bad = sum(o[:n] != b[:n] for o, b in zip(ours, base, strict=True))
-    if bad:
-        log(f"!!!!! WARNING {name}: {bad}/{len(ours)} requests differ in their first {n} greedy tokens")
-    return bad
 
 
 # ---------------------------------------------------------------- scenarios
@@ -448,10 +182,10 @@ def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, tries: int = 5
     dst = torch.empty_like(src)
     best = math.inf
     for _ in range(tries):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * nbytes / best
 
@@ -481,50 +215,6 @@ def deviation_scenario(eng: Engines, prompts: int = 3, length: int = 128) -> dic
         worst, mean = max(worst, diff.max().item()), mean + diff.mean().item() / prompts
         agree += (ours.argmax(-1) == ref.argmax(-1)).float().mean().item() / prompts
     return {"logit_max_dev_std": worst, "logit_mean_dev_std": mean, "logit_top1_agreement": agree}
-
-
-# ---------------------------------------------------------------- report
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__}
-    info["threads"] = torch.get_num_threads()
-    info["cpu_bf16_arithmetic"] = cpu_has_bf16_arithmetic()
-    info["loadavg_1min_at_end"] = os.getloadavg()[0]
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def report(name: str, quick: bool, result: dict[str, Any], table: str, as_json: bool) -> Path:
-    """Write bench/results/<name>[-quick].json; print the markdown table (and, with `as_json`, the
-    table on stderr and the result as one JSON object on stdout)."""
-    out = REPO / "bench" / "results" / f"{name}{'-quick' if quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if as_json:
-        print(table, file=sys.stderr)
-        print(json.dumps(result))
-    else:
-        print(table)
-    log(f"wrote {out.relative_to(REPO)}")
-    return out
-
-
-def _git_state() -> str:
-    """HEAD's short hash, with "+dirty" when the work tree has changes (the engine may be mid-edit)."""
-    try:
-        git = partial(subprocess.run, cwd=REPO, capture_output=True, text=True, check=True)
-        head = git(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
-        return head + ("+dirty" if git(["git", "status", "--porcelain"]).stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_all(eng: Engines, sizes: Sizes) -> dict[str, Any]:
@@ -627,7 +317,7 @@ def main() -> None:
         config=eng.config,
         machine=machine,
         load_s=eng.load_s,
-        git=_git_state(),
+        git=git_state(),
         total_s=time.perf_counter() - t0,
     )
     print(markdown_table(results, machine), file=sys.stderr if args.json else sys.stdout)

@@ -47,16 +47,8 @@ import torch
 from PIL import Image
 
 from bailing.demo.ming import MingDemoSpec, write_ming_checkpoint
-from bench.engine import (
-    BENCH_ROOT,
-    BENCH_SPEC,
-    _git_state,
-    _publish,
-    _stamp_matches,
-    log,
-    machine_info,
-    report,
-)
+from bench.checkpoints import BENCH_ROOT, BENCH_SPEC, publish, stamp_matches
+from bench.harness import git_state, log, machine_info, report
 from engine.engine import EngineConfig, LLMEngine
 from engine.multimodal import MediaInputs, MediaState
 from engine.outputs import RequestOutput
@@ -105,12 +97,12 @@ QUICK = Sizes(image_sides=(56, 112), audio_seconds=(1.0, 2.0), video=(2.0, 2, 56
 def ensure_checkpoint(root: Path = BENCH_ROOT, spec: MingDemoSpec = BENCH_MING) -> Path:
     folder = root / "ming-bench"
     stamp = {"writer": WRITER, "spec": dataclasses.asdict(spec)}
-    if not _stamp_matches(folder, stamp):
+    if not stamp_matches(folder, stamp):
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         log(f"writing {folder} (first run only)")
         write_ming_checkpoint(tmp, spec, seed=3, dtype=torch.float32, max_shard_bytes=200_000_000)
-        _publish(tmp, folder, stamp)
+        publish(tmp, folder, stamp)
     return folder
 
 
@@ -542,7 +534,7 @@ def main() -> None:
     t0 = time.perf_counter()
     result = run(QUICK if args.quick else FULL)
     machine = machine_info(torch.device("cpu"))
-    result.update(machine=machine, git=_git_state(), total_s=time.perf_counter() - t0)
+    result.update(machine=machine, git=git_state(), total_s=time.perf_counter() - t0)
     report("ming", args.quick, result, markdown_table(result, machine), args.json)
     log(f"total {result['total_s']:.1f} s")
 

@@ -35,7 +35,8 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipe
 
 from bailing.demo.ming import MingDemoSpec, write_ming_checkpoint
 from bailing.demo.ming_generation import GenerationDemoSpec
-from bench.engine import BENCH_ROOT, _git_state, _publish, _stamp_matches, log, machine_info, report
+from bench.checkpoints import BENCH_ROOT, publish, stamp_matches
+from bench.harness import git_state, log, machine_info, report
 from engine.model_loader import resolve_dtype
 from models.ming.generation.denoise import run_to_end
 from models.ming.generation.generator import ImageGenerator
@@ -71,13 +72,13 @@ def ensure_checkpoint(name: str, root: Path = BENCH_ROOT) -> Path:
     spec = MingDemoSpec(image_generation=MODELS[name])
     folder = root / f"ming-image-{name}"
     stamp = {"writer": WRITER, "spec": repr(spec)}
-    if _stamp_matches(folder, stamp):
+    if stamp_matches(folder, stamp):
         return folder
     tmp = root / f".ming-image-{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"writing {folder.name}")
     write_ming_checkpoint(tmp, spec, dtype=torch.float32)
-    return _publish(tmp, folder, stamp)
+    return publish(tmp, folder, stamp)
 
 
 def diffusers_pipeline(folder: Path, device: torch.device, dtype: torch.dtype) -> ZImagePipeline:
@@ -193,7 +194,7 @@ def run(
     models: tuple[str, ...] = tuple(MODELS),
 ) -> dict[str, Any]:
     torch.set_grad_enabled(False)
-    result: dict[str, Any] = {"git": _git_state(), "sizes": dataclasses.asdict(sizes), "models": {}}
+    result: dict[str, Any] = {"git": git_state(), "sizes": dataclasses.asdict(sizes), "models": {}}
     result["device"], result["dtype"] = str(device), str(dtype).removeprefix("torch.")
     for name in models:
         folder = ensure_checkpoint(name, root)

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from bailing.demo.ming2 import write_ming2_checkpoint
-from bench.engine import BENCH_ROOT, _git_state, log, machine_info, report
-from bench.service import Service
+from bench.checkpoints import BENCH_ROOT
+from bench.harness import git_state, log, machine_info, report
+from bench.service_stack import Service
 from models.ming.speech.speech_model import SpeechModel
 from models.ming.speech.talker_generator import TalkerGenerator, TalkerRequest
 from pipelines import speech_text
@@ -246,7 +247,7 @@ def main() -> None:
         sizes = dataclasses.replace(sizes, rounds=args.rounds)
     machine = machine_info(torch.device("cpu"))
     result = run_benchmark(sizes)
-    result.update(machine=machine, git=_git_state())
+    result.update(machine=machine, git=git_state())
     report("ming-speech", args.quick, result, markdown_table(result, machine), args.json)
 
 

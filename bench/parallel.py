@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from bench.engine import BENCH_ROOT, ensure_bench_checkpoint, log, machine_info, report
+from bench.checkpoints import BENCH_ROOT, ensure_bench_checkpoint
+from bench.harness import log, machine_info, report
 from bench.parallel_plan import plan_table
 from engine.parallel.group import SINGLE, TensorGroup
 from engine.parallel.launch import run_local_group

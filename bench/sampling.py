@@ -20,17 +20,9 @@ from typing import Any
 
 import torch
 
-from bench.engine import (
-    BENCH_ROOT,
-    Engines,
-    _git_state,
-    ensure_bench_checkpoint,
-    load_engines,
-    log,
-    machine_info,
-    random_prompts,
-    report,
-)
+from bench.checkpoints import BENCH_ROOT, ensure_bench_checkpoint
+from bench.engine_pair import Engines, load_engines, random_prompts
+from bench.harness import git_state, log, machine_info, report
 from engine import SamplingParams
 
 PROMPT_TOKENS, NEW_TOKENS, SEED = 512, 64, 1234
@@ -174,7 +166,7 @@ def main() -> None:
         log(f"n = {n}")
         rows.append(scenario(eng, n, repeats, prompt_tokens))
     machine = machine_info(eng.device)
-    result = {"rows": rows, "machine": machine, "git": _git_state(), "prompt_tokens": prompt_tokens}
+    result = {"rows": rows, "machine": machine, "git": git_state(), "prompt_tokens": prompt_tokens}
     report("sampling-cpu", args.quick, result, markdown_table(rows, machine, prompt_tokens), args.json)
 
 

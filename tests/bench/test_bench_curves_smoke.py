@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from bench import curves
-from bench.engine import load_engines
+from bench.engine_pair import load_engines
 
 SIZES = curves.CurveSizes(batches=(1, 3), batch_prompt=8, batch_new=3, contexts=(16, 40), decode_tokens=2)
 

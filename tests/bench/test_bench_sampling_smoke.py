@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bench import sampling
-from bench.engine import ensure_bench_checkpoint, load_engines
+from bench.checkpoints import ensure_bench_checkpoint
+from bench.engine_pair import load_engines
 from tests.bench.test_bench_engine_smoke import TINY
 
 

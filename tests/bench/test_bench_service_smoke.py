@@ -14,9 +14,18 @@ def test_service_benchmark_runs_both_sides(demo_ling):
     r = run_benchmark(sizes, demo_ling)
     for side in ("in_process", "service"):
         assert r[side]["tokens"] == 4 * 4  # ignore_eos: every request ran to max_tokens
-        assert r[side]["median_ttft_ms"] > 0
+        assert 0 < r[side]["median_ttft_ms"] <= r[side]["p99_ttft_ms"]
     assert r["throughput_ratio"] == pytest.approx(
         r["service"]["tokens_per_s"] / r["in_process"]["tokens_per_s"]
     )
+    assert r["ttft_ratio"] == pytest.approx(
+        r["service"]["median_ttft_ms"] / r["in_process"]["median_ttft_ms"]
+    )
+    # the service's share of each request: both parts measured, and less than the whole TTFT
+    for prefix in ("", "single_"):
+        share = r[prefix + "added_ms"] if prefix else r["service"]["added_ms"]
+        pickup = r[prefix + "pickup_ms"] if prefix else r["service"]["pickup_ms"]
+        assert 0 < pickup <= share
+    assert r["single_added_ms"] < r["single_ttft_service_ms"]
     table = markdown_table(r, {"cpu": "test", "cores": 2, "torch": "x"})
-    assert "generated tok/s" in table and "median TTFT" in table
+    assert "p99 TTFT" in table and "service's share, one request alone" in table
