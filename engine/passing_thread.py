@@ -4,8 +4,8 @@ Why: torch's CPU kernels parallelise with OpenMP (GNU libgomp), which keeps one 
 threads per thread that has ever run a parallel region, for as long as that thread lives. Once the
 pools' threads outnumber the cores, libgomp stops letting idle workers spin and puts them to sleep
 after each region, so every parallel region of every thread pays a futex wake-up. Measured on a
-2-vCPU Xeon (bench/RESULTS.md, "One thread computes"): a small elementwise op went from 0.034 to
-0.21 ms, and a 128-token prefill of the bench model on the engine's thread from 55 to 110 ms,
+2-vCPU Xeon (bench/RESULTS.md, "One thread computes"): a small softmax went from 0.041 to
+0.288 ms, and a 128-token prefill of the bench model on the engine's thread from 50 to 114 ms,
 merely because the thread that loaded the model had run parallel regions and was still alive.
 
 So work that runs before, beside or for the engine's loop (loading the model, allocating the KV
