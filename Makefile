@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
 .PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming \
-	bench-ming-image bench-ming-speech bench-parallel bench-curves bench-omp-pools gpu-check
+	bench-ming-image bench-ming-speech bench-parallel bench-curves bench-omp-pools bench-expert-products gpu-check
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -75,6 +75,9 @@ bench-curves: $(STAMP)
 
 bench-omp-pools: $(STAMP)
 	$(PY) -m bench.omp_pools
+
+bench-expert-products: $(STAMP)
+	$(PY) -m bench.expert_products
 
 # On a machine with a CUDA device: the tests marked gpu (NCCL tensor parallel when there are 2+
 # GPUs, FP8 loading), then the GPU benchmarks (bf16; the engine on Ling-mini-2.0's real shapes).
