@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from bench.harness import REPO, log, machine_info
+from bench.harness import REPO, log, machine_info, report
 
 _OPS = """
 import json, sys, threading, time, torch
@@ -131,10 +131,7 @@ def main() -> None:
     result = run_benchmark(("bfloat16", "float32"), args.rounds)
     machine = machine_info(torch.device("cpu"))
     result.update(machine=machine, seconds=round(time.time() - started, 1))
-    out = REPO / "bench" / "results" / "omp-pools-cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result) if args.json else markdown_table(result, machine))
+    report("omp-pools-cpu", False, result, markdown_table(result, machine), args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import queue
 import random
@@ -33,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.checkpoints import BENCH_ROOT, BENCH_SPEC, ensure_bench_checkpoint
-from bench.harness import REPO, git_state, log, machine_info
+from bench.harness import git_state, log, machine_info, report
 from bench.service_stack import Service, StreamTrace, service_share, stream_all, stream_each
 
 CHECKPOINT = BENCH_ROOT / "ling-bench-text"
-RESULTS = REPO / "bench" / "results"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,8 +228,8 @@ def _report(sizes: Sizes, rounds: list[dict[str, dict[str, Any]]], single: dict[
 
 
 def _per_round(r: dict[str, Any]) -> str:
-    triples = zip(r["throughput_ratio_per_round"], r["ttft_ratio_per_round"], strict=True)
-    return ", ".join(f"{rate:.2f}x / {ttft:.2f}x" for rate, ttft in triples)
+    pairs = zip(r["throughput_ratio_per_round"], r["ttft_ratio_per_round"], strict=True)
+    return ", ".join(f"{rate:.2f}x / {ttft:.2f}x" for rate, ttft in pairs)
 
 
 def markdown_table(r: dict[str, Any], machine: dict[str, Any]) -> str:
@@ -281,10 +279,7 @@ def main() -> None:
 
     machine = machine_info(torch.device("cpu"))
     result.update(machine=machine, git=git_state(), seconds=round(time.time() - started, 1))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "service-cpu-quick.json" if args.quick else "service-cpu.json"
-    (RESULTS / name).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result) if args.json else markdown_table(result, machine))
+    report("service-cpu", args.quick, result, markdown_table(result, machine), args.json)
 
 
 if __name__ == "__main__":
