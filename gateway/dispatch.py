@@ -33,6 +33,7 @@ from pipelines.protocol import (
     GenerateJob,
     WorkerInfo,
     cancel_key,
+    claim_key,
     queue_name,
     stage_workers_key,
     stream_key,
@@ -65,6 +66,15 @@ end
 redis.call('XADD', KEYS[1], '*', 'e', '{"seq":' .. seq .. ',' .. ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
+"""
+
+# Claim a client-chosen request id in one atomic step: refused if a stream of that id exists (a
+# request from before claims, or one whose claim expired while its stream lived on) or if another
+# call claimed it first. KEYS: claim, stream; ARGV[1]: the claim's TTL.
+_CLAIM_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 1 end
+return 0
 """
 
 
@@ -111,6 +121,7 @@ class Dispatcher:
         self.redis = aioredis.Redis.from_url(cfg.redis_url, max_connections=cfg.max_inflight + 64)
         self._celery = _producer(cfg.redis_url)
         self._fail_script = self.redis.register_script(_FAIL_LUA)
+        self._claim_script = self.redis.register_script(_CLAIM_LUA)
         self._live: dict[str, tuple[float, ModelState]] = {}  # model -> (monotonic time, live state)
 
     async def warm_up(self, connections: int) -> None:
@@ -165,8 +176,12 @@ class Dispatcher:
             return sum(await pipe.execute())
 
     # ---- requests -------------------------------------------------------------------------
-    async def stream_exists(self, request_id: str) -> bool:
-        return bool(await self.redis.exists(stream_key(request_id)))
+    async def claim_request_id(self, request_id: str) -> bool:
+        """True for the one call that gets a client-chosen id; every other call with it gets False."""
+        claimed = await self._claim_script(
+            keys=[claim_key(request_id), stream_key(request_id)], args=[STREAM_TTL_S]
+        )
+        return bool(claimed)
 
     async def submit(self, job: GenerateJob, blobs: list[MediaBlob]) -> None:
         """Store the job's media, then send its Celery task (kombu's client blocks: run in a thread)."""

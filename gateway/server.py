@@ -243,7 +243,7 @@ class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
         trace.request_id = job.request_id
         if not state.live:
             raise Rejection(grpc.StatusCode.UNAVAILABLE, f"no live worker serves model {job.model!r}")
-        if request.request_id and await self.dispatcher.stream_exists(job.request_id):
+        if request.request_id and not await self.dispatcher.claim_request_id(job.request_id):
             raise Rejection(
                 grpc.StatusCode.ALREADY_EXISTS, f"request_id {job.request_id!r} is already in use"
             )

@@ -76,6 +76,11 @@ def stream_key(request_id: str) -> str:
     return f"bailing:out:{request_id}"
 
 
+def claim_key(request_id: str) -> str:
+    """Set (NX) by the gateway that accepted a client-chosen request id: one id, one request."""
+    return f"bailing:claim:{request_id}"
+
+
 def cancel_key(request_id: str) -> str:
     return f"bailing:cancel:{request_id}"
 
