@@ -30,6 +30,7 @@ from kombu.serialization import prepare_accept_content
 from kombu.transport import virtual
 
 from pipelines.batches import batch_queue_name
+from workers.batch_recovery import HeldItemsSweeper, held_key
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 _IDLE_POLL_S = 0.05  # empty queue or no free slot: look again after this long
 
 # KEYS: queue, kombu's unacked index (ZSET tag -> time), kombu's unacked hash (tag -> [message,
-# exchange, routing key], the layout kombu's QoS writes and restores from). ARGV: now.
+# exchange, routing key], the layout kombu's QoS writes and restores from), this worker's held set
+# (`batch_recovery.held_key`: what a sweeper requeues should the worker die). ARGV: now.
 _TAKE = """
 local raw = redis.call('RPOP', KEYS[1])
 if not raw then return false end
@@ -50,17 +52,18 @@ local tag, info = props['delivery_tag'], props['delivery_info']
 redis.call('ZADD', KEYS[2], ARGV[1], tag)
 redis.call('HSET', KEYS[3], tag,
   '[' .. raw .. ',' .. cjson.encode(info['exchange']) .. ',' .. cjson.encode(info['routing_key']) .. ']')
+redis.call('HSET', KEYS[4], tag, 1)
 return raw
 """
 
 
-def take(channel: Any, queue: str) -> Any:
+def take(channel: Any, queue: str, held: str) -> Any:
     """Pop the next message of `queue` and mark it unacked atomically; None when the queue is empty.
 
     The message is the one kombu's `basic_get(no_ack=False)` returns: ack it with `message.ack()`;
     left unacked, kombu's visibility-timeout restore puts it back on its queue.
     """
-    keys = [queue, channel.unacked_index_key, channel.unacked_key]
+    keys = [queue, channel.unacked_index_key, channel.unacked_key, held]
     raw = channel.client.eval(_TAKE, len(keys), *keys, time.time())
     if raw is None:
         return None
@@ -81,6 +84,9 @@ class BatchFeeder:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(self.cap, thread_name_prefix="bailing-batch")
         self._thread = threading.Thread(target=self._loop, name="bailing-batch-feeder", daemon=True)
+        cfg = runtime.config
+        self.held = held_key(cfg.worker_id)
+        self.sweeper = HeldItemsSweeper(cfg.name, cfg.worker_id)
 
     def start(self) -> None:
         self._thread.start()
@@ -107,7 +113,9 @@ class BatchFeeder:
 
     def _feed(self, kq: Any) -> None:
         while not self._stop.is_set():
-            self._flush_acks()
+            self._flush_acks(kq.channel)
+            if self.sweeper.due():
+                self.sweeper.sweep(kq.channel)
             if not self._slots.acquire(timeout=_IDLE_POLL_S):
                 continue
             message = self._next(kq)
@@ -116,14 +124,14 @@ class BatchFeeder:
                 self._stop.wait(_IDLE_POLL_S)
                 continue
             self._pool.submit(self._run, message)
-        self._flush_acks()
+        self._flush_acks(kq.channel)
 
     def _next(self, kq: Any) -> Any:
         """The next message to run now: a held one that is due, else a fresh one (held if not due)."""
         now = time.time()
         if self._due and self._due[0][0] <= now:
             return heapq.heappop(self._due)[2]
-        message = take(kq.channel, kq.name)
+        message = take(kq.channel, kq.name, self.held)
         if message is None:
             return None
         due = _eta(message)
@@ -143,7 +151,7 @@ class BatchFeeder:
             self._acks.put(message)
             self._slots.release()
 
-    def _flush_acks(self) -> None:
+    def _flush_acks(self, channel: Any) -> None:
         while True:
             try:
                 message = self._acks.get_nowait()
@@ -151,6 +159,7 @@ class BatchFeeder:
                 return
             try:
                 message.ack()
+                channel.client.hdel(self.held, message.delivery_tag)
             except Exception:
                 log.exception("batch feeder: ack failed (the item may run again; its result is written once)")
 
