@@ -22,6 +22,7 @@ from kombu.transport.redis import Channel as KombuRedisChannel
 from gateway.config import GatewayConfig
 from gateway.media import MediaBlob, store_media
 from gateway.state import ModelState
+from pipelines.clock import server_now
 from pipelines.protocol import (
     CANCEL_CHANNEL,
     IMAGE_STAGE,
@@ -151,7 +152,7 @@ class Dispatcher:
 
     async def live_workers(self, model: str) -> ModelState:
         """The workers of `model` whose heartbeat is fresher than worker_dead_after_s."""
-        since = time.time() - self.cfg.worker_dead_after_s
+        since = server_now() - self.cfg.worker_dead_after_s
         ids = await self.redis.zrangebyscore(workers_key(model), since, "+inf")
         if not ids:
             return ModelState(model)
@@ -216,7 +217,7 @@ class Dispatcher:
 
     async def fail(self, request_id: str, code: ErrorCode, message: str) -> bool:
         """Append a terminal ERROR unless the stream already has a terminal; True if it was written."""
-        body = Event(seq=0, type=EventType.ERROR, error_code=code, message=message, time=time.time())
+        body = Event(seq=0, type=EventType.ERROR, error_code=code, message=message, time=server_now())
         encoded = body.encode()["e"]
         assert encoded.startswith(_SEQ0), encoded
         written = await self._fail_script(
@@ -258,7 +259,7 @@ class Dispatcher:
                     # the next XREAD returns the first terminal: ours, or the worker's if it won
 
     async def _liveness_problem(self, model: str, worker_id: str, registry: str | None = None) -> str | None:
-        now = time.time()
+        now = server_now()
         dead_after = self.cfg.worker_dead_after_s
         if worker_id:
             score = await self.redis.zscore(registry or workers_key(model), worker_id)

@@ -17,6 +17,7 @@ from gateway.config import GatewayConfig
 from gateway.dispatch import Dispatcher
 from gateway.metrics import GatewayMetrics
 from gateway.state import ModelState
+from pipelines.clock import CLOCK
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class HealthMonitor:
 
     async def refresh(self) -> None:
         try:
+            if CLOCK.due():  # this process's offset to Redis's clock (pipelines.clock)
+                await CLOCK.async_sync(self.dispatcher.redis)
             states = {m: await self.dispatcher.live_workers(m) for m in self.cfg.models}
             depths = {m: await self.dispatcher.queue_depth(m) for m in self.cfg.models}
         except Exception as exc:  # Redis down: nothing is servable until it is back

@@ -8,9 +8,9 @@ time to first audio).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
+from pipelines.clock import server_now
 from pipelines.protocol import MODALITIES, OUTPUTS, Event, EventType, Usage, WorkerInfo
 
 
@@ -66,7 +66,7 @@ class RequestTrace:
     request_id: str
     model: str
     method: str
-    submitted_at: float = field(default_factory=time.time)
+    submitted_at: float = field(default_factory=server_now)
     started_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -82,7 +82,7 @@ class RequestTrace:
 
     def observe(self, event: Event, now: float | None = None) -> float | None:
         """Record `event`; returns the gap since the previous token delta (inter-token latency), if any."""
-        t = event.time or (now if now is not None else time.time())
+        t = event.time or (now if now is not None else server_now())
         gap = None
         if event.type is EventType.STARTED:
             self.started_at = t
@@ -126,5 +126,5 @@ class RequestTrace:
 
     @property
     def total_s(self) -> float:
-        end = self.finished_at or self.last_token_at or time.time()
+        end = self.finished_at or self.last_token_at or server_now()
         return self._since_submit(end)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from pipelines.clock import CLOCK, server_now
 from pipelines.protocol import (
     CANCEL_CHANNEL,
     HEARTBEAT_INTERVAL_S,
@@ -130,8 +131,10 @@ class Heartbeat(_Service):
 
     def beat(self) -> None:
         cfg = self.runtime.config
+        if CLOCK.due():
+            CLOCK.sync(self.runtime.redis)
         pipe = self.runtime.redis.pipeline(transaction=False)
-        pipe.zadd(workers_key(cfg.name), {cfg.worker_id: time.time()})
+        pipe.zadd(workers_key(cfg.name), {cfg.worker_id: server_now()})
         pipe.set(worker_info_key(cfg.worker_id), self.info.to_json(), ex=_INFO_TTL_S)
         pipe.execute()
         self.runtime.metrics.update_from_engine(_engine_snapshot(self.runtime))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from engine.outputs import RequestOutput
+from pipelines.clock import server_now
 from pipelines.output import Presenter
 from pipelines.protocol import STREAM_TTL_S, ErrorCode, Event, EventType, stream_key
 from workers.metrics import WorkerMetrics
@@ -181,7 +182,7 @@ class Emitter:
 
     # ---- items -> events ---------------------------------------------------------------------------
     def _event(self, flight: Flight, type_: EventType, **fields: Any) -> tuple[Flight, Event]:
-        ev = Event(seq=flight.next_seq, type=type_, time=time.time(), **fields)
+        ev = Event(seq=flight.next_seq, type=type_, time=server_now(), **fields)
         flight.next_seq += 1
         if ev.terminal:
             flight.finished = True

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from pipelines.clock import server_now
 from pipelines.image_generation import ImageSettings
 from pipelines.protocol import (
     IMAGE_STAGE,
@@ -93,7 +94,7 @@ def unpack(data: bytes) -> dict[str, torch.Tensor | None]:
 
 def live_stage_workers(client: Any, model: str) -> int:
     """How many diffusion-stage workers of `model` heartbeat now."""
-    return int(client.zcount(stage_workers_key(model), time.time() - WORKER_DEAD_AFTER_S, "+inf"))
+    return int(client.zcount(stage_workers_key(model), server_now() - WORKER_DEAD_AFTER_S, "+inf"))
 
 
 class HandOff:
@@ -143,7 +144,7 @@ class HandOff:
                     if event.terminal or (taken and not until_terminal):
                         return
             deadline = job_deadline(req.job)
-            if deadline is not None and time.time() >= deadline:
+            if deadline is not None and server_now() >= deadline:
                 self._end(
                     rid, EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed"
                 )

@@ -6,10 +6,10 @@ replies use both."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pipelines.clock import server_now
 from pipelines.protocol import ErrorCode, EventType, GenerateJob
 from workers import redelivery
 from workers.emitter import Flight
@@ -27,7 +27,7 @@ class JobDeadline:
         self.at = redelivery.job_deadline(job)
 
     def check(self) -> None:
-        if self.at is not None and time.time() >= self.at:
+        if self.at is not None and server_now() >= self.at:
             self.at = None  # once
             self.runtime.stop_request(
                 self.flight, EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed"

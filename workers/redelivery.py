@@ -10,10 +10,10 @@ would repeat text the client already has); otherwise run it, numbering events fr
 from __future__ import annotations
 
 import logging
-import time
 
 import redis
 
+from pipelines.clock import server_now
 from pipelines.protocol import (
     STREAM_TTL_S,
     WORKER_DEAD_AFTER_S,
@@ -45,7 +45,7 @@ def check(client: redis.Redis, job: GenerateJob, model: str) -> tuple[bool, Even
             return False, None
         next_seq = last_event.seq + 1
     deadline = job_deadline(job)
-    if deadline is not None and time.time() >= deadline:
+    if deadline is not None and server_now() >= deadline:
         message = "the request's deadline passed before a worker took it"
         return False, _terminal(
             client, rid, next_seq, EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, message
@@ -80,7 +80,7 @@ def _terminal(
     client: redis.Redis, rid: str, seq: int, type_: EventType, code: ErrorCode, message: str
 ) -> Event:
     log.info("request %s not run: %s (%s)", rid, message, code)
-    event = Event(seq=seq, type=type_, error_code=code, message=message, time=time.time())
+    event = Event(seq=seq, type=type_, error_code=code, message=message, time=server_now())
     write_event(client, rid, event)
     return event
 
@@ -89,4 +89,4 @@ def _alive(client: redis.Redis, model: str, worker_id: str) -> bool:
     if not worker_id:
         return False
     score = client.zscore(workers_key(model), worker_id)
-    return score is not None and time.time() - score < WORKER_DEAD_AFTER_S
+    return score is not None and server_now() - score < WORKER_DEAD_AFTER_S

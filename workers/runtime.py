@@ -27,6 +27,7 @@ from engine.errors import BailingError, RequestError
 from engine.model_loader import generation_config
 from models.family import get_family
 from pipelines import text
+from pipelines.clock import server_now
 from pipelines.media import MediaLimits, MediaPipeline
 from pipelines.protocol import (
     ErrorCode,
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 class WorkerRuntime:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.started_at = time.time()
+        self.started_at = server_now()
         self.metrics = WorkerMetrics(config.name)
         self.family = get_family(config.family)
         self.processor_factories = [text.import_factory(path) for path in config.logits_processors]
@@ -314,8 +315,8 @@ class WorkerRuntime:
     def _wait(self, job: GenerateJob, flight: Flight) -> None:
         """Block until the terminal event is written; end the request when its deadline passes."""
         deadline = redelivery.job_deadline(job)
-        while not flight.done.wait(None if deadline is None else max(0.0, deadline - time.time())):
-            if deadline is not None and time.time() >= deadline:
+        while not flight.done.wait(None if deadline is None else max(0.0, deadline - server_now())):
+            if deadline is not None and server_now() >= deadline:
                 self.stop_request(
                     flight, EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed"
                 )
@@ -382,7 +383,7 @@ def _queued_s(job: GenerateJob) -> float:
     t = job.submitted_at
     if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
         return 0.0
-    return max(0.0, time.time() - t)
+    return max(0.0, server_now() - t)
 
 
 GROUP_FAILED_EXIT = 75

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from models.ming.generation.generator import ImageGenerator
+from pipelines.clock import CLOCK, server_now
 from pipelines.protocol import (
     HEARTBEAT_INTERVAL_S,
     IMAGE_STAGE,
@@ -65,7 +66,7 @@ class StageRuntime:
         self.info = WorkerInfo(
             worker_id=config.worker_id, model=config.name, family=config.family, host=socket.gethostname(),
             pid=os.getpid(), device=str(self.generator.device), max_num_seqs=config.max_num_seqs,
-            max_model_len=0, modalities=(), outputs=("image",), started_at=time.time(),
+            max_model_len=0, modalities=(), outputs=("image",), started_at=server_now(),
             metrics_port=config.metrics_port,
         )  # fmt: skip
 
@@ -104,8 +105,10 @@ class StageRuntime:
     def _heartbeat(self) -> None:
         while not self._stopped.is_set():
             try:
+                if CLOCK.due():
+                    CLOCK.sync(self.redis)
                 pipe = self.redis.pipeline(transaction=False)
-                pipe.zadd(stage_workers_key(self.config.name), {self.config.worker_id: time.time()})
+                pipe.zadd(stage_workers_key(self.config.name), {self.config.worker_id: server_now()})
                 pipe.set(worker_info_key(self.config.worker_id), self.info.to_json(), ex=10)
                 pipe.execute()
                 self.metrics.image_jobs.set(len(self.stage))
@@ -159,7 +162,7 @@ class StageRuntime:
         ended = None
         if self.redis.exists(cancel_key(h.request_id)):
             ended = (EventType.CANCELLED, ErrorCode.CANCELLED, "cancelled by the client")
-        elif h.deadline is not None and time.time() >= h.deadline:
+        elif h.deadline is not None and server_now() >= h.deadline:
             ended = (EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, "the request's deadline passed")
         if ended is None:
             return False
@@ -198,7 +201,7 @@ class StageRuntime:
             return True
 
     def _check_deadline(self, h: ImageHandoff, flight: Flight) -> None:
-        if h.deadline is not None and time.time() >= h.deadline:
+        if h.deadline is not None and server_now() >= h.deadline:
             message = "the request's deadline passed"
             self._stop(flight, EventType.CANCELLED, ErrorCode.DEADLINE_EXCEEDED, message)
 
