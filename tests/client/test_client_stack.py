@@ -150,9 +150,56 @@ def test_a_signal_stops_bailing_up_and_all_its_children(tmp_path, sig):
     assert "stopped" in up.stderr()
 
 
+def _wait_for_text(up: Up, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in up.stderr():
+        assert time.monotonic() < deadline, f"{text!r} not in bailing up's output:\n{up.stderr()}"
+        assert up.proc.poll() is None, f"bailing up exited:\n{up.stderr()}"
+        time.sleep(0.2)
+
+
+def _answers(address: str, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with Client(address) as client:
+                return client.generate("ling", prompt="hello", max_tokens=2, timeout=30).text
+        except BailingClientError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 @pytest.mark.slow
-def test_a_dying_child_stops_bailing_up_with_exit_1(tmp_path):
+def test_killed_children_are_restarted_with_backoff_and_counted(tmp_path):
     up = Up(tmp_path, "--models", "ling")
+    try:
+        address = up.wait_up()
+        procs = process_tree([up.proc.pid])[1:]
+        (worker,) = [p for p in procs if "worker" in p.cmdline() and "ling" in p.cmdline()]
+        os.kill(worker.pid, signal.SIGKILL)
+        _wait_for_text(up, "worker-ling exited with code -9; restart #1 in 1 s")
+        _wait_for_text(up, "worker-ling restarted")
+        assert isinstance(_answers(address), str)
+        (gateway,) = [p for p in process_tree([up.proc.pid])[1:] if "gateway" in p.cmdline()]
+        os.kill(gateway.pid, signal.SIGKILL)  # comes back on the same port
+        _wait_for_text(up, "gateway exited with code -9; restart #1 in 1 s")
+        assert isinstance(_answers(address), str)
+        procs = process_tree([up.proc.pid])[1:]
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(timeout=60) == 0, up.stderr()
+    finally:
+        up.kill()
+    assert _wait_gone(procs) == []
+    assert (
+        "restarts: gateway 1, worker-ling 1" in up.stderr()
+        or "restarts: worker-ling 1, gateway 1" in up.stderr()
+    )
+
+
+@pytest.mark.slow
+def test_a_crash_loop_stops_bailing_up_with_exit_1(tmp_path):
+    up = Up(tmp_path, "--models", "ling", "--crash-loop-after", "1")
     try:
         up.wait_up()
         procs = process_tree([up.proc.pid])[1:]
@@ -163,7 +210,7 @@ def test_a_dying_child_stops_bailing_up_with_exit_1(tmp_path):
         up.kill()
     assert _wait_gone(procs) == []
     stderr = up.stderr()
-    assert "worker-ling stopped unexpectedly" in stderr and "exited with code -9" in stderr
+    assert "worker-ling keeps dying (1 times in a row)" in stderr and "exited with code -9" in stderr
     assert "worker-ling.log" in stderr
 
 
