@@ -8,15 +8,24 @@ delivery after the visibility timeout - so it is re-sent to be looked at again i
 (never dropped: should that worker die, the re-sent copy runs it); 'run') -> `WorkerRuntime.run` on the stream
 `batch-{id}-{index}-{attempt}` at priority + BATCH_PRIORITY_OFFSET, no deadline -> XRANGE ->
 `result_from_events` -> `BatchStore.write_result` (once) or, for UNAVAILABLE / INTERNAL, a re-send
-with attempt + 1 (at most MAX_ITEM_RETRIES times). The stream is deleted afterwards.
+with attempt + 1 (at most MAX_ITEM_RETRIES times). The stream is deleted afterwards. That last step
+("settling" the item: a result, a retry or a deferral written to Redis) is retried while Redis is
+unreachable, and the feeder acks the message only once it succeeded, so a Redis restart mid-item
+loses nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import kombu.exceptions
+import redis
 
 from pipelines.batches import (
     TASK_BATCH_ITEM,
@@ -54,6 +63,8 @@ _STOP_ERRORS = {  # what BatchStore.stop writes for the items it ends
 }
 RETRY_BACKOFF_S = 1.0  # a transient failure is retried after 1, 2, 4 s
 BUSY_RECHECK_S = WORKER_DEAD_AFTER_S + 1.0  # a duplicate of a running item looks again after this long
+SETTLE_PATIENCE_S = 600.0  # how long a finished item waits for Redis to come back to be recorded
+BACKEND_DOWN = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
 
 
 class BatchRunner:
@@ -67,16 +78,23 @@ class BatchRunner:
         self._active: set[tuple[str, int]] = set()  # items running on this worker now
         self._active_lock = threading.Lock()
 
-    def run_payload(self, payload: Any, app: Celery) -> None:
-        """Decode, claim, run, record (`app` re-sends retries). Never raises: the message is acked."""
+    def run_payload(self, payload: Any, app: Celery) -> bool:
+        """Decode, claim, run, then settle: record the result, re-send a retry or a deferral (`app`).
+
+        True once the item is settled. Settling is retried while Redis is unreachable (a restart), for
+        up to SETTLE_PATIENCE_S: acking an item whose result or retry was never written would lose it.
+        False when it could not be settled: the caller must leave the message unacked (the sweeper or
+        the visibility timeout brings it back)."""
         item = self._decode(payload)
         if item is None:
-            return
+            return True
         try:
-            self._run_item(item, app)
+            settle = self._run_item(item, app)
         except Exception:
-            log.exception("batch %s item %d: failed; the item is re-queued", item.batch_id, item.index)
-            self._retry_or_fail(item, app, _error(item, ErrorCode.INTERNAL, "internal error in the worker"))
+            log.exception("batch %s item %d: failed; it will be retried", item.batch_id, item.index)
+            failure = _error(item, ErrorCode.INTERNAL, "internal error in the worker")
+            settle = partial(self._retry_or_fail, item, app, failure)
+        return settle_patiently(item, settle)
 
     def _decode(self, payload: Any) -> BatchItemJob | None:
         try:
@@ -97,42 +115,42 @@ class BatchRunner:
                 self._write(batch_id, ItemResult(index, custom_id, error=error), None)
             return None
 
-    def _run_item(self, item: BatchItemJob, app: Celery) -> None:
+    def _run_item(self, item: BatchItemJob, app: Celery) -> Callable[[], None]:
+        """Run the item if it is this worker's to run; returns what settles it."""
         key = (item.batch_id, item.index)
         with self._active_lock:
             mine = key in self._active
             self._active.add(key)
         if mine:  # a duplicate delivery of an item this worker is running
-            self._defer(item, app)
-            return
+            return partial(self._defer, item, app)
         try:
-            outcome = self._claim_and_execute(item, app)
+            return self._claim_and_execute(item, app)
         finally:
             with self._active_lock:
                 self._active.discard(key)
-        if outcome is None:
-            return
-        result, usage = outcome
+
+    def _claim_and_execute(self, item: BatchItemJob, app: Celery) -> Callable[[], None]:
+        verdict = self.store.claim(
+            item.batch_id, item.index, self.worker_id, self._workers, WORKER_DEAD_AFTER_S
+        )
+        if verdict == "skip":
+            return partial(self._settle_skipped, item)
+        if verdict == "busy":
+            return partial(self._defer, item, app)
+        if verdict == "expired":  # expire the whole batch: this item and every other not started
+            return partial(self._expire, item)
+        result, usage = self._execute(item)
+        return partial(self._record, item, app, result, usage)
+
+    def _record(self, item: BatchItemJob, app: Celery, result: ItemResult, usage: Usage) -> None:
         if result.error is not None and result.error.get("code") in TRANSIENT_CODES:
             self._retry_or_fail(item, app, result)
         else:
             self._write(item.batch_id, result, usage)
 
-    def _claim_and_execute(self, item: BatchItemJob, app: Celery) -> tuple[ItemResult, Usage] | None:
-        verdict = self.store.claim(
-            item.batch_id, item.index, self.worker_id, self._workers, WORKER_DEAD_AFTER_S
-        )
-        if verdict == "skip":
-            self._settle_skipped(item)
-            return None
-        if verdict == "busy":
-            self._defer(item, app)
-            return None
-        if verdict == "expired":  # expire the whole batch: this item and every other not started
-            ended = self.store.stop(item.batch_id, expire=True)  # results: DEADLINE_EXCEEDED
-            log.info("batch %s: completion window passed; %d items expired", item.batch_id, ended)
-            return None
-        return self._execute(item)
+    def _expire(self, item: BatchItemJob) -> None:
+        ended = self.store.stop(item.batch_id, expire=True)  # results: DEADLINE_EXCEEDED
+        log.info("batch %s: completion window passed; %d items expired", item.batch_id, ended)
 
     def _settle_skipped(self, item: BatchItemJob) -> None:
         """Nothing to run; but an item released for a retry just as the batch was cancelled (or expired)
@@ -169,23 +187,17 @@ class BatchRunner:
     def _defer(self, item: BatchItemJob, app: Celery) -> None:
         """Another copy of this item runs on a live worker: look again later rather than drop it."""
         log.info("batch %s item %d: running on a live worker; looking again later", item.batch_id, item.index)
-        try:
-            self._send(app, item, BUSY_RECHECK_S)
-        except Exception:
-            log.exception("batch %s item %d: cannot re-send a duplicate", item.batch_id, item.index)
+        self._send(app, item, BUSY_RECHECK_S)
 
     def _retry_or_fail(self, item: BatchItemJob, app: Celery, result: ItemResult) -> None:
         """A transient failure: re-send with attempt + 1, or record it once the retries are spent."""
-        try:
-            if item.attempt >= MAX_ITEM_RETRIES:
-                self._write(item.batch_id, result, None)
-                return
-            self.store.release(item.batch_id, item.index)
-            attempt = item.attempt + 1
-            log.info("batch %s item %d: %s; retry %d", item.batch_id, item.index, result.error, attempt)
-            self._send(app, replace(item, attempt=item.attempt + 1), RETRY_BACKOFF_S * 2**item.attempt)
-        except Exception:
-            log.exception("batch %s item %d: cannot retry or record it", item.batch_id, item.index)
+        if item.attempt >= MAX_ITEM_RETRIES:
+            self._write(item.batch_id, result, None)
+            return
+        self.store.release(item.batch_id, item.index)
+        attempt = item.attempt + 1
+        log.info("batch %s item %d: %s; retry %d", item.batch_id, item.index, result.error, attempt)
+        self._send(app, replace(item, attempt=item.attempt + 1), RETRY_BACKOFF_S * 2**item.attempt)
 
     def _send(self, app: Celery, item: BatchItemJob, countdown: float) -> None:
         queue = batch_queue_name(item.job.model)
@@ -194,6 +206,27 @@ class BatchRunner:
     def _write(self, batch_id: str, result: ItemResult, usage: Usage | None) -> None:
         if not self.store.write_result(batch_id, result, usage):
             log.info("batch %s item %d already has a result; this one is dropped", batch_id, result.index)
+
+
+def settle_patiently(item: BatchItemJob, settle: Callable[[], None]) -> bool:
+    """`settle()`, again while Redis is unreachable (up to SETTLE_PATIENCE_S); True once it succeeded."""
+    deadline, delay = time.monotonic() + SETTLE_PATIENCE_S, 0.5
+    while True:
+        try:
+            settle()
+            return True
+        except BACKEND_DOWN as exc:
+            if time.monotonic() + delay > deadline:
+                log.error("batch %s item %d: Redis unreachable for %.0f s; left unacked: %s",
+                          item.batch_id, item.index, SETTLE_PATIENCE_S, exc)  # fmt: skip
+                return False
+            log.warning("batch %s item %d: Redis unreachable (%s); settling it again in %.1f s",
+                        item.batch_id, item.index, exc, delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+        except Exception:
+            log.exception("batch %s item %d: cannot settle it; left unacked", item.batch_id, item.index)
+            return False
 
 
 # ---- events -> result (pure) ------------------------------------------------------------------------

@@ -141,14 +141,18 @@ class BatchFeeder:
         return message
 
     def _run(self, message: Any) -> None:
+        settled = True
         try:
             body = message.decode()  # Celery task protocol 2: [args, kwargs, embed]
             payload = body[0][0] if isinstance(body, list) and body and body[0] else None
-            self.runtime.batches.run_payload(payload, self.app)
+            settled = self.runtime.batches.run_payload(payload, self.app)
         except Exception:
             log.exception("batch feeder: item failed outside the runner")
         finally:
-            self._acks.put(message)
+            if settled:
+                self._acks.put(message)
+            else:  # unacked and held: back on the queue if this worker dies, else after the timeout
+                log.error("batch feeder: message %s left unacked", message.delivery_tag)
             self._slots.release()
 
     def _flush_acks(self, channel: Any) -> None:
