@@ -38,8 +38,8 @@ from bench.stack_load import Outcome, SupervisedStack, stream_request
 from pipelines.protocol import WORKER_DEAD_AFTER_S
 
 KINDS = ("worker-kill", "gateway-kill", "redis-restart", "worker-pause")
-STREAMS = 6
-MAX_TOKENS = 24
+STREAMS = 4
+MAX_TOKENS = 16
 LIMIT_S = 90.0  # a stream with no end by then is hung
 
 

@@ -123,19 +123,32 @@ class SupervisedStack:
         return [c for c in self.stack.children if c.name.startswith("worker-")]
 
     def wait_serving(self, timeout: float = 180.0) -> float:
-        """Seconds until health "" is SERVING again (raises if not within `timeout`)."""
+        """Seconds until the whole stack is back: every child running (none waiting for its restart),
+        every worker heartbeating, and health "" SERVING (raises if not within `timeout`)."""
+        import redis
+
         from bailing.client import BailingClientError, Client
+        from pipelines.protocol import WORKER_DEAD_AFTER_S, workers_key
 
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
+            time.sleep(0.2)
+            children = self.stack.all_children()
+            if any(c.exit_code() is not None or self.stack.policy.waiting(c.name) for c in children):
+                continue
             try:
+                with redis.Redis.from_url(self.stack.redis_url, socket_timeout=2) as db:
+                    seconds, micros = db.time()
+                    since = seconds + micros / 1e6 - WORKER_DEAD_AFTER_S
+                    live = sum(db.zcount(workers_key(m), since, "+inf") for m in self.stack.models)
+                if live < len(self.workers()):
+                    continue
                 with Client(self.address) as client:
                     if client.health("", timeout=2.0) == "SERVING":
                         return time.monotonic() - t0
-            except BailingClientError:
+            except (BailingClientError, redis.RedisError):
                 pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the stack was not SERVING within {timeout:.0f} s")
+        raise RuntimeError(f"the stack was not back within {timeout:.0f} s")
 
     def stop(self) -> None:
         self.stack.stop()
