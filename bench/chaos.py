@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import random
 import signal
 import tempfile
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
+    os.environ["BAILING_COMPILE"] = "0"  # workers restart often here: no background decode compile each time
     rng = random.Random(args.seed)
     # chaos kills children on purpose and often: restart fast, never call it a crash loop
     policy = RestartPolicy(first_delay_s=0.5, max_delay_s=2.0, stable_s=5.0, max_streak=10**6)

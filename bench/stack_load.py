@@ -125,23 +125,27 @@ class SupervisedStack:
     def wait_serving(self, timeout: float = 180.0) -> float:
         """Seconds until the whole stack is back: every child running (none waiting for its restart),
         every worker heartbeating, and health "" SERVING (raises if not within `timeout`)."""
+        import socket
+
         import redis
 
         from bailing.client import BailingClientError, Client
         from pipelines.protocol import WORKER_DEAD_AFTER_S, workers_key
 
-        t0 = time.monotonic()
+        host, t0 = socket.gethostname(), time.monotonic()
         while time.monotonic() - t0 < timeout:
             time.sleep(0.2)
             children = self.stack.all_children()
             if any(c.exit_code() is not None or self.stack.policy.waiting(c.name) for c in children):
                 continue
+            # each worker process that runs now (not a killed one's last beat) heartbeats
+            running = [(c.name.split("-")[1], c.pid) for c in self.workers()]
             try:
                 with redis.Redis.from_url(self.stack.redis_url, socket_timeout=2) as db:
                     seconds, micros = db.time()
                     since = seconds + micros / 1e6 - WORKER_DEAD_AFTER_S
-                    live = sum(db.zcount(workers_key(m), since, "+inf") for m in self.stack.models)
-                if live < len(self.workers()):
+                    beats = [db.zscore(workers_key(model), f"{model}@{host}:{pid}") for model, pid in running]
+                if not all(beat is not None and beat > since for beat in beats):
                     continue
                 with Client(self.address) as client:
                     if client.health("", timeout=2.0) == "SERVING":
