@@ -28,6 +28,7 @@ from pipelines.protocol import (
     worker_info_key,
     workers_key,
 )
+from workers.batch_recovery import requeue_held
 
 if TYPE_CHECKING:
     from workers.runtime import WorkerRuntime
@@ -152,6 +153,10 @@ class Heartbeat(_Service):
             pipe.zrem(workers_key(cfg.name), cfg.worker_id)
             pipe.delete(worker_info_key(cfg.worker_id))
             pipe.execute()
+            # batch items taken and not acked (their acks stopped with the feeder) go back now
+            n = requeue_held(self.runtime.redis, cfg.worker_id, workers_key(cfg.name))
+            if n:
+                log.info("put %d batch item(s) this worker held back on the queue", n)
         except redis.RedisError as exc:
             log.warning("could not leave the worker registry: %s", exc)
 

@@ -24,6 +24,8 @@ import time
 import uuid
 from typing import Any
 
+from kombu.transport.redis import Channel as KombuRedisChannel
+
 from pipelines.protocol import WORKER_DEAD_AFTER_S, workers_key
 
 log = logging.getLogger(__name__)
@@ -113,19 +115,34 @@ class HeldItemsSweeper:
         return requeued
 
     def _requeue(self, channel: Any, registry: str, worker_id: str) -> int:
-        client, held = channel.client, held_key(worker_id)
-        keys = [registry, held, channel.unacked_key, channel.unacked_index_key]
-        requeued = 0
-        for tag in client.hkeys(held):
-            entry = client.hget(channel.unacked_key, tag)
-            if entry is None:  # acked after the record was read: nothing to put back
-                client.eval(_REQUEUE_ONE, len(keys), *keys, worker_id, self.dead_after_s, tag, "", "")
-                continue
-            old, queue, message = with_fresh_tag(entry)
-            args = (worker_id, self.dead_after_s, old, queue, message)
-            done = int(client.eval(_REQUEUE_ONE, len(keys), *keys, *args))
-            if done < 0:
-                return requeued  # it beat again: alive after all
-            requeued += done
-        client.eval(_FORGET, 2, registry, held, worker_id, self.dead_after_s)
-        return requeued
+        unacked, index = channel.unacked_key, channel.unacked_index_key
+        return requeue_held(channel.client, worker_id, registry, unacked, index)
+
+
+def requeue_held(
+    client: Any,
+    worker_id: str,
+    registry: str,
+    unacked: str = KombuRedisChannel.unacked_key,
+    unacked_index: str = KombuRedisChannel.unacked_index_key,
+) -> int:
+    """Put `worker_id`'s held items back on their queues unless it heartbeats in `registry`; the count.
+
+    A worker that stops calls it for itself once it left the registry: items it took and did not ack
+    (finished during its shutdown, or waiting for a retry's countdown) go back at once."""
+    held = held_key(worker_id)
+    keys = [registry, held, unacked, unacked_index]
+    requeued = 0
+    for tag in client.hkeys(held):
+        entry = client.hget(unacked, tag)
+        if entry is None:  # acked after the record was read: nothing to put back
+            client.eval(_REQUEUE_ONE, len(keys), *keys, worker_id, WORKER_DEAD_AFTER_S, tag, "", "")
+            continue
+        old, queue, message = with_fresh_tag(entry)
+        args = (worker_id, WORKER_DEAD_AFTER_S, old, queue, message)
+        done = int(client.eval(_REQUEUE_ONE, len(keys), *keys, *args))
+        if done < 0:
+            return requeued  # it beat again: alive after all
+        requeued += done
+    client.eval(_FORGET, 2, registry, held, worker_id, WORKER_DEAD_AFTER_S)
+    return requeued

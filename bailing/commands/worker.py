@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -188,4 +190,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         master_port=args.master_port,
     )
     logging.basicConfig(level=args.loglevel, format=_LOG_FORMAT)
-    return run_worker(config, args.loglevel)
+    code = run_worker(config, args.loglevel)
+    # The worker is done (engine stopped, registry left). Exit now rather than join leftover threads:
+    # after Celery's consumer dies of a broker error, a pool thread can block interpreter exit for good.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -15,7 +15,7 @@ from kombu import Queue as KombuQueue
 
 from pipelines.protocol import WORKER_DEAD_AFTER_S, workers_key
 from workers.batch_feeder import take
-from workers.batch_recovery import HeldItemsSweeper, held_key
+from workers.batch_recovery import HeldItemsSweeper, held_key, requeue_held
 
 HELD = "bailing:held:test-take"
 
@@ -148,3 +148,19 @@ def test_a_held_record_of_an_item_acked_meanwhile_is_dropped(redis_url, app, que
         _beat(channel.client, model, dead, age_s=WORKER_DEAD_AFTER_S + 1)
         assert HeldItemsSweeper(model, "me@test").sweep(channel) == 0
         assert channel.client.llen(queue_name) == 0 and not channel.client.exists(held_key(dead))
+
+
+def test_a_stopping_worker_gives_back_what_it_holds(redis_url, app, queue_name):
+    """`Heartbeat.stop` leaves the registry, then calls `requeue_held` for itself: its acks stopped
+    with its feeder, so what it still holds goes back at once."""
+    model, me = f"m-{uuid.uuid4().hex[:6]}", "leaving@test"
+    with Connection(redis_url, transport_options={"visibility_timeout": 3600}) as conn:
+        channel, _ = channel_and_queue(conn, queue_name)
+        for i in range(2):
+            app.send_task("bailing.test", args=[{"item": i}], queue=queue_name)
+            take(channel, queue_name, held_key(me))
+        _beat(channel.client, model, me, age_s=0)
+        assert requeue_held(channel.client, me, workers_key(model)) == 0  # still registered: kept
+        channel.client.zrem(workers_key(model), me)
+        assert requeue_held(channel.client, me, workers_key(model)) == 2
+        assert channel.client.llen(queue_name) == 2 and not channel.client.exists(held_key(me))
