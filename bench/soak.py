@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import tempfile
 import time
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # no background decode-graph compile: its one-time memory would land inside the RSS window
+    os.environ.setdefault("BAILING_COMPILE", "0")
     base = _free_port_block(4)
     stack = SupervisedStack(
         Path(tempfile.mkdtemp(prefix="bailing-soak-")), ["ling"], 1, metrics_port_base=base
