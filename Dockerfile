@@ -1,11 +1,20 @@
 # One image for every role: `bailing gateway`, `bailing worker --family ...`, `bailing init-demo`.
 # docker-compose.yml picks the command; the entrypoint is the `bailing` CLI.
-FROM python:3.11-slim
+# BASE_IMAGE: any image with Python 3.11 and its venv module as `python3`; `make compose-check` builds
+# on a local Debian bookworm (bench/compose_images.py) where no image registry is reachable.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# Everything is installed into a venv: the same `python`, `pip` and `bailing` on PATH whether the base
+# keeps its Python in /usr/local (python:3.11-slim) or /usr (Debian's, which refuses system-wide pip).
+RUN python3 -m venv /opt/venv
 
 WORKDIR /app
 

@@ -42,6 +42,12 @@ def services(compose) -> dict:
     return compose["services"]
 
 
+@pytest.fixture(scope="module")
+def raw_services() -> dict:
+    """The services as written, ${VAR:-default} uninterpolated."""
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+
+
 def _bailing_services(services: dict) -> dict:
     return {name: svc for name, svc in services.items() if svc.get("image", "").startswith(IMAGE)}
 
@@ -108,6 +114,15 @@ def test_redis_keeps_an_append_only_file(compose, services):
     assert source in compose["volumes"], "AOF lives on a named volume"
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert redis["restart"] == "unless-stopped"
+    # The same command line for the official image and for one without its config (a plain Debian
+    # redis-server): the AOF in the volume, connections from the other containers accepted.
+    assert command[command.index("--dir") + 1] == "/data"
+    assert command[command.index("--protected-mode") + 1] == "no"
+
+
+def test_images_and_ports_are_variables_with_the_usual_defaults(raw_services):
+    assert raw_services["redis"]["image"] == "${REDIS_IMAGE:-redis:7}"
+    assert raw_services["gateway"]["ports"] == ["${BAILING_PORT:-50051}:50051"]
 
 
 def test_every_bailing_command_line_parses(services):
@@ -176,7 +191,13 @@ def test_init_demo_fills_the_workers_volume(services):
 
 def test_dockerfile():
     text = (REPO / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    # The base is a build argument, python:3.11-slim unless given (make compose-check: a local Debian).
+    arg = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M)
+    from_ = re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.M)
+    assert arg and from_ and arg.start() < from_.start(), "ARG BASE_IMAGE=... before FROM ${BASE_IMAGE}"
+    assert arg.group(1) == "python:3.11-slim"
+    # Everything goes into a venv on PATH, whichever base (and wherever its python3) it is.
+    assert "python3 -m venv /opt/venv" in text and re.search(r"PATH=/opt/venv/bin:\$PATH", text)
     assert "python -m gateway.protos" in text, "the gRPC code is generated at build time"
     assert "-c constraints.txt" in text
     user = re.findall(r"^USER (\S+)", text, re.M)
@@ -236,3 +257,34 @@ def test_the_commented_two_gpu_worker_group_example_is_valid_once_uncommented():
     argv = spec["command"]
     assert argv[argv.index("--tensor-parallel") + 1] == "2" and argv[0] == "worker"
     assert spec["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
+
+
+def test_the_compose_check_override_runs_cpu_twins_of_the_workers(compose, services):
+    """docker/compose-check.yml (`make compose-check`, bench/compose_check.py) layered on the users' file:
+    the check's own image tag, CPU twins of worker-ling and worker-ming (no GPU reservation) and a gateway
+    serving exactly their models, ming among them for Transcribe."""
+    from bench.compose_check import FILES, IMAGE, KILLED, SERVICES
+
+    assert FILES[0] == REPO / "docker-compose.yml"
+    override = _defaults(yaml.safe_load(FILES[1].read_text()))["services"]
+    assert set(SERVICES) <= set(services) | set(override)
+    for name in set(SERVICES) - {"redis"}:
+        assert override[name]["image"] == IMAGE, f"{name} runs the image the check built"
+    twins = {name: svc for name, svc in override.items() if name.startswith("worker-")}
+    assert KILLED in twins and set(twins) <= set(SERVICES)
+    served = set()
+    for name, svc in twins.items():
+        args = _parse(svc["command"])
+        model = args.name or args.family
+        assert name == f"worker-{model}-cpu" and args.device == "cpu" and "deploy" not in svc
+        users = _parse(services[f"worker-{model}"]["command"])
+        assert (args.family, args.model) == (users.family, users.model)
+        assert _parse(svc["healthcheck"]["test"][2:]).worker == model
+        assert svc["restart"] == services[f"worker-{model}"]["restart"] == "unless-stopped"
+        assert _volume(svc, "/models") == ("models", "ro") and "models" in compose["volumes"]
+        assert svc["depends_on"] == services[f"worker-{model}"]["depends_on"]
+        served.add(model)
+    assert "ming" in served, "a model that takes audio, for the transcription"
+    gateway, users = _parse(override["gateway"]["command"]), _parse(services["gateway"]["command"])
+    assert sorted(gateway.models.split(",")) == sorted(served)
+    assert {**vars(gateway), "models": ""} == {**vars(users), "models": ""}, "otherwise as users run it"
