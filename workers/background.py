@@ -154,7 +154,7 @@ class Heartbeat(_Service):
             pipe.delete(worker_info_key(cfg.worker_id))
             pipe.execute()
             # batch items taken and not acked (their acks stopped with the feeder) go back now
-            n = requeue_held(self.runtime.redis, cfg.worker_id, workers_key(cfg.name))
+            n = requeue_held(self.runtime.redis, cfg.worker_id, cfg.name)
             if n:
                 log.info("put %d batch item(s) this worker held back on the queue", n)
         except redis.RedisError as exc:

@@ -30,7 +30,7 @@ from kombu.serialization import prepare_accept_content
 from kombu.transport import virtual
 
 from pipelines.batches import batch_queue_name
-from workers.batch_recovery import HeldItemsSweeper, held_key
+from workers.batch_recovery import HeldItemsSweeper, held_key, holders_key
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -42,7 +42,8 @@ _IDLE_POLL_S = 0.05  # empty queue or no free slot: look again after this long
 
 # KEYS: queue, kombu's unacked index (ZSET tag -> time), kombu's unacked hash (tag -> [message,
 # exchange, routing key], the layout kombu's QoS writes and restores from), this worker's held set
-# (`batch_recovery.held_key`: what a sweeper requeues should the worker die). ARGV: now.
+# (`batch_recovery.held_key`: what a sweeper requeues should the worker die), the model's holders
+# (`batch_recovery.holders_key`). ARGV: now, worker id.
 _TAKE = """
 local raw = redis.call('RPOP', KEYS[1])
 if not raw then return false end
@@ -53,18 +54,19 @@ redis.call('ZADD', KEYS[2], ARGV[1], tag)
 redis.call('HSET', KEYS[3], tag,
   '[' .. raw .. ',' .. cjson.encode(info['exchange']) .. ',' .. cjson.encode(info['routing_key']) .. ']')
 redis.call('HSET', KEYS[4], tag, 1)
+redis.call('SADD', KEYS[5], ARGV[2])
 return raw
 """
 
 
-def take(channel: Any, queue: str, held: str) -> Any:
+def take(channel: Any, queue: str, worker_id: str, model: str) -> Any:
     """Pop the next message of `queue` and mark it unacked atomically; None when the queue is empty.
 
     The message is the one kombu's `basic_get(no_ack=False)` returns: ack it with `message.ack()`;
     left unacked, kombu's visibility-timeout restore puts it back on its queue.
     """
-    keys = [queue, channel.unacked_index_key, channel.unacked_key, held]
-    raw = channel.client.eval(_TAKE, len(keys), *keys, time.time())
+    keys = [queue, channel.unacked_index_key, channel.unacked_key, held_key(worker_id), holders_key(model)]
+    raw = channel.client.eval(_TAKE, len(keys), *keys, time.time(), worker_id)
     if raw is None:
         return None
     message = channel.Message(json.loads(raw), channel=channel)
@@ -85,7 +87,7 @@ class BatchFeeder:
         self._pool = ThreadPoolExecutor(self.cap, thread_name_prefix="bailing-batch")
         self._thread = threading.Thread(target=self._loop, name="bailing-batch-feeder", daemon=True)
         cfg = runtime.config
-        self.held = held_key(cfg.worker_id)
+        self.worker_id, self.held = cfg.worker_id, held_key(cfg.worker_id)
         self.sweeper = HeldItemsSweeper(cfg.name, cfg.worker_id)
 
     def start(self) -> None:
@@ -131,7 +133,7 @@ class BatchFeeder:
         now = time.time()
         if self._due and self._due[0][0] <= now:
             return heapq.heappop(self._due)[2]
-        message = take(kq.channel, kq.name, self.held)
+        message = take(kq.channel, kq.name, self.worker_id, self.runtime.config.name)
         if message is None:
             return None
         due = _eta(message)

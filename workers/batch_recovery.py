@@ -2,8 +2,10 @@
 
 Each item a worker's `BatchFeeder` takes is recorded under `held_key(worker_id)` by the same Lua
 script that moves it into kombu's unacked hash (`batch_feeder.take`); its ack removes the record.
-Every live worker's feeder sweeps its model's heartbeat registry once a second (`HeldItemsSweeper`):
-a worker silent for longer than `WORKER_DEAD_AFTER_S` has its held items pushed back on their queue,
+Every live worker's feeder sweeps its model's heartbeat registry and holders set (`holders_key`: a
+worker that left the registry, then died holding items, is found there) once a second
+(`HeldItemsSweeper`): a worker silent for longer than `WORKER_DEAD_AFTER_S` has its held items pushed
+back on their queue,
 one Lua script per item (`_REQUEUE_ONE`), which
 - re-reads the heartbeat inside the script, against Redis's own clock, so a worker that beat again in
   between keeps its items, and moves the item only while it is still in the unacked hash, so two
@@ -38,6 +40,12 @@ def held_key(worker_id: str) -> str:
     return f"bailing:held:{worker_id}"
 
 
+def holders_key(model: str) -> str:
+    """The ids of `model`'s workers that have held items (added at take): a worker that left the
+    registry with items still held (it died after leaving it) is found here."""
+    return f"bailing:holders:{model}"
+
+
 # Both scripts re-read the worker's heartbeat against Redis's clock and do nothing (-1) if it beat
 # within ARGV[2] seconds. KEYS: registry (ZSET id -> last heartbeat), the worker's held set, kombu's
 # unacked hash (tag -> [message, exchange, routing key]), kombu's unacked index (ZSET tag -> time).
@@ -63,12 +71,13 @@ redis.call('HDEL', KEYS[2], ARGV[3])
 return 0
 """
 )
-# KEYS: registry, the worker's held set. ARGV: worker id, dead-after s. -> 1 forgotten, 0 items left
+# KEYS: registry, the worker's held set, holders. ARGV: worker id, dead-after s. -> 1 forgotten, 0 items left
 _FORGET = (
     _STALE
     + """
 if redis.call('HLEN', KEYS[2]) > 0 then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
 return 1
 """
 )
@@ -97,40 +106,42 @@ class HeldItemsSweeper:
         return time.monotonic() >= self._next
 
     def sweep(self, channel: Any) -> int:
-        """Look once at the registry; returns the items requeued by this sweep."""
+        """Look once at the registry and the holders; returns the items requeued by this sweep."""
         self._next = time.monotonic() + SWEEP_EVERY_S
         client, registry = channel.client, workers_key(self.model)
         seconds, micros = client.time()
-        stale = client.zrangebyscore(registry, "-inf", seconds + micros / 1e6 - self.dead_after_s)
+        since = seconds + micros / 1e6 - self.dead_after_s
+        live = {m.decode() for m in client.zrangebyscore(registry, since, "+inf")}
+        stale = {m.decode() for m in client.zrangebyscore(registry, "-inf", since)}
+        stale |= {m.decode() for m in client.smembers(holders_key(self.model))} - live
         requeued = 0
-        for raw_id in stale:
-            worker_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        for worker_id in sorted(stale):
             if worker_id == self.worker_id:
                 continue  # this worker is alive (it is running this); its own beat is just late
-            n = self._requeue(channel, registry, worker_id)
+            n = self._requeue(channel, worker_id)
             if n > 0:
                 log.warning("worker %s stopped: %d batch item(s) it held are back on the queue", worker_id, n)
                 requeued += n
         self.requeued += requeued
         return requeued
 
-    def _requeue(self, channel: Any, registry: str, worker_id: str) -> int:
+    def _requeue(self, channel: Any, worker_id: str) -> int:
         unacked, index = channel.unacked_key, channel.unacked_index_key
-        return requeue_held(channel.client, worker_id, registry, unacked, index)
+        return requeue_held(channel.client, worker_id, self.model, unacked, index)
 
 
 def requeue_held(
     client: Any,
     worker_id: str,
-    registry: str,
+    model: str,
     unacked: str = KombuRedisChannel.unacked_key,
     unacked_index: str = KombuRedisChannel.unacked_index_key,
 ) -> int:
-    """Put `worker_id`'s held items back on their queues unless it heartbeats in `registry`; the count.
+    """Put `worker_id`'s held items back on their queues unless it heartbeats in `model`'s registry.
 
     A worker that stops calls it for itself once it left the registry: items it took and did not ack
     (finished during its shutdown, or waiting for a retry's countdown) go back at once."""
-    held = held_key(worker_id)
+    registry, held = workers_key(model), held_key(worker_id)
     keys = [registry, held, unacked, unacked_index]
     requeued = 0
     for tag in client.hkeys(held):
@@ -144,5 +155,5 @@ def requeue_held(
         if done < 0:
             return requeued  # it beat again: alive after all
         requeued += done
-    client.eval(_FORGET, 2, registry, held, worker_id, WORKER_DEAD_AFTER_S)
+    client.eval(_FORGET, 3, registry, held, holders_key(model), worker_id, WORKER_DEAD_AFTER_S)
     return requeued
