@@ -242,7 +242,8 @@ class Stack:
             from bailing.demo.samples import write_demo_samples
 
             write_demo_samples(self.dir / "samples")  # what the banner's media examples send
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # MALLOC_ARENA_MAX: a worker's many threads otherwise grow glibc arenas for minutes under load
+        env = {"MALLOC_ARENA_MAX": "2", **os.environ, "PYTHONUNBUFFERED": "1"}
         if self.redis_url is None:
             self.redis_url = self._start_valkey(env)
         env["BAILING_REDIS_URL"] = self.redis_url

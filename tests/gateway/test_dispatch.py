@@ -11,6 +11,7 @@ from gateway.config import GatewayConfig
 from gateway.dispatch import Dispatcher, kombu_queue_keys
 from pipelines.protocol import (
     CANCEL_CHANNEL,
+    FINISHED_STREAM_TTL_S,
     ErrorCode,
     Event,
     EventType,
@@ -105,6 +106,8 @@ def test_events_end_at_the_terminal_and_skip_duplicates(redis_url, model):
         return [(e.seq, e.text) async for e in d.events(rid, model)]
 
     assert run(redis_url, model, body) == [(0, ""), (1, "a"), (2, "")]
+    # relayed to its end: the stream goes in FINISHED_STREAM_TTL_S, not an hour (a soak grew Redis)
+    assert 0 < r.ttl(stream_key(rid)) <= FINISHED_STREAM_TTL_S
 
 
 def test_cancel_sets_the_flag_and_publishes(redis_url, model):
