@@ -31,12 +31,20 @@ PROMPT = "Write a long story about a lighthouse keeper and the sea, in plain wor
 
 
 def _free_port_block(n: int) -> int:
-    for _ in range(50):
+    """A base port P with P .. P+n-1 all free now (the stack's metrics ports)."""
+    for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             base = s.getsockname()[1]
-        if base + n < 65000:
-            return base
+        if base + n >= 65000:
+            continue
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
     raise RuntimeError("no free port block")
 
 
