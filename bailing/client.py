@@ -76,6 +76,7 @@ from bailing.client_transcribe import (
     transcription_from_pb,
 )
 from gateway.api import pb, pb_grpc
+from gateway.tls import channel_credentials
 
 __all__ = [
     "AsyncChunkStream",
@@ -120,6 +121,7 @@ __all__ = [
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # must cover a request's media
 _READY, _FAILED = grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE
+PemPath = str | os.PathLike  # TLS options are PEM file paths (read once, when the client is made)
 
 
 def _connect_error(address: str, why: str) -> BailingConnectionError:
@@ -145,7 +147,11 @@ class _Base:
 
 # ---- blocking client -------------------------------------------------------------------------
 class Client(ImageCalls, SpeechCalls, BatchCalls, _Base):
-    """Blocking client: `with Client("127.0.0.1:50051") as c: print(c.generate("ling", "Hi").text)`."""
+    """Blocking client: `with Client("127.0.0.1:50051") as c: print(c.generate("ling", "Hi").text)`.
+
+    TLS: give any of `tls_ca` (PEM file of the CA that signed the gateway's certificate; unset = the
+    system's roots), `tls_cert` + `tls_key` (PEM files of a client certificate, for mutual TLS); with
+    none, the channel is plaintext. A missing or unreadable file is a ValueError naming the option."""
 
     def __init__(
         self,
@@ -154,9 +160,16 @@ class Client(ImageCalls, SpeechCalls, BatchCalls, _Base):
         timeout: float | None = None,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls_ca: PemPath | None = None,
+        tls_cert: PemPath | None = None,
+        tls_key: PemPath | None = None,
     ) -> None:
         super().__init__(address, token, timeout)
-        self._channel = grpc.insecure_channel(address, options=_channel_options(max_message_bytes))
+        tls, options = channel_credentials(tls_ca, tls_cert, tls_key), _channel_options(max_message_bytes)
+        if tls is not None:
+            self._channel = grpc.secure_channel(address, tls, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._jobs = pb_grpc.JobsStub(self._channel)
@@ -263,7 +276,8 @@ class Client(ImageCalls, SpeechCalls, BatchCalls, _Base):
 
 # ---- asyncio client --------------------------------------------------------------------------
 class AsyncClient(AsyncImageCalls, AsyncSpeechCalls, AsyncBatchCalls, _Base):
-    """grpc.aio client with the `Client` API; create it inside the event loop that uses it."""
+    """grpc.aio client with the `Client` API (TLS options included); create it inside the event loop
+    that uses it."""
 
     def __init__(
         self,
@@ -272,9 +286,16 @@ class AsyncClient(AsyncImageCalls, AsyncSpeechCalls, AsyncBatchCalls, _Base):
         timeout: float | None = None,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls_ca: PemPath | None = None,
+        tls_cert: PemPath | None = None,
+        tls_key: PemPath | None = None,
     ) -> None:
         super().__init__(address, token, timeout)
-        self._channel = grpc.aio.insecure_channel(address, options=_channel_options(max_message_bytes))
+        tls, options = channel_credentials(tls_ca, tls_cert, tls_key), _channel_options(max_message_bytes)
+        if tls is not None:
+            self._channel = grpc.aio.secure_channel(address, tls, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._jobs = pb_grpc.JobsStub(self._channel)

@@ -1,15 +1,15 @@
 """Bearer-token check for every RPC except health and reflection (a server interceptor).
 
-A call without `authorization: Bearer <token>` metadata, or with another token, ends with
-UNAUTHENTICATED before the servicer runs; the rejecting handler has the same streaming shape as
-the method it replaces.
+A call without `authorization: Bearer <token>` metadata, or with a token not in the gateway's
+`TokenSet` (gateway/tokens.py), ends with UNAUTHENTICATED before the servicer runs; the rejecting
+handler has the same streaming shape as the method it replaces.
 """
 
 from __future__ import annotations
 
-import hmac
-
 import grpc
+
+from gateway.tokens import TokenSet
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -26,23 +26,16 @@ def _deny(message: str):
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    """Lets through calls whose bearer token is in `tokens` (compared in constant time, never logged)."""
 
-    def _check(self, metadata) -> str | None:
-        values = [v for k, v in (metadata or ()) if k == "authorization"]
-        if not values:
-            return "missing authorization metadata: send 'authorization: Bearer <token>'"
-        value = values[0].encode() if isinstance(values[0], str) else values[0]
-        if not hmac.compare_digest(value, self._expected):
-            return "invalid bearer token"
-        return None
+    def __init__(self, tokens: TokenSet) -> None:
+        self._tokens = tokens
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
-        problem = self._check(handler_call_details.invocation_metadata)
+        problem = self._tokens.problem(handler_call_details.invocation_metadata)
         if problem is None:
             return handler
         unary, stream = _deny(problem)

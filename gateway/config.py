@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from gateway.tokens import check_token
 from pipelines.protocol import MEDIA_TTL_S, WORKER_DEAD_AFTER_S
 
 MIB = 1024 * 1024
@@ -15,7 +16,15 @@ class GatewayConfig:
     models: tuple[str, ...]  # served model names; requests for any other model get NOT_FOUND
     host: str = "127.0.0.1"
     port: int = 50051  # 0 = pick a free port (the server reports the one it bound)
-    api_token: str | None = None  # clients must send "authorization: Bearer <token>" when set
+    # Bearer tokens (secrets: kept out of repr): with any set, clients must send "authorization: Bearer
+    # <token>" with one of them, and each token's batches are visible to that token only.
+    api_token: str | None = field(default=None, repr=False)  # BAILING_API_TOKEN
+    api_tokens: tuple[str, ...] = field(default=(), repr=False)  # more, e.g. from --api-token-file
+    max_streams_per_token: int = 0  # concurrent generation calls per token at most; 0 = no limit
+    # TLS: PEM file paths. cert + key serve TLS only (no plaintext); with client_ca, mutual TLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
     max_inflight: int = 256  # admission limit: more concurrent requests get RESOURCE_EXHAUSTED
     max_message_bytes: int = 32 * MIB  # gRPC max receive and send message size
     max_media_bytes: int = 20 * MIB  # per image/audio/video part
@@ -49,6 +58,8 @@ class GatewayConfig:
         if len(set(models)) != len(models):
             raise ValueError(f"models must not repeat a name, got {self.models!r}")
         object.__setattr__(self, "models", models)
+        self._check_tokens()
+        self._check_tls()
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if not 0 <= self.metrics_port <= 65535:
@@ -75,3 +86,36 @@ class GatewayConfig:
         for name in ("worker_dead_after_s", "health_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """Every accepted bearer token: `api_token` and `api_tokens`, each once."""
+        return tuple(dict.fromkeys(((self.api_token,) if self.api_token else ()) + self.api_tokens))
+
+    def _check_tokens(self) -> None:
+        """Errors name the token's place, never its text."""
+        object.__setattr__(self, "api_tokens", tuple(self.api_tokens))
+        for i, token in enumerate(self.api_tokens):
+            check_token(token, f"api_tokens[{i}] (token {i + 1} of --api-token-file)")
+        if self.api_token:  # "" = none, as an empty BAILING_API_TOKEN
+            check_token(self.api_token, "api_token")
+        if self.max_streams_per_token < 0:
+            raise ValueError(f"max_streams_per_token must be >= 0, got {self.max_streams_per_token}")
+        if self.max_streams_per_token and not self.tokens:
+            raise ValueError(
+                "max_streams_per_token needs bearer tokens (BAILING_API_TOKEN or --api-token-file): "
+                "without them callers have no identity to count by"
+            )
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("cert", "key") if self.tls_key is None else ("key", "cert")
+            raise ValueError(
+                f"tls_{given} (--tls-{given}) needs tls_{missing} (--tls-{missing}): "
+                "TLS takes the certificate and its private key"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(
+                "tls_client_ca (--tls-client-ca) needs tls_cert and tls_key (--tls-cert, --tls-key): "
+                "mutual TLS is TLS with client certificates"
+            )

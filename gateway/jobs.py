@@ -3,8 +3,11 @@
 and change that state. All state lives in Redis (pipelines.batches), so any gateway serves any batch.
 
 BatchStore and kombu are synchronous: every call to them runs in a thread (`asyncio.to_thread`).
-Behaviours: unknown id -> NOT_FOUND; cancelling a finished (or expiring) batch returns it unchanged;
-a completion window that passed is applied lazily whenever a batch is read (`expire_if_due`).
+Behaviours: unknown id -> NOT_FOUND; with bearer tokens configured, a batch belongs to the token that
+created it (its owner id is stored, gateway/tokens.py): any other caller gets NOT_FOUND for it, as for
+an unknown id, and ListBatches shows the caller's batches only; cancelling a finished (or expiring)
+batch returns it unchanged; a completion window that passed is applied lazily whenever a batch is read
+(`expire_if_due`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -27,6 +29,7 @@ from gateway.config import GatewayConfig
 from gateway.convert import check_model
 from gateway.dispatch import Dispatcher, _producer
 from gateway.errors import Rejection, invalid
+from gateway.tokens import TokenSet
 from pipelines.batches import (
     TASK_BATCH_ITEM,
     BatchItemJob,
@@ -36,6 +39,7 @@ from pipelines.batches import (
     ItemResult,
     batch_queue_name,
 )
+from pipelines.clock import server_now
 
 log = logging.getLogger(__name__)
 BACKEND_DOWN = (
@@ -48,9 +52,10 @@ DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000
 
 
 class JobsServicer(pb_grpc.JobsServicer):
-    def __init__(self, cfg: GatewayConfig, dispatcher: Dispatcher) -> None:
+    def __init__(self, cfg: GatewayConfig, dispatcher: Dispatcher, tokens: TokenSet) -> None:
         self.cfg = cfg
         self.dispatcher = dispatcher  # its live-worker view refines validation (max_model_len)
+        self.tokens = tokens  # the caller's owner id: None (no tokens, no owners) or its token's hash
         self.redis = redis.Redis.from_url(cfg.redis_url)
         self.store = BatchStore(self.redis)
         self._celery = _producer(cfg.redis_url)
@@ -64,7 +69,7 @@ class JobsServicer(pb_grpc.JobsServicer):
         async with self._errors(context, "CreateBatch"):
             check_model(request.model, self.cfg.models)
             state = await self.dispatcher.live_workers(request.model)
-            batch_id, now = "batch_" + uuid.uuid4().hex, time.time()
+            batch_id, now = "batch_" + uuid.uuid4().hex, server_now()
             specs = await asyncio.to_thread(
                 parse_batch,
                 request,
@@ -82,28 +87,29 @@ class JobsServicer(pb_grpc.JobsServicer):
                 created_at=now,
                 expires_at=now + window if window else 0.0,
                 metadata=dict(request.metadata),
+                owner=self.tokens.owner(context) or "",
             )
             return record_to_pb(await asyncio.to_thread(self._create, record, specs))
 
     async def GetBatch(self, request, context):
         async with self._errors(context, "GetBatch"):
-            return record_to_pb(await asyncio.to_thread(self._fresh, request.id))
+            return record_to_pb(await asyncio.to_thread(self._fresh, request.id, self.tokens.owner(context)))
 
     async def ListBatches(self, request, context):
         async with self._errors(context, "ListBatches"):
             if request.limit < 0:
                 raise invalid(f"limit must be >= 0 (0 = {DEFAULT_LIST_LIMIT}), got {request.limit}")
             limit = min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
-            records = await asyncio.to_thread(self._list, limit)
+            records = await asyncio.to_thread(self._list, limit, self.tokens.owner(context))
             return pb.ListBatchesResponse(batches=[record_to_pb(r) for r in records])
 
     async def CancelBatch(self, request, context):
         async with self._errors(context, "CancelBatch"):
-            return record_to_pb(await asyncio.to_thread(self._cancel, request.id))
+            return record_to_pb(await asyncio.to_thread(self._cancel, request.id, self.tokens.owner(context)))
 
     async def GetBatchResults(self, request, context):
         async with self._errors(context, "GetBatchResults"):
-            record = await asyncio.to_thread(self._fresh, request.id)
+            record = await asyncio.to_thread(self._fresh, request.id, self.tokens.owner(context))
             for start in range(0, record.total, RESULTS_PAGE):
                 page = await asyncio.to_thread(self.store.results, record.id, start, RESULTS_PAGE)
                 for result in page:
@@ -166,23 +172,24 @@ class JobsServicer(pb_grpc.JobsServicer):
             if record is not None and record.finished:
                 self.store.set_status(batch_id, BatchStatus.FAILED)
 
-    def _fresh(self, batch_id: str) -> BatchRecord:
-        """The batch's record, expired first if its completion window passed; NOT_FOUND if unknown."""
+    def _fresh(self, batch_id: str, owner: str | None) -> BatchRecord:
+        """The batch's record, expired first if its completion window passed; NOT_FOUND if unknown or
+        (`owner` not None: tokens are on) another token's, with the same message either way."""
         if not batch_id:
             raise invalid("id is empty: name a batch (e.g. batch_...)")
         record = self.store.get(batch_id)
-        if record is None:
+        if record is None or (owner is not None and record.owner != owner):
             raise Rejection(
                 grpc.StatusCode.NOT_FOUND, f"batch {batch_id!r} not found (unknown, or its results expired)"
             )
         return self.store.expire_if_due(record)
 
-    def _list(self, limit: int) -> list[BatchRecord]:
-        return [self.store.expire_if_due(r) for r in self.store.list(limit)]
+    def _list(self, limit: int, owner: str | None) -> list[BatchRecord]:
+        return [self.store.expire_if_due(r) for r in self.store.list(limit, owner)]
 
-    def _cancel(self, batch_id: str) -> BatchRecord:
+    def _cancel(self, batch_id: str, owner: str | None) -> BatchRecord:
         """Stop the batch; a finished one, or one already expiring, comes back unchanged."""
-        record = self._fresh(batch_id)
+        record = self._fresh(batch_id, owner)
         if record.finished or record.status is BatchStatus.EXPIRING:
             return record
         self.store.stop(batch_id)

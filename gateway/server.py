@@ -6,8 +6,9 @@ GenerateImage: `image.image_request_to_job`, speech and spoken replies: `gateway
 live in `speech_service.SpeechRPCs`; INVALID_ARGUMENT) -> `Dispatcher.submit` -> `Dispatcher.events`
 relayed as chunks / image events / audio chunks or collected into one response. Whenever a
 call ends without its terminal event (client cancel, deadline, error) the request is cancelled in
-Redis. Health, reflection, the bearer-token interceptor, the SIGTERM drain and the batch
-`JobsServicer` (gateway/jobs.py) are wired up in `GatewayServer`.
+Redis. Health, reflection, the bearer-token interceptor (gateway/tokens.py: admission also counts
+calls per token), TLS (gateway/tls.py), the SIGTERM drain and the batch `JobsServicer`
+(gateway/jobs.py) are wired up in `GatewayServer`.
 """
 
 from __future__ import annotations
@@ -45,9 +46,13 @@ from gateway.image import ImageReply, collect_images, image_request_to_job, rela
 from gateway.jobs import JobsServicer
 from gateway.media import MediaBlob
 from gateway.metrics import GatewayMetrics
+from gateway.request_reader import RequestReader
 from gateway.speech_service import SpeechRPCs
 from gateway.state import RequestTrace
+from gateway.tls import server_credentials
+from gateway.tokens import StreamLimit, TokenSet
 from gateway.transcribe import transcribe_to_job, transcript_chunks, transcript_response
+from pipelines.clock import server_now
 from pipelines.protocol import Event, GenerateJob
 
 log = logging.getLogger(__name__)
@@ -74,11 +79,15 @@ WARM_CONNECTIONS = 64  # Redis connections opened before serving (each stream ho
 
 
 class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
-    def __init__(self, cfg: GatewayConfig, dispatcher: Dispatcher, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, dispatcher: Dispatcher, metrics: GatewayMetrics, tokens: TokenSet
+    ) -> None:
         self.cfg = cfg
         self.dispatcher = dispatcher
         self.metrics = metrics
+        self.tokens = tokens
         self.inflight = 0
+        self.per_token = StreamLimit(cfg.max_streams_per_token)  # counted by owner id, never the token
         self.draining = False
         self._background: set[asyncio.Task] = set()
 
@@ -173,11 +182,12 @@ class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
     async def _call(self, request, context, method: str, to_job: ToJob) -> AsyncIterator[_Call]:
         """Admit, validate and submit the request; then account for it however the call ends."""
         trace = RequestTrace(request_id=request.request_id, model=request.model, method=method)
-        started, call, admitted = time.monotonic(), None, False
+        started, call, owner, admitted = time.monotonic(), None, None, False
         try:
-            self._admit(request)
+            owner = self.tokens.owner(context)
+            self._admit(request, owner)
             admitted = True
-            self._count_inflight(request.model, +1)
+            self._count_inflight(request.model, owner, +1)
             job, blobs = await self._prepare(request, context, trace, to_job)
             call = _Call(job=job, trace=trace)  # from here on, an early end cancels the request
             # grpc.aio does not always cancel a handler blocked outside grpc when the client goes
@@ -190,7 +200,7 @@ class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
             await context.abort(rej.code, rej.message)
         except asyncio.CancelledError:
             deadline = call.job.deadline if call else None
-            trace.code = "DEADLINE_EXCEEDED" if deadline and time.time() >= deadline - 0.05 else "CANCELLED"
+            trace.code = "DEADLINE_EXCEEDED" if deadline and server_now() >= deadline - 0.05 else "CANCELLED"
             raise
         except BACKEND_DOWN as exc:
             log.error("request %s: Redis unreachable: %s", trace.request_id, exc)
@@ -207,7 +217,7 @@ class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
             if call is not None:
                 self._cancel_unfinished(call)
             if admitted:  # after the spawn: `GatewayServer.stop` waits for inflight 0, then for the spawns
-                self._count_inflight(request.model, -1)
+                self._count_inflight(request.model, owner, -1)
             self._report(trace, time.monotonic() - started)
 
     def _cancel_unfinished(self, call: _Call) -> None:
@@ -216,7 +226,7 @@ class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
             call.cancel_sent = True
             self.spawn(self.dispatcher.cancel(call.job.request_id), f"cancel {call.job.request_id}")
 
-    def _admit(self, request) -> None:
+    def _admit(self, request, owner: str | None) -> None:
         if self.draining:
             raise Rejection(grpc.StatusCode.UNAVAILABLE, "the gateway is shutting down: retry another one")
         check_model(request.model, self.cfg.models)
@@ -225,6 +235,7 @@ class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many requests in flight: the limit is {self.cfg.max_inflight} (max_inflight)",
             )
+        self.per_token.check(owner)
 
     async def _prepare(
         self, request, context, trace: RequestTrace, to_job: ToJob
@@ -259,8 +270,9 @@ class InferenceServicer(SpeechRPCs, pb_grpc.InferenceServicer):
                 call.finished = True
             yield event
 
-    def _count_inflight(self, model: str, delta: int) -> None:
+    def _count_inflight(self, model: str, owner: str | None, delta: int) -> None:
         self.inflight += delta
+        self.per_token.add(owner, delta)
         self.metrics.inflight.labels(model).inc(delta)
 
     def _report(self, trace: RequestTrace, duration_s: float) -> None:
@@ -313,19 +325,28 @@ class GatewayServer:
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
+        # read (and checked) first, so a bad PEM file fails before anything is opened or bound
+        self._tls = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert else None
         self.port = 0
         self.metrics = GatewayMetrics()
         self.dispatcher = Dispatcher(cfg)
         self.monitor = HealthMonitor(cfg, self.dispatcher, self.metrics)
-        self.servicer = InferenceServicer(cfg, self.dispatcher, self.metrics)
-        self.jobs = JobsServicer(cfg, self.dispatcher)
-        interceptors = [BearerTokenInterceptor(cfg.api_token)] if cfg.api_token else []
+        tokens = TokenSet(cfg.tokens)
+        self.servicer = InferenceServicer(cfg, self.dispatcher, self.metrics, tokens)
+        self.jobs = JobsServicer(cfg, self.dispatcher, tokens)
+        interceptors = [BearerTokenInterceptor(tokens)] if tokens else []
         self.server = grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=[*interceptors, RequestReader()],  # unparseable / missing requests: INVALID_ARGUMENT
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a taken port is an error, not a silent second listener
+                # a client whose connection vanished without a FIN (network gone, host down) is found
+                # by a ping every 20 s answered within 10 s, also while its stream is idle
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         pb_grpc.add_InferenceServicer_to_server(self.servicer, self.server)
@@ -339,7 +360,11 @@ class GatewayServer:
         return f"{self.cfg.host}:{self.port}"
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        where = f"{self.cfg.host}:{self.cfg.port}"
+        if self._tls is not None:  # TLS only: a plaintext client fails its handshake
+            self.port = self.server.add_secure_port(where, self._tls)
+        else:
+            self.port = self.server.add_insecure_port(where)
         if not self.port:
             raise OSError(f"cannot listen on {self.cfg.host}:{self.cfg.port}")
         await self.dispatcher.warm_up(min(self.cfg.max_inflight, WARM_CONNECTIONS))

@@ -4,8 +4,10 @@ the workers (claim an item, write its result). Torch-free; every multi-key chang
 Keys per batch: `bailing:batch:{id}` HASH (the record: status, counts, times, usage, metadata JSON),
 `:ids` LIST (custom ids in input order), `:results` HASH index -> result JSON (written once:
 HSETNX, so a redelivered item can never duplicate or overwrite a result), `:running` HASH index ->
-worker id (claimed items). `bailing:batches` ZSET lists batch ids by creation time. Items travel as
-Celery tasks `TASK_BATCH_ITEM` on `batch_queue_name(model)`; payload = `BatchItemJob.to_dict()`.
+worker id (claimed items). `bailing:batches` ZSET lists batch ids by creation time, and
+`bailing:batches:owner:{owner}` those of one owner (a batch created with a bearer token records the
+token's owner id, a hash: never the token). Items travel as Celery tasks `TASK_BATCH_ITEM` on
+`batch_queue_name(model)`; payload = `BatchItemJob.to_dict()`.
 
 Status: validating -> queued -> running (first item claimed) -> completed | cancelled | expired
 once every item has a result (cancelling / expiring while a stop waits for running items). Cancel and expiry
@@ -15,11 +17,11 @@ write a CANCELLED / DEADLINE_EXCEEDED result for every item neither finished nor
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pipelines.clock import server_now
 from pipelines.protocol import GenerateJob, Usage
 
 TASK_BATCH_ITEM = "bailing.batch_item"
@@ -33,6 +35,10 @@ def batch_queue_name(model: str) -> str:
 
 def batch_key(batch_id: str) -> str:
     return f"bailing:batch:{batch_id}"
+
+
+def owner_batches_key(owner: str) -> str:
+    return f"{BATCHES_KEY}:owner:{owner}"
 
 
 def _keys(batch_id: str) -> list[str]:
@@ -71,6 +77,7 @@ class BatchRecord:
     expires_at: float = 0.0  # 0 = no completion window
     metadata: dict[str, str] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
+    owner: str = ""  # owner id of the bearer token that created it (gateway/tokens.py); "" = none
 
     @property
     def finished(self) -> bool:
@@ -93,6 +100,7 @@ class BatchRecord:
             expires_at=float(h.get("expires_at", 0)),
             metadata=json.loads(h.get("metadata", "{}")),
             usage=usage,
+            owner=h.get("owner", ""),
         )
 
 
@@ -239,6 +247,7 @@ class BatchStore:
             "finished_at": 0,
             "expires_at": record.expires_at,
             "metadata": json.dumps(record.metadata),
+            "owner": record.owner,
         }
         base, ids, *_ = _keys(record.id)
         pipe = self.redis.pipeline(transaction=True)
@@ -246,6 +255,8 @@ class BatchStore:
         if custom_ids:
             pipe.rpush(ids, *custom_ids)
         pipe.zadd(BATCHES_KEY, {record.id: record.created_at})
+        if record.owner:
+            pipe.zadd(owner_batches_key(record.owner), {record.id: record.created_at})
         pipe.execute()
 
     def set_status(self, batch_id: str, status: BatchStatus) -> None:
@@ -255,9 +266,11 @@ class BatchStore:
         raw = self.redis.hgetall(batch_key(batch_id))
         return BatchRecord.from_hash(raw) if raw else None
 
-    def list(self, limit: int = 100) -> list[BatchRecord]:
-        """Newest first; ids whose batch expired from Redis are dropped from the index."""
-        ids = [i.decode() for i in self.redis.zrevrange(BATCHES_KEY, 0, limit - 1)]
+    def list(self, limit: int = 100, owner: str | None = None) -> list[BatchRecord]:
+        """Newest first (only `owner`'s batches, if given); ids whose batch expired from Redis are
+        dropped from the index."""
+        index = BATCHES_KEY if owner is None else owner_batches_key(owner)
+        ids = [i.decode() for i in self.redis.zrevrange(index, 0, limit - 1)]
         pipe = self.redis.pipeline(transaction=False)
         for batch_id in ids:
             pipe.hgetall(batch_key(batch_id))
@@ -268,7 +281,7 @@ class BatchStore:
             else:
                 gone.append(batch_id)
         if gone:
-            self.redis.zrem(BATCHES_KEY, *gone)
+            self.redis.zrem(index, *gone)
         return records
 
     def claim(self, batch_id: str, index: int, worker_id: str, workers: str, dead_after_s: float) -> str:
@@ -276,7 +289,7 @@ class BatchStore:
         (another worker that still heartbeats in the `workers` ZSET holds the claim: a duplicate
         delivery, e.g. the visibility timeout passed while it runs; look again later)."""
         keys = [*_keys(batch_id), workers]
-        out = self._claim(keys=keys, args=[index, worker_id, time.time(), dead_after_s])
+        out = self._claim(keys=keys, args=[index, worker_id, server_now(), dead_after_s])
         return out.decode() if isinstance(out, bytes) else out
 
     def release(self, batch_id: str, index: int) -> None:
@@ -290,7 +303,7 @@ class BatchStore:
             result.index,
             result.to_json(),
             "1" if result.error is None else "0",
-            time.time(),
+            server_now(),
             self.result_ttl_s,
             u.prompt_tokens,
             u.completion_tokens,
@@ -307,12 +320,12 @@ class BatchStore:
             if expire
             else ("cancelling", "CANCELLED", "the batch was cancelled")
         )
-        args = [status, code, message, time.time(), self.result_ttl_s]
+        args = [status, code, message, server_now(), self.result_ttl_s]
         return int(self._stop(keys=_keys(batch_id), args=args))
 
     def expire_if_due(self, record: BatchRecord) -> BatchRecord:
         """Expire a batch whose completion window has passed (lazily, when someone looks at it)."""
-        if record.finished or not record.expires_at or time.time() < record.expires_at:
+        if record.finished or not record.expires_at or server_now() < record.expires_at:
             return record
         self.stop(record.id, expire=True)
         return self.get(record.id) or record

@@ -1,8 +1,9 @@
 """`bailing chat`, `transcribe`, `models` and `healthcheck`: talk to a running gateway.
 
 Flow: argv -> `bailing.client.Client` (address from --address or BAILING_GATEWAY, token from
-BAILING_API_TOKEN) -> stdout. Exit codes: 0 ok, 1 server error or unhealthy, 2 bad usage (also a
-request the server rejects as INVALID_ARGUMENT), 3 cannot connect, 130 interrupted.
+BAILING_API_TOKEN, TLS files from --tls-ca/--tls-cert/--tls-key or BAILING_TLS_CA/_CERT/_KEY) ->
+stdout. Exit codes: 0 ok, 1 server error or unhealthy, 2 bad usage (also a request the server rejects
+as INVALID_ARGUMENT), 3 cannot connect, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from pipelines.clock import CLOCK, server_now
 from pipelines.protocol import MAX_SAMPLES
 
 EXIT_OK = 0
@@ -39,7 +41,14 @@ def _connect(args: argparse.Namespace) -> Any:
     from bailing.settings import read_environment
 
     env = read_environment()
-    client = Client(args.address or env.gateway_address, token=env.api_token, timeout=args.timeout)
+    client = Client(
+        args.address or env.gateway_address,
+        token=env.api_token,
+        timeout=args.timeout,
+        tls_ca=args.tls_ca or env.tls_ca,
+        tls_cert=args.tls_cert or env.tls_cert,
+        tls_key=args.tls_key or env.tls_key,
+    )
     try:
         client.wait_ready(args.timeout or DEFAULT_CONNECT_TIMEOUT_S)
     except BaseException:
@@ -260,7 +269,6 @@ def _cmd_healthcheck(client: Any, args: argparse.Namespace) -> int:
 def _worker_healthcheck(args: argparse.Namespace) -> int:
     """Exit 0 if a worker serving model `args.worker` on this host heartbeats in Redis (for containers)."""
     import socket
-    import time
 
     import redis
 
@@ -281,7 +289,8 @@ def _worker_healthcheck(args: argparse.Namespace) -> int:
     try:
         db = redis.Redis.from_url(url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout)
         registry = stage_workers_key(args.worker) if args.image_stage else workers_key(args.worker)
-        live = db.zrangebyscore(registry, time.time() - WORKER_DEAD_AFTER_S, "+inf")
+        CLOCK.sync(db)
+        live = db.zrangebyscore(registry, server_now() - WORKER_DEAD_AFTER_S, "+inf")
         infos = [db.get(worker_info_key(member.decode())) for member in live]
     except redis.RedisError as exc:
         print(f"error: cannot reach Redis at {url}: {exc}", file=sys.stderr)
@@ -302,6 +311,10 @@ def _add_connection_args(parser: argparse.ArgumentParser, timeout: float | None,
         "--address", metavar="HOST:PORT", help="gateway (default: $BAILING_GATEWAY or 127.0.0.1:50051)"
     )
     parser.add_argument("--timeout", type=float, default=timeout, metavar="S", help=timeout_help)
+    tls = parser.add_argument_group("TLS", "PEM files; any of them turns TLS on (default: plaintext)")
+    tls.add_argument("--tls-ca", metavar="PEM", help="CA of the gateway's certificate ($BAILING_TLS_CA)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate, mutual TLS ($BAILING_TLS_CERT)")
+    tls.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert ($BAILING_TLS_KEY)")
 
 
 def _add_chat_parser(sub: argparse._SubParsersAction) -> None:

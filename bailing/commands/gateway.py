@@ -47,7 +47,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     for flag, metavar, help in _SPEECH_LIMIT_FLAGS:
         speech.add_argument(flag, type=int, default=None, metavar=metavar, help=help)
+    _add_security_args(p)
     p.set_defaults(func=_cmd_gateway)
+
+
+def _add_security_args(p: argparse.ArgumentParser) -> None:
+    tls = p.add_argument_group("TLS", "PEM files; with --tls-cert and --tls-key the port speaks TLS only")
+    tls.add_argument("--tls-cert", metavar="PEM", help="the server's certificate (chain)")
+    tls.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    tls.add_argument(
+        "--tls-client-ca", metavar="PEM",
+        help="mutual TLS: clients must present a certificate signed by this CA",
+    )  # fmt: skip
+    auth = p.add_argument_group(
+        "bearer tokens", "with any token (BAILING_API_TOKEN and/or a file), every call must send one"
+    )
+    auth.add_argument(
+        "--api-token-file", metavar="PATH",
+        help="accepted tokens, one per line (blank lines and # comments skipped)",
+    )  # fmt: skip
+    auth.add_argument(
+        "--max-streams-per-token", type=int, default=0, metavar="N",
+        help="concurrent generation calls per token; more get RESOURCE_EXHAUSTED (default 0 = no limit)",
+    )  # fmt: skip
 
 
 # flag -> GatewayConfig field (dashes -> underscores), all optional ints
@@ -71,6 +93,24 @@ def _limits(args: argparse.Namespace) -> dict[str, int]:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+def _token_file(path: str | None) -> tuple[str, ...]:
+    """The tokens of --api-token-file (none without the flag); an unreadable or empty file is an error."""
+    from gateway.tokens import parse_token_file
+
+    if path is None:
+        return ()
+    try:
+        with open(path, encoding="utf-8") as f:
+            tokens = parse_token_file(f.read())
+    except OSError as exc:
+        raise ValueError(f"--api-token-file: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:  # the message would quote the file's bytes
+        raise ValueError(f"--api-token-file: {path} is not UTF-8 text") from None
+    if not tokens:
+        raise ValueError(f"--api-token-file: {path} holds no token (only blank lines and # comments)")
+    return tokens
+
+
 def _config(args: argparse.Namespace):
     from gateway.config import GatewayConfig
 
@@ -84,6 +124,11 @@ def _config(args: argparse.Namespace):
         host=args.host,
         port=args.port,
         api_token=env.api_token,
+        api_tokens=_token_file(args.api_token_file),
+        max_streams_per_token=args.max_streams_per_token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         max_inflight=args.max_inflight,
         metrics_port=args.metrics_port,
         drain_grace_s=args.drain_grace,
