@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
 .PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming \
-	bench-ming-image bench-ming-speech bench-parallel bench-curves bench-omp-pools bench-expert-products gpu-check
+	bench-ming-image bench-ming-speech bench-parallel bench-curves bench-omp-pools bench-expert-products gpu-check \
+	fuzz soak chaos compose-check
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -78,6 +79,32 @@ bench-omp-pools: $(STAMP)
 
 bench-expert-products: $(STAMP)
 	$(PY) -m bench.expert_products
+
+# The gRPC contract under 10,000 generated requests and 2,000 generated media files (tests/fuzz/) on a
+# real stack (Valkey, gateway, ling / ming / ming2 workers): statuses per message type in
+# bench/results/fuzz.md; fails if any call got UNKNOWN / INTERNAL / no answer or a worker died.
+fuzz: $(STAMP)
+	$(PY) -m bench.fuzz
+
+# The local stack (`bailing up`'s Stack) under concurrent streaming clients: every request complete,
+# TTFT / ITL per minute, RSS and fds per process, KV usage back to 0 when idle (bench/results/soak.md).
+# The reference run: make soak SOAK_ARGS="--streams 64 --minutes 10".
+SOAK_ARGS ?=
+soak: $(STAMP)
+	$(PY) -m bench.soak $(SOAK_ARGS)
+
+# Fault rounds (worker SIGKILL, gateway SIGKILL, Valkey restart, worker SIGSTOP past its heartbeat) while
+# streams and 1,000-item batches run: 0 lost / duplicated items, 0 hung streams (bench/results/chaos.md).
+CHAOS_ARGS ?=
+chaos: $(STAMP)
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
+# The docker-compose stack for real (needs docker + docker-compose, else exit 2; not part of `make test`):
+# builds the image (on a local Debian base where no registry is reachable), `up` with docker-compose.yml
+# plus docker/compose-check.yml (CPU workers), waits for health, runs a chat, a transcription and a
+# batch, SIGKILLs a worker and sees its restart policy bring it back, then `down -v` of its own project.
+compose-check: $(STAMP)
+	$(PY) -m bench.compose_check
 
 # On a machine with a CUDA device: the tests marked gpu (NCCL tensor parallel when there are 2+
 # GPUs, FP8 loading), then the GPU benchmarks (bf16; the engine on Ling-mini-2.0's real shapes).

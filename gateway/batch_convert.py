@@ -133,6 +133,8 @@ def _jsonl_item(n: int, line: str) -> _RawItem:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return _RawItem(where, "", None, f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:  # arrays / objects nested about a thousand deep
+        return _RawItem(where, "", None, f"{where}: JSON nested too deeply")
     if not isinstance(obj, dict):
         return _RawItem(where, "", None, f"{where}: must be a JSON object with custom_id and body")
     custom_id = obj.get("custom_id")
@@ -152,7 +154,7 @@ def _jsonl_item(n: int, line: str) -> _RawItem:
         return _RawItem(where, custom_id, None, f"{where}: body must be a JSON object (a {name})")
     try:
         request = json_format.ParseDict(body, message())
-    except (json_format.ParseError, ValueError, TypeError) as exc:
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         return _RawItem(where, custom_id, None, f"{where}: body: {exc}")
     return _RawItem(where, custom_id, request)
 

@@ -161,6 +161,11 @@ BAD_BATCHES = {
         ],
     ),
     "empty jsonl": (b"\n  \n", ["the batch is empty"]),
+    # found by `make fuzz`: json.loads raised RecursionError, and CreateBatch answered INTERNAL
+    "json nested 100,000 deep": (
+        jsonl({"custom_id": "a", "body": {"prompt": "p"}}, "[" * 100_000 + "]" * 100_000),
+        ["1 of 2 batch items are invalid", "line 2: JSON nested too deeply"],
+    ),
 }
 
 

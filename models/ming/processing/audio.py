@@ -1,7 +1,8 @@
 """Audio: bytes -> first-channel 16 kHz waveform -> Whisper log-mel features (no 30 s padding).
 
 Flow: `decode_audio` (soundfile for WAV/FLAC/OGG, PyAV for MP3/AAC/M4A/... and as a fallback) ->
-first channel, float32 in [-1, 1] -> torchaudio resample to 16 kHz -> `log_mel` (T, 128) ->
+first channel, float32 in [-1, 1] -> `resample` to 16 kHz (torchaudio; libswresample for rates whose
+ratio to 16 kHz does not reduce) -> `log_mel` (T, 128) ->
 `process_audios` pads the clips into `audio_feats` (A, T_max, 128) with their frame counts.
 `audio_tokens` is the LLM token count of T frames (Whisper conv2 + Ming's Conv1d projector).
 
@@ -12,6 +13,7 @@ T = frames (S // hop, 100 per second), A = audio clips of the request.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,6 +26,7 @@ import torchaudio
 from models.ming.processing.errors import MediaError, describe, part_error
 
 _SOUNDFILE_SIGNATURES = (b"RIFF", b"fLaC", b"OggS", b"FORM")  # WAV, FLAC, OGG, AIFF
+MAX_RESAMPLE_KERNEL = 1 << 22  # elements (16 MiB of float32): above it, `resample` uses libswresample
 
 
 @dataclass(frozen=True)
@@ -83,15 +86,43 @@ def decode_audio(data: bytes, index: int, cfg: AudioConfig) -> torch.Tensor:
     if not np.isfinite(wave).all():
         raise part_error("audio", index, "holds NaN or infinite samples")
     samples = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    if rate != cfg.sample_rate:
-        # torchaudio's windowed-sinc resampler with its defaults, as Ming's processor resamples
-        samples = torchaudio.functional.resample(samples, rate, cfg.sample_rate)
+    if rate != cfg.sample_rate and samples.numel():  # no samples: refused just below, as 0 s long
+        samples = resample(samples, rate, index, cfg)
     seconds = samples.numel() / cfg.sample_rate
     if seconds < cfg.min_seconds:
         raise part_error(
             "audio", index, f"is {seconds:.3f} s long; at least {cfg.min_seconds:g} s of sound is needed"
         )
     return samples
+
+
+def resample_kernel_size(rate: int, target: int) -> int:
+    """Elements of torchaudio's polyphase resampling kernel from `rate` to `target` Hz (its defaults:
+    lowpass width 6, rolloff 0.99): (target/g) x (rate/g + 2·width), g = gcd(rate, target)."""
+    g = math.gcd(rate, target)
+    orig, new = rate // g, target // g
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
+    return new * (orig + 2 * width)
+
+
+def resample(samples: torch.Tensor, rate: int, index: int, cfg: AudioConfig) -> torch.Tensor:
+    """(S,) at `rate` Hz -> at cfg.sample_rate.
+
+    torchaudio's windowed-sinc resampler with its defaults, as Ming's processor resamples, whenever its
+    kernel is small, which it is for every common rate (44100 -> 16000 reduces to 441:160, 3k taps).
+    A rate whose ratio does not reduce (44101 Hz: a 16000 x 44,115 kernel, 2.8 GB; a prime rate near
+    100 kHz: more memory than the machine has) goes through libswresample instead, in linear memory.
+    """
+    if resample_kernel_size(rate, cfg.sample_rate) <= MAX_RESAMPLE_KERNEL:
+        return torchaudio.functional.resample(samples, rate, cfg.sample_rate)
+    try:
+        frame = av.AudioFrame.from_ndarray(samples.numpy()[None, :], format="flt", layout="mono")
+        frame.sample_rate = rate
+        to_rate = av.AudioResampler(format="flt", layout="mono", rate=cfg.sample_rate)
+        out = [f.to_ndarray()[0] for f in (*to_rate.resample(frame), *to_rate.resample(None))]
+    except (av.FFmpegError, ValueError, OverflowError) as exc:
+        raise part_error("audio", index, f"cannot be resampled from {rate} Hz ({describe(exc)})") from None
+    return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0)
 
 
 def _too_long(index: int, seconds: float, cfg: AudioConfig) -> MediaError:

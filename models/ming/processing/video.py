@@ -168,6 +168,8 @@ def probe(data: bytes, index: int, cfg: VideoConfig) -> VideoProbe:
         raise part_error("video", index, f"is {len(data)} bytes, more than the limit of {cfg.max_bytes}")
     with _open(data, index) as container:
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # FFmpeg found the stream but not its codec parameters
+            raise part_error("video", index, "has a video stream without codec parameters (cut short?)")
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height > cfg.max_frame_pixels or min(width, height) < 1:
             raise part_error(

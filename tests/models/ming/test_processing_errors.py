@@ -87,6 +87,13 @@ def test_zero_second_wav(processor):
     _fails(processor, r"^audio 1: is 0\.000 s long", prompt="<AUDIO>", audios=[empty])
 
 
+def test_zero_second_wav_at_another_rate(processor):
+    """Found by `make fuzz`: 0 samples at 44.1 kHz reached torchaudio's resampler, which cannot reshape
+    an empty wave (RuntimeError: the worker answered INTERNAL)."""
+    empty = wav_bytes(np.zeros(0, np.float32), rate=44100)
+    _fails(processor, r"^audio 1: is 0\.000 s long", prompt="<AUDIO>", audios=[empty])
+
+
 def test_empty_audio_bytes(processor):
     _fails(processor, r"^audio 1: is empty", prompt="<AUDIO>", audios=[b""])
 
@@ -139,6 +146,14 @@ def test_garbage_video(processor):
         prompt="<VIDEO>",
         videos=[b"\0\0\0\x18ftypmp42" + b"\0" * 64],
     )
+
+
+def test_truncated_mp4_whose_stream_has_no_codec_parameters(processor):
+    """Found by `make fuzz`: an MP4 cut inside its sample table opens with a video stream whose
+    codec_context is None (AttributeError: the worker answered INTERNAL)."""
+    cut = mp4_bytes(ramp_video(4), 4)[:1150]
+    expect = r"^video 1: has a video stream without codec parameters"
+    _fails(processor, expect, prompt="<VIDEO>", videos=[cut])
 
 
 def test_video_with_too_few_frames(processor):

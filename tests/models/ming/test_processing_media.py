@@ -66,6 +66,36 @@ def test_resampling_to_16k():
     assert torch.equal(decoded, expected)
 
 
+@pytest.mark.parametrize("rate", [44101, 99991, 1_000_003])
+def test_odd_sample_rates_resample_in_linear_memory(rate):
+    """Found by `make fuzz`: a WAV at 99991 Hz made torchaudio build a 16000 x 100k-tap kernel (6 GB)
+    and the OOM killer ended the worker; rates whose ratio to 16 kHz does not reduce go through
+    libswresample, and give the same wave as torchaudio where both fit (16001 Hz below)."""
+    from models.ming.processing.audio import MAX_RESAMPLE_KERNEL, resample_kernel_size
+
+    assert resample_kernel_size(rate, 16000) > MAX_RESAMPLE_KERNEL
+    assert resample_kernel_size(44100, 16000) < MAX_RESAMPLE_KERNEL  # common rates keep torchaudio
+    wave = _tone(0.5, rate=rate)
+    decoded = decode_audio(wav_bytes(wave, rate=rate), 0, AudioConfig())
+    assert abs(decoded.numel() - 8000) <= 1
+    reference = _tone(0.5)
+    corr = np.corrcoef(decoded.numpy()[100:7900], reference[100:7900])[0, 1]
+    assert corr > 0.99
+
+
+def test_swresample_agrees_with_torchaudio_where_both_fit(monkeypatch):
+    import torchaudio
+
+    from models.ming.processing import audio
+
+    wave = torch.from_numpy(_tone(1.0, rate=16001))
+    expected = torchaudio.functional.resample(wave, 16001, 16000)
+    monkeypatch.setattr(audio, "MAX_RESAMPLE_KERNEL", 0)
+    got = audio.resample(wave, 16001, 0, AudioConfig())
+    assert got.shape == expected.shape
+    assert (got[100:-100] - expected[100:-100]).abs().max() < 5e-3
+
+
 @pytest.mark.parametrize(("n", "fps"), [(8, 4), (30, 10), (60, 10), (50, 2)])
 def test_mp4_decodes_the_sampled_frames(n, fps):
     data = mp4_bytes(ramp_video(n), fps)
