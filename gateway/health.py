@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+STOP_WAIT_S = 5.0
 
 
 class HealthMonitor:
@@ -33,6 +34,7 @@ class HealthMonitor:
         self.servicer = health.aio.HealthServicer()
         self.states: dict[str, ModelState] = {m: ModelState(m) for m in cfg.models}
         self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
         self._redis_ok = True
 
     def service_names(self) -> list[str]:
@@ -70,15 +72,20 @@ class HealthMonitor:
         await self.servicer.set(health.OVERALL_HEALTH, SERVING if all(live) else NOT_SERVING)
 
     async def _loop(self) -> None:
-        while True:
+        # the flag, not only the task's cancel, ends it: redis-py can swallow a cancellation that lands
+        # inside a command, and the loop then ran on past stop() (a test's teardown hung on it)
+        while not self._stopping.is_set():
             await asyncio.sleep(self.cfg.health_interval_s)
-            await self.refresh()
+            if not self._stopping.is_set():
+                await self.refresh()
 
     async def drain(self) -> None:
         """NOT_SERVING everywhere, and no refresh may flip it back."""
         await self.servicer.enter_graceful_shutdown()
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # a swallowed cancel: the loop sees the flag after its current refresh
+            await asyncio.wait({self._task}, timeout=STOP_WAIT_S)
