@@ -267,8 +267,11 @@ class Dispatcher:
                     worker_id = event.worker_id
                     if (event.info or {}).get("stage") == IMAGE_STAGE:  # a diffusion-stage worker took over
                         registry = stage_workers_key(model)
-                if event.terminal:
-                    await self.redis.expire(key, FINISHED_STREAM_TTL_S)
+                if event.terminal:  # the stream and a client-chosen id's claim go soon after its end
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        pipe.expire(key, FINISHED_STREAM_TTL_S)
+                        pipe.expire(claim_key(request_id), FINISHED_STREAM_TTL_S)
+                        await pipe.execute()
                 yield event
                 if event.terminal:
                     return

@@ -38,9 +38,10 @@ CANCEL_CHANNEL = "bailing:cancel"
 HEARTBEAT_INTERVAL_S = 1.0
 WORKER_DEAD_AFTER_S = 3.0  # no heartbeat for this long: the worker is gone
 STREAM_TTL_S = 3600  # a request's event stream outlives its reader by this much
-# Once the gateway relayed a stream's terminal event, the stream goes sooner: a long soak otherwise grew
-# Redis by every finished stream for an hour (a redelivery after this finds no stream and re-runs a
-# job whose answer the client already has, which only costs compute: nobody reads it).
+# Once the gateway relayed a stream's terminal event, the stream (and the claim of a client-chosen
+# request id, which may then be used again) goes sooner: a long soak otherwise grew Redis by every
+# finished request for an hour (a redelivery after this finds no stream and re-runs a job whose answer
+# the client already has, which only costs compute: nobody reads it).
 FINISHED_STREAM_TTL_S = 120
 MEDIA_TTL_S = 3600
 MODALITIES = ("text", "image", "audio", "video")

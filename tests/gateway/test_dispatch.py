@@ -18,6 +18,7 @@ from pipelines.protocol import (
     GenerateJob,
     WorkerInfo,
     cancel_key,
+    claim_key,
     stream_key,
     worker_info_key,
     workers_key,
@@ -102,10 +103,13 @@ def test_events_end_at_the_terminal_and_skip_duplicates(redis_url, model):
     ):
         r.xadd(stream_key(rid), e.encode())
 
+    r.set(claim_key(rid), "1", ex=3600)  # a client-chosen id
+
     async def body(d: Dispatcher):
         return [(e.seq, e.text) async for e in d.events(rid, model)]
 
     assert run(redis_url, model, body) == [(0, ""), (1, "a"), (2, "")]
+    assert 0 < r.ttl(claim_key(rid)) <= FINISHED_STREAM_TTL_S
     # relayed to its end: the stream goes in FINISHED_STREAM_TTL_S, not an hour (a soak grew Redis)
     assert 0 < r.ttl(stream_key(rid)) <= FINISHED_STREAM_TTL_S
 
