@@ -141,7 +141,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from gateway.server import serve
+    from gateway.app import serve
 
     cfg = _config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

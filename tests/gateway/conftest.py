@@ -51,7 +51,7 @@ class GatewayThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start(self) -> GatewayThread:
-        from gateway.server import GatewayServer
+        from gateway.app import GatewayServer
 
         self.thread.start()
 

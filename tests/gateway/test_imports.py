@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_gateway_imports_no_torch():
     code = (
         "import sys\n"
-        "import gateway.server, gateway.convert, gateway.dispatch, bailing.commands.gateway\n"
+        "import gateway.app, gateway.server, gateway.convert, gateway.dispatch, bailing.commands.gateway\n"
         "top = {m.split('.')[0] for m in sys.modules}\n"
         "bad = sorted(top & {'torch', 'engine', 'models', 'workers'})\n"
         "print(' '.join(bad))\n"

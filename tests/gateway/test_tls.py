@@ -17,8 +17,8 @@ import pytest
 
 from bailing.client import AsyncClient, BailingConnectionError, Client
 from gateway.api import pb, pb_grpc
+from gateway.app import GatewayServer
 from gateway.config import GatewayConfig
-from gateway.server import GatewayServer
 from tests.gateway.certs import Pki, make_pki
 
 REPO = Path(__file__).resolve().parents[2]
