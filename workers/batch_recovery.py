@@ -97,9 +97,8 @@ def with_fresh_tag(entry: bytes) -> tuple[str, str, str]:
 class HeldItemsSweeper:
     """Requeues the held batch items of `model`'s dead workers (run from the feeder's thread)."""
 
-    def __init__(self, model: str, worker_id: str, dead_after_s: float = WORKER_DEAD_AFTER_S) -> None:
-        self.model, self.worker_id, self.dead_after_s = model, worker_id, dead_after_s
-        self.requeued = 0  # items this worker put back, in all
+    def __init__(self, model: str, worker_id: str) -> None:
+        self.model, self.worker_id = model, worker_id
         self._next = 0.0
 
     def due(self) -> bool:
@@ -110,7 +109,7 @@ class HeldItemsSweeper:
         self._next = time.monotonic() + SWEEP_EVERY_S
         client, registry = channel.client, workers_key(self.model)
         seconds, micros = client.time()
-        since = seconds + micros / 1e6 - self.dead_after_s
+        since = seconds + micros / 1e6 - WORKER_DEAD_AFTER_S  # the scripts judge by the same bound
         live = {m.decode() for m in client.zrangebyscore(registry, since, "+inf")}
         stale = {m.decode() for m in client.zrangebyscore(registry, "-inf", since)}
         stale |= {m.decode() for m in client.smembers(holders_key(self.model))} - live
@@ -122,7 +121,6 @@ class HeldItemsSweeper:
             if n > 0:
                 log.warning("worker %s stopped: %d batch item(s) it held are back on the queue", worker_id, n)
                 requeued += n
-        self.requeued += requeued
         return requeued
 
     def _requeue(self, channel: Any, worker_id: str) -> int:
