@@ -40,9 +40,12 @@ WORKER_DEAD_AFTER_S = 3.0  # no heartbeat for this long: the worker is gone
 STREAM_TTL_S = 3600  # a request's event stream outlives its reader by this much
 # Once the gateway relayed a stream's terminal event, the stream (and the claim of a client-chosen
 # request id, which may then be used again) goes sooner: a long soak otherwise grew Redis by every
-# finished request for an hour (a redelivery after this finds no stream and re-runs a job whose answer
-# the client already has, which only costs compute: nobody reads it).
-FINISHED_STREAM_TTL_S = 120
+# finished request for an hour. The gateway is a finished stream's only reader, and the redeliveries
+# that could still find it come within seconds (batch recovery) or after the visibility timeout (an
+# hour, long past any retention), so 30 s is plenty; a redelivery after it finds no stream and re-runs
+# a job whose answer the client already has, which only costs compute. At 120 s a 64-stream soak kept
+# ~5k finished streams alive and Valkey's RSS was still ramping at minute 2.
+FINISHED_STREAM_TTL_S = 30
 MEDIA_TTL_S = 3600
 MODALITIES = ("text", "image", "audio", "video")
 MAX_SAMPLES = 16  # sampling.n may be 1..MAX_SAMPLES
