@@ -35,6 +35,8 @@ def diffusion_params(model: Any, tokenizer: Any, params: SamplingParams) -> Diff
         return None
     if params.n != 1 or params.logprobs is not None or params.logits_processors:
         raise RequestError("a diffusion model takes n=1 and no logprobs or logits processors")
+    if params.constraint is not None and params.constraint.gate is not None:
+        raise RequestError("a diffusion model's grammar holds from the first output token (no gate)")
     d = params.diffusion or DiffusionParams()
     mask = d.mask_token_id if d.mask_token_id is not None else mask_token_id(model, tokenizer)
     vocab = model.runtime.vocab_size

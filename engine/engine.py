@@ -50,6 +50,7 @@ from engine.scheduler import Scheduler, SchedulerConfig
 from engine.sequence import RequestGroup, TrackedRequest, sample_id
 from engine.side_loops import SideLoops
 from engine.step_outputs import StepOutputs
+from engine.structured.structured_output import LazyStructuredOutput
 from engine.tokenizer import load_tokenizer, require
 
 Prompt = str | list[int]
@@ -109,6 +110,8 @@ class LLMEngine(EngineThread, RankGroupOwner, StepOutputs):
             self.blocks,
         )
         self.metrics = EngineMetrics()
+        # grammars for structured output over this tokenizer, made on first use
+        self.structured = LazyStructuredOutput(self.tokenizer, rt.vocab_size, self.eos_token_ids)
         self._requests: dict[str, RequestGroup] = {}  # by request id
         self._seqs: dict[str, TrackedRequest] = {}  # every sample in flight, by seq_id
         self._ids = itertools.count()
@@ -296,6 +299,11 @@ class LLMEngine(EngineThread, RankGroupOwner, StepOutputs):
         if group.queue is not None:
             group.queue.put(group_snapshot(group))
         return True
+
+    def close(self) -> None:
+        """End the engine (see RankGroupOwner.close) and the structured-output mask thread, if any."""
+        super().close()
+        self.structured.close()
 
     def has_unfinished(self) -> bool:
         with self._locked():

@@ -105,10 +105,16 @@ def check_hidden_request(
     """Validate a prefill-only request; RequestError naming the problem."""
     if diffusion_model:
         raise RequestError("hidden_positions need an autoregressive model; this one is a diffusion model")
-    if params.n != 1 or params.logprobs is not None or params.logits_processors or params.diffusion:
+    if (
+        params.n != 1
+        or params.logprobs is not None
+        or params.logits_processors
+        or params.diffusion
+        or params.constraint
+    ):
         raise RequestError(
             "a hidden_positions request samples nothing: it takes n=1 and no logprobs, logits "
-            "processors or diffusion options"
+            "processors, grammar or diffusion options"
         )
     if isinstance(positions, str | bytes) or not isinstance(positions, Sequence | torch.Tensor):
         raise RequestError(f"hidden_positions must be a list of ints, got {type(positions).__name__}")

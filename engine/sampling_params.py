@@ -97,6 +97,9 @@ class SamplingParams:
     # Block-diffusion decoding (engine.diffusion.DiffusionParams) for a diffusion model; None: its
     # defaults there. max_tokens is the generation length.
     diffusion: Any = None
+    # The grammar the output must follow (engine.structured.GrammarConstraint from the engine's
+    # `structured`); applied after the logits processors. Other samples of the request get clones.
+    constraint: Any = None
 
     def __post_init__(self) -> None:
         self.n = _integer("n", self.n, 1)
@@ -132,6 +135,11 @@ class SamplingParams:
 
             if not isinstance(self.diffusion, DiffusionParams):
                 raise RequestError(f"diffusion must be a DiffusionParams or None, got {self.diffusion!r}")
+        if self.constraint is not None:
+            from engine.structured.constraint import GrammarConstraint
+
+            if not isinstance(self.constraint, GrammarConstraint):
+                raise RequestError(f"constraint must be a GrammarConstraint or None, got {self.constraint!r}")
 
     def for_sample(self, index: int) -> SamplingParams:
         """The params of sample `index` (> 0) of an n-sample request: n=1, its own seed and processors.
@@ -145,7 +153,8 @@ class SamplingParams:
         procs: list[Callable[..., Any]] = [
             p.clone() if callable(getattr(p, "clone", None)) else p for p in self.logits_processors
         ]
-        return dataclasses.replace(self, n=1, seed=seed, logits_processors=procs)
+        constraint = None if self.constraint is None else self.constraint.clone()
+        return dataclasses.replace(self, n=1, seed=seed, logits_processors=procs, constraint=constraint)
 
     def _normalise_stops(self) -> None:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop

@@ -16,6 +16,8 @@ from engine.output_processor import apply_logits_processors, group_snapshot, pro
 from engine.outputs import RequestOutput
 from engine.sampler import sample
 from engine.sequence import RequestGroup, Sequence, TrackedRequest
+from engine.structured.constraint import FAILED, GrammarConstraint
+from engine.structured.structured_output import LazyStructuredOutput
 
 log = logging.getLogger("engine.engine")
 
@@ -28,9 +30,18 @@ def publish(group: RequestGroup) -> RequestOutput:
     return snap
 
 
+def _advance(req: TrackedRequest, constraint: GrammarConstraint) -> None:
+    """The sampled token moves the sample's grammar on; a token it rejects fails the sample."""
+    constraint.advance(req.seq.output_token_ids)
+    if constraint.error is not None:
+        log.warning("request %s: %s", req.seq.request_id, constraint.error)
+        req.output.finish_reason, req.output.stop_reason = "error", FAILED + constraint.error
+
+
 class StepOutputs:
     _seqs: dict[str, TrackedRequest]
     max_model_len: int
+    structured: LazyStructuredOutput
 
     def _finish(self, req: TrackedRequest) -> None:
         raise NotImplementedError
@@ -80,6 +91,10 @@ class StepOutputs:
         if len(rows) != len(seqs):
             logits = logits[torch.tensor(rows, device=logits.device)]  # (S', V)
         processed, failed = apply_logits_processors(reqs, logits)
+        constraints = [r.seq.params.constraint for r in reqs]
+        constrained = any(c is not None for c in constraints)
+        if constrained:
+            processed = self.structured.get().masks.apply(processed, constraints)
         result = sample(processed, [r.sampling for r in reqs], raw_logits=logits)
         progressed: dict[str, RequestGroup] = {}
         for i, (req, token, lps) in enumerate(zip(reqs, result.token_ids, result.logprobs, strict=True)):
@@ -89,7 +104,14 @@ class StepOutputs:
                 req.seq.append(token)
                 process_token(req, token, lps, self.max_model_len)
                 req.output.num_forwards += 1
+                if constraints[i] is not None and not req.output.finished:
+                    _advance(req, constraints[i])
             if req.output.finished:
                 self._finish(req)
             progressed[req.group.request_id] = req.group
+        if constrained:  # the next masks are computed while the next forward runs
+            live = [
+                c for r, c in zip(reqs, constraints, strict=True) if c is not None and not r.output.finished
+            ]
+            self.structured.get().masks.prefetch(live)
         return [publish(g) for g in progressed.values() if g.finished or not g.final_only]

@@ -65,12 +65,26 @@ class BlockDecoder:
                 f"expected logits [B, V] and block_ids [B], "
                 f"got {list(logits.shape)} and {list(block_ids.shape)}"
             )
+        tokens, conf, chosen = self.decide(logits, block_ids, temperature, top_k, top_p, generator)
+        positions = chosen.nonzero()[:, 0]  # (n,) ascending
+        return BlockCommit(positions, tokens[positions], conf[positions])
+
+    def decide(
+        self,
+        logits: torch.Tensor,
+        block_ids: torch.Tensor,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step's (x̂ [B], c [B], chosen [B] bool ⊆ M): what `step` commits, before it is picked
+        out (a grammar-held run commits only a left-to-right part of it, engine/diffusion/constrained.py)."""
         masked = block_ids == self.mask_id  # (B,)
         tokens, conf = self.propose(logits.float(), masked, temperature, top_k, top_p, generator)
         chosen = self.choose(conf, tokens, masked)  # (B,) bool, a subset of masked
         self.step_index += 1
-        positions = chosen.nonzero()[:, 0]  # (n,) ascending
-        return BlockCommit(positions, tokens[positions], conf[positions])
+        return tokens, conf, chosen
 
     def propose(
         self,

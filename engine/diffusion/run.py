@@ -12,16 +12,19 @@ the step after a block finishes forwards it once more together with the next blo
 written with its final tokens: the fused "commit + decode" step, one forward). Without the cache
 every step forwards the whole window (the official generate()). Finished blocks' tokens (up to
 P + G) are handed to the engine's per-token bookkeeping, which ends the request at EOS or G tokens.
+A request held to a grammar commits each block left to right instead (engine/diffusion/constrained.py).
 """
 
 from __future__ import annotations
 
 import torch
 
+from engine.diffusion.constrained import constrained_step, holds
 from engine.diffusion.decoders import make_decoder
 from engine.diffusion.params import DiffusionParams
 from engine.output_processor import process_token
 from engine.sequence import TrackedRequest
+from engine.structured.constraint import FAILED, GrammarConstraint
 
 
 class DiffusionRun:
@@ -33,6 +36,7 @@ class DiffusionRun:
         eos_ids: frozenset[int],
         sampling: tuple[float, int | None, float | None],
         generator: torch.Generator | None,
+        constraint: GrammarConstraint | None = None,
     ) -> None:
         if params.mask_token_id is None:
             raise ValueError("DiffusionRun needs params.mask_token_id resolved")
@@ -40,6 +44,7 @@ class DiffusionRun:
         self.prompt_len, self.gen_length, self.eos_ids = prompt_len, gen_length, eos_ids
         self.temperature, self.top_k, self.top_p = sampling
         self.generator = generator
+        self.constraint = constraint  # a grammar: the block is committed left to right (constrained.py)
         bl = params.block_length
         self.total = -(-(prompt_len + gen_length) // bl) * bl  # nb * B: x's whole length
         self.block = prompt_len // bl  # the block being decoded
@@ -86,7 +91,11 @@ class DiffusionRun:
         return the tokens that became final (to hand out, in order); `done` once no block is left."""
         start, end = self.block_start, self.block_end
         block = torch.tensor(token_ids[start:end], dtype=torch.long)  # (B,)
-        step = self.decoder.step(logits, block, self.temperature, self.top_k, self.top_p, self.generator)
+        sampling = (self.temperature, self.top_k, self.top_p)
+        if holds(self.constraint):
+            step = constrained_step(self.decoder, self.constraint, logits, block, sampling, self.generator)
+        else:
+            step = self.decoder.step(logits, block, *sampling, self.generator)
         self.num_forwards += 1
         for pos, tok in zip(step.positions.tolist(), step.tokens.tolist(), strict=True):
             token_ids[start + pos] = tok
@@ -138,9 +147,8 @@ def start_diffusion(req: TrackedRequest, params: DiffusionParams) -> None:
     if params.eos_token_id is not None and not p.ignore_eos:
         req.eos = frozenset({params.eos_token_id})
     sampling = (p.temperature, p.top_k or None, p.top_p if p.top_p < 1 else None)
-    run = DiffusionRun(
-        params, len(seq.prompt_token_ids), p.max_tokens, req.eos, sampling, req.sampling.generator
-    )
+    prompt_len, generator = len(seq.prompt_token_ids), req.sampling.generator
+    run = DiffusionRun(params, prompt_len, p.max_tokens, req.eos, sampling, generator, p.constraint)
     seq.diffusion = run
     seq.token_ids = run.initial_window(seq.prompt_token_ids)
 
@@ -152,6 +160,10 @@ def diffuse_step(req: TrackedRequest, logits: torch.Tensor) -> bool:
     seq.num_computed = run.kv_floor  # the current block's KV is provisional: recomputed next step
     final = run.commit(seq.token_ids, logits)
     out.num_forwards = run.num_forwards
+    if run.constraint is not None and run.constraint.error is not None:
+        out.finish_reason, out.stop_reason = "error", FAILED + run.constraint.error
+        out.step_commits = run.step_commits
+        return True
     for token in final:
         process_token(req, token, None, _NO_CONTEXT_LIMIT)
         if out.finished:
