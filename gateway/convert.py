@@ -1,4 +1,4 @@
-"""The protobuf boundary: GenerateRequest -> validated GenerateJob, and Events -> chunks / responses.
+"""The protobuf boundary: GenerateRequest -> validated GenerateJob (events -> replies: `gateway.replies`).
 
 Every user error becomes a `Rejection` (INVALID_ARGUMENT, unknown model NOT_FOUND) whose message
 names the field, e.g. "sampling.top_p must be in (0, 1], got 0". Ranges mirror
@@ -17,25 +17,22 @@ import grpc
 
 from gateway.api import OPTIONAL_SAMPLING_FIELDS, pb
 from gateway.config import GatewayConfig
-from gateway.errors import Rejection, invalid, status_from_name
+from gateway.errors import Rejection, invalid
 from gateway.media import MEDIA_KINDS, MediaBlob, MediaError, check_media
-from gateway.state import ModelState, RequestTrace
+from gateway.state import ModelState
+from gateway.structured import message_tool_fields, response_format_from_pb, tools_from_pb
 from pipelines.protocol import (
     MAX_SAMPLES,
     ChatMessage,
-    Event,
-    EventType,
     GenerateJob,
     MediaRef,
     Part,
     Sampling,
-    Usage,
 )
 
 ROLES = ("system", "user", "assistant", "tool")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 PENALTY_LIMIT = 2.0
-MAX_ERROR_CHARS = 500
 
 
 def check_model(name: str, served: tuple[str, ...]) -> None:
@@ -67,6 +64,7 @@ def request_to_job(
     enable_thinking, thinking_budget = _reasoning(req)
     # the worker rejects diffusion options for an autoregressive model (only its engine knows)
     diffusion = _diffusion(req) if req.HasField("diffusion") else None
+    tools, tool_choice, parallel_tool_calls = tools_from_pb(req)
     job = GenerateJob(
         request_id=request_id,
         model=req.model,
@@ -76,6 +74,10 @@ def request_to_job(
         enable_thinking=enable_thinking,
         thinking_budget=thinking_budget,
         diffusion=diffusion,
+        response_format=response_format_from_pb(req),
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel_tool_calls,
         priority=req.priority,
         deadline=deadline,
         submitted_at=submitted_at,
@@ -97,12 +99,13 @@ def _message(
 ) -> ChatMessage:
     if msg.role not in ROLES:
         raise invalid(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {msg.role!r}")
-    if not msg.content:
+    calls, call_id = message_tool_fields(i, msg)
+    if not msg.content and not calls:
         raise invalid(f"messages[{i}].content is empty: every message needs at least one part")
     parts = tuple(
         _part(f"messages[{i}].content[{j}]", p, cfg, state, blobs) for j, p in enumerate(msg.content)
     )
-    return ChatMessage(role=msg.role, parts=parts)
+    return ChatMessage(msg.role, parts, calls, call_id)
 
 
 def _part(path: str, part: pb.ContentPart, cfg: GatewayConfig, state: ModelState | None, blobs) -> Part:
@@ -241,144 +244,6 @@ def _diffusion(req: pb.GenerateRequest) -> dict[str, Any]:
         if d.HasField(name):
             out[name] = getattr(d, name)
     return out
-
-
-# ---- events -> replies -------------------------------------------------------------------------
-def event_error(event: Event) -> Rejection | None:
-    """The status a terminal event ends the call with, or None when it ends with an answer."""
-    if event.type is EventType.ERROR:
-        message = (event.message or "the worker failed").strip().splitlines()[0][:MAX_ERROR_CHARS]
-        return Rejection(status_from_name(event.error_code), message)
-    if event.type is EventType.CANCELLED and event.error_code not in ("", "CANCELLED"):
-        # e.g. DEADLINE_EXCEEDED: the call failed; a plain cancel still ends with finish_reason "cancelled"
-        return Rejection(status_from_name(event.error_code), event.message or event.error_code.lower())
-    return None
-
-
-def _finish_reason(event: Event) -> str:
-    if event.type is EventType.CANCELLED:
-        return event.finish_reason or "cancelled"
-    return event.finish_reason or "stop"
-
-
-def _usage(event: Event) -> pb.Usage:
-    u = event.usage
-    if u is None:
-        return pb.Usage()
-    return pb.Usage(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        reasoning_tokens=u.reasoning_tokens,
-        cached_prompt_tokens=u.cached_prompt_tokens,
-        forwards=u.forwards,
-        tokens_per_forward=u.tokens_per_forward,
-    )
-
-
-def event_to_chunks(request_id: str, event: Event) -> list[pb.GenerateChunk]:
-    """The chunks one event becomes: reasoning delta, then text delta, then (terminal) the finish.
-
-    Deltas carry the event's choice `index`. A DONE of n = 1 ends with one chunk (finish_reason +
-    usage); a DONE with `choices` (n > 1) ends with one chunk per choice (index + finish_reason),
-    the last of them also carrying usage; a CANCELLED ends with one chunk. Raises the event's
-    Rejection for ERROR (and a deadline-cancel) terminals.
-    """
-    chunks = []
-    if event.reasoning_text:
-        chunks.append(
-            pb.GenerateChunk(request_id=request_id, index=event.index, reasoning_text=event.reasoning_text)
-        )
-    if event.text:
-        chunks.append(pb.GenerateChunk(request_id=request_id, index=event.index, text=event.text))
-    if event.terminal:
-        error = event_error(event)
-        if error is not None:
-            raise error
-        chunks += _finish_chunks(request_id, event)
-    return chunks
-
-
-def _finish_chunks(request_id: str, event: Event) -> list[pb.GenerateChunk]:
-    if event.type is not EventType.DONE or not event.choices:
-        return [
-            pb.GenerateChunk(request_id=request_id, finish_reason=_finish_reason(event), usage=_usage(event))
-        ]
-    chunks = [
-        pb.GenerateChunk(request_id=request_id, index=c.index, finish_reason=c.finish_reason or "stop")
-        for c in event.choices
-    ]
-    chunks[-1].usage.CopyFrom(_usage(event))
-    return chunks
-
-
-class ResponseBuilder:
-    """Collects a request's events into one GenerateResponse (the unary Generate).
-
-    Deltas are gathered per choice index; `build` makes one Choice per index (the DONE's `choices`
-    summaries for n > 1, the single stream for n = 1) and mirrors choice 0 in the single-answer fields.
-    """
-
-    def __init__(self, request_id: str, model: str) -> None:
-        self.request_id = request_id
-        self.model = model
-        self._text: dict[int, list[str]] = {}
-        self._reasoning: dict[int, list[str]] = {}
-        self._last: Event | None = None
-
-    def add(self, event: Event) -> None:
-        """Append the event's deltas; raises the event's Rejection for an ERROR terminal."""
-        if event.reasoning_text:
-            self._reasoning.setdefault(event.index, []).append(event.reasoning_text)
-        if event.text:
-            self._text.setdefault(event.index, []).append(event.text)
-        if event.terminal:
-            error = event_error(event)
-            if error is not None:
-                raise error
-            self._last = event
-
-    def _choice(
-        self, index: int, finish_reason: str, completion_tokens: int, reasoning_tokens: int
-    ) -> pb.Choice:
-        return pb.Choice(
-            index=index,
-            text="".join(self._text.get(index, ())),
-            reasoning_text="".join(self._reasoning.get(index, ())),
-            finish_reason=finish_reason,
-            completion_tokens=completion_tokens,
-            reasoning_tokens=reasoning_tokens,
-        )
-
-    def _choices(self) -> list[pb.Choice]:
-        last = self._last
-        if last is not None and last.choices:
-            return [
-                self._choice(c.index, c.finish_reason or "stop", c.completion_tokens, c.reasoning_tokens)
-                for c in last.choices  # in index order, every index present
-            ]
-        finish = _finish_reason(last) if last else ""
-        top = max([0, *self._text, *self._reasoning])  # > 0 only for a cancelled n > 1 request
-        if top > 0:
-            return [self._choice(i, finish, 0, 0) for i in range(top + 1)]
-        u = (last.usage if last is not None else None) or Usage()
-        return [self._choice(0, finish, u.completion_tokens, u.reasoning_tokens)]
-
-    def build(self, trace: RequestTrace) -> pb.GenerateResponse:
-        last = self._last
-        choices = self._choices()
-        first = choices[0]
-        return pb.GenerateResponse(
-            request_id=self.request_id,
-            model=self.model,
-            text=first.text,
-            reasoning_text=first.reasoning_text,
-            finish_reason=first.finish_reason,
-            usage=_usage(last) if last else pb.Usage(),
-            timing=pb.Timing(
-                queue_s=trace.queue_s, time_to_first_token_s=trace.ttft_s, total_s=trace.total_s
-            ),
-            choices=choices,
-        )
 
 
 def list_models_response(states: list[ModelState]) -> pb.ListModelsResponse:

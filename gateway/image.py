@@ -5,7 +5,7 @@ The job is one user message: (editing) the reference image as an image part, the
 validated and stored like Generate's image parts (errors name "reference_image"). Replies: IMAGE
 events name the Redis key holding the encoded bytes (`image_key`); `ImageReply` takes them (GET +
 DEL) as the events arrive; the DONE event's info is an `ImageSummary`. Error terminals map as
-Generate's (`convert.event_error`); a plain cancel, which an image reply cannot express as a
+Generate's (`replies.event_error`); a plain cancel, which an image reply cannot express as a
 finish_reason, ends the call with CANCELLED.
 """
 
@@ -18,9 +18,10 @@ import grpc
 
 from gateway.api import pb
 from gateway.config import GatewayConfig
-from gateway.convert import check_model, check_request_id, event_error, media_part
+from gateway.convert import check_model, check_request_id, media_part
 from gateway.errors import Rejection, invalid
 from gateway.media import MediaBlob
+from gateway.replies import event_error
 from gateway.state import ModelState, RequestTrace
 from pipelines.protocol import (
     IMAGE_FORMATS,

@@ -28,18 +28,13 @@ import redis.exceptions
 
 from gateway.api import pb_grpc
 from gateway.config import GatewayConfig
-from gateway.convert import (
-    ResponseBuilder,
-    check_model,
-    event_to_chunks,
-    list_models_response,
-    request_to_job,
-)
+from gateway.convert import check_model, list_models_response, request_to_job
 from gateway.dispatch import Dispatcher
 from gateway.errors import Rejection
 from gateway.image import ImageReply, collect_images, image_request_to_job, relay_images
 from gateway.media import MediaBlob
 from gateway.metrics import GatewayMetrics
+from gateway.replies import ResponseBuilder, event_to_chunks
 from gateway.speech_service import SpeechRPCs
 from gateway.state import RequestTrace
 from gateway.tokens import StreamLimit, TokenSet

@@ -5,7 +5,7 @@ or one SynthesizeSpeechResponse (unary); a spoken chat reply's events -> Generat
 AUDIO events name the Redis key of their chunk's bytes (`audio_key`); `SpeechReply` takes them (GET +
 DEL) as the events arrive, checking key, order and size; the terminal event's info["speech"] is a
 `SpeechSummary`. A whole clip is the chunks assembled (`pipelines.audio_files.assemble`). Error terminals map
-as Generate's (`convert.event_error`); a plain cancel ends a speech call with CANCELLED and a chat
+as Generate's (`replies.event_error`); a plain cancel ends a speech call with CANCELLED and a chat
 reply with finish_reason "cancelled" (and the audio that came).
 """
 
@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 
 from gateway.api import pb
-from gateway.convert import ResponseBuilder, event_error, event_to_chunks
 from gateway.errors import Rejection
+from gateway.replies import ResponseBuilder, event_error, event_to_chunks
 from gateway.state import RequestTrace
 from pipelines.audio_files import assemble, mime_type
 from pipelines.protocol import AudioChunkInfo, Event, EventType, GenerateJob, SpeechSummary, audio_key
@@ -214,7 +214,7 @@ async def relay_speech(
 async def collect_spoken_reply(
     events: AsyncIterator[Event], reply: SpeechReply, trace: RequestTrace, max_bytes: int
 ) -> pb.GenerateResponse:
-    """The unary GenerateResponse (as `convert.ResponseBuilder` makes it) with the whole clip in `speech`."""
+    """The unary GenerateResponse (as `replies.ResponseBuilder` makes it) with the whole clip in `speech`."""
     builder = ResponseBuilder(reply.job.request_id, reply.job.model)
     collected, last = _Collected(max_bytes, "GenerateStream"), None
     async for event in events:
@@ -234,7 +234,7 @@ async def collect_spoken_reply(
 async def relay_spoken_reply(
     events: AsyncIterator[Event], reply: SpeechReply, trace: RequestTrace
 ) -> AsyncIterator[pb.GenerateChunk]:
-    """Text deltas as `convert.event_to_chunks` makes them, each audio chunk in a GenerateChunk of its
+    """Text deltas as `replies.event_to_chunks` makes them, each audio chunk in a GenerateChunk of its
     own, and the audio's last message on the last chunk (the one with usage)."""
     rid = reply.job.request_id
     async for event in events:

@@ -1,5 +1,5 @@
 """The protobuf boundary of Transcribe: TranscribeRequest -> GenerateJob(task="transcribe"), and the
-Generate replies (`convert.ResponseBuilder` / `convert.event_to_chunks`) -> transcript replies.
+Generate replies (`replies.ResponseBuilder` / `replies.event_to_chunks`) -> transcript replies.
 
 The job is one user message holding the audio part (validated like Generate's audio parts, errors
 naming the field "audio"); the worker builds the model's ASR prompt around it. Reasoning text is
@@ -12,9 +12,10 @@ import dataclasses
 
 from gateway.api import pb
 from gateway.config import GatewayConfig
-from gateway.convert import check_model, check_request_id, event_to_chunks, media_part, sampling_from_pb
+from gateway.convert import check_model, check_request_id, media_part, sampling_from_pb
 from gateway.errors import invalid
 from gateway.media import FORMATS, MediaBlob
+from gateway.replies import event_to_chunks
 from gateway.state import ModelState
 from pipelines.protocol import ChatMessage, Event, GenerateJob
 

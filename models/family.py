@@ -31,6 +31,19 @@ class ThinkTags:
 
 
 @dataclass(frozen=True)
+class ToolCallTags:
+    """How a family writes a tool call: `open before {"name": ..., "arguments": {...}} after close`,
+    calls separated by `between` (Ling's chat template: `<tool_call>\n{...}\n</tool_call>`, where the
+    tags are special tokens)."""
+
+    open: str = "<tool_call>"
+    close: str = "</tool_call>"
+    before: str = "\n"
+    after: str = "\n"
+    between: str = "\n"
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     architectures: tuple[str, ...]
@@ -41,6 +54,7 @@ class Family:
     processor: str | None = None
     # The user-turn instruction that precedes the audio in a transcription request (None: no ASR).
     transcribe_prompt: str | None = None
+    tool_calls: ToolCallTags | None = None  # None: the family takes no tools
 
 
 def known_families() -> dict[str, Family]:

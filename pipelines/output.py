@@ -2,8 +2,10 @@
 
 Flow: the worker's emitter hands every `RequestOutput` snapshot of a request to its `Presenter`,
 which splits each choice's new text into reasoning and answer (`ReasoningParser`, for families with
-a reasoning block), counts reasoning tokens exactly (`ReasoningTracker`) and, once the request is
-finished, sums the usage over its choices (the prompt counted once).
+a reasoning block), takes tool calls out of the answer (`ToolCallParser`, when the request has
+tools), counts reasoning tokens exactly (`ReasoningTracker`) and, once the request is finished, sums
+the usage over its choices (the prompt counted once). A choice that ended normally with tool calls
+finishes with "tool_calls".
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.outputs import RequestOutput
-from models.family import ThinkTags
+from models.family import ThinkTags, ToolCallTags
 from pipelines.protocol import ChoiceSummary, Usage
 from pipelines.reasoning import ReasoningParser, ReasoningTracker, Split
+from pipelines.structured_spec import ToolCall
+from pipelines.tool_calls import ToolCallParser
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class ChoiceDelta:
     index: int
     reasoning: str
     text: str
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -33,15 +38,29 @@ class ReasoningMode:
 
 
 class _Choice:
-    def __init__(self, mode: ReasoningMode | None, tokenizer: Any, prompt_ids: list[int]) -> None:
+    def __init__(
+        self, mode: ReasoningMode | None, tokenizer: Any, prompt_ids: list[int], tools: ToolCallTags | None
+    ) -> None:
         self.parser = self.tracker = None
         if mode is not None:
             self.parser = ReasoningParser(mode.tags, mode.starts_in_reasoning)
             self.tracker = ReasoningTracker(tokenizer, prompt_ids, mode.tags, mode.starts_in_reasoning)
+        self.calls = None if tools is None else ToolCallParser(tools)
         self.finished = False
 
-    def split(self, out: RequestOutput) -> Split:
+    def delta(self, index: int, out: RequestOutput) -> ChoiceDelta:
+        split = self._split(out)
+        if self.calls is None:
+            return ChoiceDelta(index, split.reasoning, split.text)
+        parsed = self.calls.feed(split.text)
+        if out.finished:
+            tail = self.calls.finish()
+            parsed.content += tail.content
+        return ChoiceDelta(index, split.reasoning, parsed.content, tuple(parsed.calls))
+
+    def _split(self, out: RequestOutput) -> Split:
         if self.parser is None:
+            self.finished = out.finished
             return Split(text=out.new_text)
         self.tracker.update(out.token_ids)
         split = self.parser.feed(out.new_text) if out.new_text else Split()
@@ -49,6 +68,10 @@ class _Choice:
             split = split + self.parser.finish()
         self.finished = out.finished
         return split
+
+    def finish_reason(self, reason: str | None) -> str:
+        called = self.calls is not None and self.calls.calls
+        return "tool_calls" if reason == "stop" and called else reason or ""
 
     @property
     def reasoning_tokens(self) -> int:
@@ -58,18 +81,30 @@ class _Choice:
 class Presenter:
     """One request's view of its outputs; used by one thread (the emitter)."""
 
-    def __init__(self, n: int, mode: ReasoningMode | None, tokenizer: Any, prompt_ids: list[int]) -> None:
+    def __init__(
+        self,
+        n: int,
+        mode: ReasoningMode | None,
+        tokenizer: Any,
+        prompt_ids: list[int],
+        tools: ToolCallTags | None = None,
+    ) -> None:
+        """`tools`: the family's call format when the answer is read for tool calls (else None)."""
         self.mode = mode
-        self._choices = [_Choice(mode, tokenizer, prompt_ids) for _ in range(n)]
+        self._choices = [_Choice(mode, tokenizer, prompt_ids, tools) for _ in range(n)]
 
     def deltas(self, out: RequestOutput) -> list[ChoiceDelta]:
         """The non-empty deltas of this snapshot, by choice index."""
         result = []
         for choice_out in out.choices or [out]:
-            split = self._choices[choice_out.index].split(choice_out)
-            if split.reasoning or split.text:
-                result.append(ChoiceDelta(choice_out.index, split.reasoning, split.text))
+            delta = self._choices[choice_out.index].delta(choice_out.index, choice_out)
+            if delta.reasoning or delta.text or delta.tool_calls:
+                result.append(delta)
         return result
+
+    def finish_reason(self, out: RequestOutput) -> str:
+        """Choice 0's finish reason as the client sees it ("tool_calls" when it ended with calls)."""
+        return self._choices[0].finish_reason(out.finish_reason)
 
     def usage(self, out: RequestOutput) -> Usage:
         outs = out.choices or [out]
@@ -88,7 +123,7 @@ class Presenter:
         return tuple(
             ChoiceSummary(
                 index=o.index,
-                finish_reason=o.finish_reason or "",
+                finish_reason=self._choices[o.index].finish_reason(o.finish_reason),
                 completion_tokens=len(o.token_ids),
                 reasoning_tokens=self._choices[o.index].reasoning_tokens,
             )

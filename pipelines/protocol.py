@@ -29,6 +29,15 @@ from pipelines.media_out import (  # noqa: F401 - re-exported: the gateway and w
     audio_key,
     image_key,
 )
+from pipelines.structured_spec import (  # re-exported like the media types above
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    response_format_from_dict,
+    tool_calls_from_dicts,
+    tools_from_dicts,
+)
 
 TASK_GENERATE = "bailing.generate"
 # An image job handed from a thinker worker to a diffusion-stage worker (payload: `ImageHandoff`)
@@ -127,6 +136,8 @@ class Part:
 class ChatMessage:
     role: str
     parts: tuple[Part, ...]
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls
+    tool_call_id: str = ""  # a tool turn: the call it answers
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,10 @@ class GenerateJob:
     task: str = "generate"  # one of TASKS
     image: ImageOptions | None = None  # task "image" only
     speech: SpeechOptions | None = None  # task "speech"; or a "generate" job whose reply is also spoken
+    response_format: ResponseFormat | None = None  # None: free text
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool = True  # False: at most one call per reply
     priority: int = 0
     deadline: float | None = None  # unix time after which the result is useless
     submitted_at: float = 0.0  # unix time the gateway accepted it
@@ -192,6 +207,9 @@ class GenerateJob:
             data["image"] = ImageOptions(**data["image"])
         if data.get("speech") is not None:
             data["speech"] = SpeechOptions(**data["speech"])
+        data["response_format"] = response_format_from_dict(data.get("response_format"))
+        data["tools"] = tools_from_dicts(data.get("tools"))
+        data["tool_choice"] = ToolChoice(**(data.get("tool_choice") or {}))
         return cls(**data)
 
 
@@ -207,7 +225,8 @@ def _message_from_dict(data: dict[str, Any]) -> ChatMessage:
     for p in data["parts"]:
         media = MediaRef(**p["media"]) if p.get("media") else None
         parts.append(Part(type=p["type"], text=p.get("text", ""), media=media))
-    return ChatMessage(role=data["role"], parts=tuple(parts))
+    calls = tool_calls_from_dicts(data.get("tool_calls"))
+    return ChatMessage(data["role"], tuple(parts), calls, data.get("tool_call_id", ""))
 
 
 # ---- the events --------------------------------------------------------------------------------
@@ -264,8 +283,9 @@ class Event:
     """One entry of a request's stream.
 
     DELTA: `text` / `reasoning_text` are new text of choice `index` (0 unless the request asked for
-    n > 1). DONE: `finish_reason` is choice 0's, `usage` sums all choices (the prompt counted once)
-    and, for n > 1, `choices` says how each choice ended, in index order.
+    n > 1), `tool_calls` the calls of that choice completed since its last DELTA. DONE:
+    `finish_reason` is choice 0's, `usage` sums all choices (the prompt counted once) and, for n > 1,
+    `choices` says how each choice ended, in index order.
     """
 
     seq: int  # 0, 1, 2, ... within one request's stream
@@ -281,6 +301,7 @@ class Event:
     worker_id: str = ""
     time: float = 0.0  # unix time the worker emitted it
     info: dict[str, Any] | None = None  # extra structured facts, e.g. engine steps around a cancel
+    tool_calls: tuple[ToolCall, ...] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -300,6 +321,8 @@ class Event:
             data["usage"] = Usage(**data["usage"])
         if data.get("choices") is not None:
             data["choices"] = tuple(ChoiceSummary(**c) for c in data["choices"])
+        if data.get("tool_calls") is not None:
+            data["tool_calls"] = tool_calls_from_dicts(data["tool_calls"])
         return cls(**data)
 
 

@@ -193,17 +193,20 @@ class ReasoningTracker:
         self._starts: list[int] = []  # raw char offset where each output token's text starts
         self._ends: list[int] = []  # ... and where it ends
 
-    def update(self, token_ids: Sequence[int]) -> None:
+    def update(self, token_ids: Sequence[int]) -> Split:
+        """Process the new tail of `token_ids`; returns the reasoning / answer text it added."""
         done = len(self._starts)
         if len(token_ids) < done:
             raise ValueError(
                 f"token_ids must be the whole output so far: got {len(token_ids)} ids, "
                 f"but {done} were already seen"
             )
+        added = Split()
         for token_id in token_ids[done:]:
             self._starts.append(self.parser.raw_len)
-            self.parser.feed(self._detok.push(int(token_id)))
+            added = added + self.parser.feed(self._detok.push(int(token_id)))
             self._ends.append(self.parser.raw_len)
+        return added
 
     @property
     def num_tokens(self) -> int:

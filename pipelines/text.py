@@ -12,6 +12,7 @@ client can cause raises `RequestError` with a message that names the offending f
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -22,11 +23,12 @@ from engine.errors import RequestError
 from engine.multimodal import MediaInputs
 from engine.passing_thread import in_passing_thread
 from engine.sampling_params import LogitsProcessor, SamplingParams
-from models.family import Family, ThinkTags
+from models.family import Family, ThinkTags, ToolCallTags
 from pipelines.media import MediaPipeline
 from pipelines.output import Presenter, ReasoningMode
 from pipelines.protocol import MAX_SAMPLES, GenerateJob, Sampling
 from pipelines.reasoning import ThinkingBudget
+from pipelines.structured import AnswerGate, job_grammar, parses_tool_calls, wants_grammar
 
 # Makes a fresh logits processor for one request from the model's tokenizer (worker option).
 ProcessorFactory = Callable[[Any], LogitsProcessor]
@@ -92,7 +94,36 @@ def prepare(
     if budget is not None:
         processors.append(ThinkingBudget(engine.tokenizer, ids, mode.tags, mode.starts_in_reasoning, budget))
     params.logits_processors = [] if diffusion else processors  # ThinkingBudget last: its forced token wins
-    return Prepared(ids, params, Presenter(params.n, mode, engine.tokenizer, ids), mm)
+    tools = structure_output(job, engine, family, params, ids, mode)
+    return Prepared(ids, params, Presenter(params.n, mode, engine.tokenizer, ids, tools), mm)
+
+
+def structure_output(
+    job: GenerateJob,
+    engine: LLMEngine,
+    family: Family,
+    params: SamplingParams,
+    ids: list[int],
+    mode: ReasoningMode | None,
+) -> ToolCallTags | None:
+    """Hold the output to the job's grammar (if any); returns the call format to read the reply with.
+
+    A reasoning model whose output starts in its think block reasons freely: the grammar starts after
+    the block. Replies read for tool calls keep their special tokens (the call tags are special tokens).
+    A diffusion model is held to the grammar too, committing its blocks left to right
+    (engine/diffusion/constrained.py).
+    """
+    if parses_tool_calls(job):
+        if family.tool_calls is None:
+            raise RequestError(f"model '{job.model}' does not take tools")
+        params.skip_special_tokens = False
+    if wants_grammar(job):
+        gate = (
+            AnswerGate(engine.tokenizer, ids, mode) if mode is not None and mode.starts_in_reasoning else None
+        )
+        grammar = job_grammar(job, family, leading_space=gate is not None)
+        params.constraint = engine.structured.get().constraint(grammar, gate)
+    return family.tool_calls if parses_tool_calls(job) else None
 
 
 # ---- prompt --------------------------------------------------------------------------------------
@@ -136,6 +167,8 @@ def render_chat(job: GenerateJob, engine: LLMEngine) -> str:
     kwargs: dict[str, Any] = {}
     if job.enable_thinking is not None:
         kwargs["enable_thinking"] = bool(job.enable_thinking)
+    if job.tools:
+        kwargs["tools"] = template_tools(job)
     try:
         return tokenizer.apply_chat_template(
             conversation, tokenize=False, add_generation_prompt=True, **kwargs
@@ -144,8 +177,22 @@ def render_chat(job: GenerateJob, engine: LLMEngine) -> str:
         raise RequestError(f"cannot render the chat template: {exc}") from None
 
 
-def _message_dict(job: GenerateJob, i: int) -> dict[str, str]:
-    """messages[i] as the template expects it ({"role", "content"}); text parts joined by newlines."""
+def template_tools(job: GenerateJob) -> list[dict[str, Any]]:
+    """The job's tools as chat templates take them (OpenAI's shape, parameters as a mapping)."""
+    tools = []
+    for t in job.tools:
+        function: dict[str, Any] = {"name": t.name}
+        if t.description:
+            function["description"] = t.description
+        function["parameters"] = json.loads(t.parameters)
+        tools.append({"type": "function", "function": function})
+    return tools
+
+
+def _message_dict(job: GenerateJob, i: int) -> dict[str, Any]:
+    """messages[i] as the template expects it ({"role", "content"}, text parts joined by newlines, and
+    an assistant turn's `tool_calls` / a tool turn's `tool_call_id` in OpenAI's shape with the
+    arguments as a mapping, as Hugging Face chat templates take them)."""
     message = job.messages[i]
     if message.role not in _ROLES:
         raise RequestError(f"messages[{i}].role must be one of {sorted(_ROLES)}, got {message.role!r}")
@@ -157,7 +204,19 @@ def _message_dict(job: GenerateJob, i: int) -> dict[str, str]:
         if not isinstance(part.text, str):
             raise RequestError(f"messages[{i}].content[{j}].text must be a string")
         texts.append(part.text)
-    return {"role": message.role, "content": "\n".join(texts)}
+    out: dict[str, Any] = {"role": message.role, "content": "\n".join(texts)}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.loads(c.arguments)},
+            }
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
 
 
 # ---- sampling ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +253,7 @@ def result_from_events(
         "text": first["text"],
         "reasoning_text": first["reasoning_text"],
         "finish_reason": first["finish_reason"],
+        "tool_calls": first["tool_calls"],
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
@@ -270,11 +271,14 @@ def _choices(events: list[Event], done: Event, usage: Usage) -> list[dict[str, A
     """One choice per DONE `choices` summary (n > 1), else a single choice with the request's tokens."""
     texts: dict[int, list[str]] = {}
     reasoning: dict[int, list[str]] = {}
+    calls: dict[int, list[dict[str, Any]]] = {}
     for e in events:
         if e.text:
             texts.setdefault(e.index, []).append(e.text)
         if e.reasoning_text:
             reasoning.setdefault(e.index, []).append(e.reasoning_text)
+        for c in e.tool_calls or ():
+            calls.setdefault(e.index, []).append({"type": "function", **asdict(c)})
 
     def choice(i: int, finish: str, completion: int, reasoning_tokens: int) -> dict[str, Any]:
         return {
@@ -284,6 +288,7 @@ def _choices(events: list[Event], done: Event, usage: Usage) -> list[dict[str, A
             "finish_reason": finish or "stop",
             "completion_tokens": completion,
             "reasoning_tokens": reasoning_tokens,
+            "tool_calls": calls.get(i, []),
         }
 
     if done.choices:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from engine.outputs import RequestOutput
+from engine.structured.constraint import FAILED as STRUCTURED_OUTPUT_FAILED
 from pipelines.clock import server_now
 from pipelines.output import Presenter
 from pipelines.protocol import STREAM_TTL_S, ErrorCode, Event, EventType, stream_key
@@ -203,7 +204,14 @@ class Emitter:
         presenter = flight.presenter
         deltas, reply = presenter.deltas(out), flight.reply
         events = [
-            self._event(flight, EventType.DELTA, text=d.text, reasoning_text=d.reasoning, index=d.index)
+            self._event(
+                flight,
+                EventType.DELTA,
+                text=d.text,
+                reasoning_text=d.reasoning,
+                index=d.index,
+                tool_calls=d.tool_calls or None,
+            )
             for d in deltas
         ]
         if reply is not None:
@@ -213,7 +221,7 @@ class Emitter:
         if out.finish_reason in ("stop", "length"):
             self._metrics.latencies(out.metrics.time_to_first_token_s, out.metrics.inter_token_latencies_s)
             done = {
-                "finish_reason": out.finish_reason,
+                "finish_reason": presenter.finish_reason(out),
                 "usage": presenter.usage(out),
                 "choices": presenter.summaries(out),
             }
@@ -224,11 +232,14 @@ class Emitter:
         elif out.finish_reason == "error":
             if reply is not None:
                 reply.stop()
-            log.error("request %s: the engine failed while running it: %s", out.request_id, out.stop_reason)
-            message = f"internal error while generating (request {out.request_id}); see the worker log"
-            events.append(
-                self._event(flight, EventType.ERROR, error_code=ErrorCode.INTERNAL, message=message)
-            )
+            why = str(out.stop_reason or "")
+            if why.startswith(STRUCTURED_OUTPUT_FAILED):  # the request's own grammar failed it
+                code, message = ErrorCode.INVALID_ARGUMENT, f"{why} (request {out.request_id})"
+            else:
+                log.error("request %s: the engine failed while running it: %s", out.request_id, why)
+                code = ErrorCode.INTERNAL
+                message = f"internal error while generating (request {out.request_id}); see the worker log"
+            events.append(self._event(flight, EventType.ERROR, error_code=code, message=message))
         # finish_reason "abort": whoever aborted it queues the terminal event (only it knows why)
         return events
 

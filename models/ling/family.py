@@ -1,5 +1,5 @@
 """The Ling family: BailingMoeV2 chat models that answer directly (no reasoning block)."""
 
-from models.family import Family
+from models.family import Family, ToolCallTags
 
-LING = Family(name="ling", architectures=("BailingMoeV2ForCausalLM",))
+LING = Family(name="ling", architectures=("BailingMoeV2ForCausalLM",), tool_calls=ToolCallTags())

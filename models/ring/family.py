@@ -4,6 +4,10 @@ reasoning block. Chat template and generation defaults come from each checkpoint
 the generation prompt, so its outputs hold only the closing tag (spec bailing_moe_v2.md section 7).
 """
 
-from models.family import Family, ThinkTags
+from models.family import Family, ThinkTags, ToolCallTags
 
-RING = Family(name="ring", architectures=("BailingMoeV2ForCausalLM",), reasoning=ThinkTags())
+# Tool calls as Ling writes them; Ring-mini-2.0's own template does not show the tools to the model
+# (it renders only roles and content), so it calls tools only when told to (tool_choice required).
+RING = Family(
+    name="ring", architectures=("BailingMoeV2ForCausalLM",), reasoning=ThinkTags(), tool_calls=ToolCallTags()
+)

@@ -1,7 +1,8 @@
 """Hypothesis strategies of the Inference service's request messages, each field drawn from
 tests/fuzz/fields.py: GenerateRequest (messages and their content parts with media, prompt, sampling,
-reasoning, diffusion and speech options), TranscribeRequest, GenerateImageRequest,
-SynthesizeSpeechRequest and ListModelsRequest.
+reasoning, diffusion and speech options, and the structured-output fields of
+tests/fuzz/structured.py), TranscribeRequest, GenerateImageRequest, SynthesizeSpeechRequest and
+ListModelsRequest.
 
 Media parts are small valid files mostly (tests/fuzz/media.py `valid_media`), sometimes any damaged
 file: the media fuzz proper sends them one per request (see tests/fuzz/cases.py).
@@ -29,6 +30,7 @@ from tests.fuzz.fields import (
     texts,
 )
 from tests.fuzz.media import MediaFile, media_files, valid_media
+from tests.fuzz.structured import structured_fields, tool_turns
 
 ROLES = ("user", "user", "system", "assistant", "tool")
 # the gateway's defaults: a valid max_tokens / steps above 3 / 2 would make a request slow, not wrong
@@ -163,6 +165,9 @@ def generate_requests(draw, target: Target) -> pb.GenerateRequest:
     messages = (
         draw(st.lists(chat_messages(), min_size=1, max_size=3)) if shape in ("messages", "both") else []
     )
+    structured = draw(structured_fields())
+    if messages and structured and draw(st.booleans()):
+        messages += draw(tool_turns())
     prompt = draw(texts()) if shape in ("prompt", "both") else ""
     optional_parts = {
         "reasoning": draw(optional(reasoning_options())),
@@ -177,6 +182,7 @@ def generate_requests(draw, target: Target) -> pb.GenerateRequest:
         request_id=draw(request_ids()),
         priority=draw(int32s(st.integers(-5, 5))),
         **kwargs(**optional_parts),
+        **structured,
     )
 
 

@@ -10,8 +10,9 @@ import pytest
 
 from gateway.api import pb
 from gateway.config import GatewayConfig
-from gateway.convert import ResponseBuilder, event_to_chunks, model_info, request_to_job
+from gateway.convert import model_info, request_to_job
 from gateway.errors import Rejection
+from gateway.replies import ResponseBuilder, event_to_chunks
 from gateway.state import ModelState, RequestTrace
 from pipelines.protocol import (
     MAX_SAMPLES,

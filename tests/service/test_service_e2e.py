@@ -7,6 +7,7 @@ the failure tests start and kill their own workers for a model name of their own
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -261,3 +262,55 @@ def test_worker_loss_and_restart(procs, demo_ling, redis_url):
         procs.worker(demo_ling, model)
         _wait_health(address, SERVING)
         assert stub.Generate(request(model, n=4), metadata=AUTH, timeout=60).usage.completion_tokens == 4
+
+
+WEATHER = json.dumps(
+    {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 8}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+)
+
+
+def _chat(*messages: pb.Message, **kw) -> pb.GenerateRequest:
+    tools = [pb.Tool(type="function", function=pb.FunctionDefinition(name="get_weather", parameters=WEATHER))]
+    sampling = pb.SamplingParams(max_tokens=96, temperature=1.0, seed=3)
+    kw.setdefault("parallel_tool_calls", False)  # random weights would chain calls up to max_tokens
+    return pb.GenerateRequest(model="ling", messages=list(messages), tools=tools, sampling=sampling, **kw)
+
+
+def test_tool_call_round_trip_over_grpc(stub):
+    """call -> tool result -> answer: the forced call validates, its id survives the round trip, and
+    the second turn (tools shown, auto) answers after the tool's result."""
+    ask = pb.Message(role="user", content=[pb.ContentPart(text="Weather in Oslo?")])
+    first = stub.Generate(_chat(ask, tool_choice=pb.ToolChoice(mode="required")), metadata=AUTH, timeout=60)
+    assert first.finish_reason == "tool_calls" and first.text == ""
+    (call,) = first.tool_calls
+    assert call.name == "get_weather" and call.id and set(json.loads(call.arguments)) == {"city"}
+    assert list(first.choices[0].tool_calls) == [call]
+    streamed = list(
+        stub.GenerateStream(_chat(ask, tool_choice=pb.ToolChoice(mode="required")), metadata=AUTH, timeout=60)
+    )
+    calls = [c for chunk in streamed for c in chunk.tool_calls]
+    assert [(c.name, c.arguments) for c in calls] == [(call.name, call.arguments)]  # same seed, same call
+    assert streamed[-1].finish_reason == "tool_calls"
+    turn = pb.Message(role="assistant", tool_calls=[call])
+    result = pb.Message(role="tool", tool_call_id=call.id, content=[pb.ContentPart(text='{"celsius": 3}')])
+    fmt = pb.ResponseFormat(type="json_object")
+    answer = stub.Generate(
+        _chat(ask, turn, result, response_format=fmt, tool_choice=pb.ToolChoice(mode="none")),
+        metadata=AUTH,
+        timeout=60,
+    )
+    assert answer.finish_reason == "stop" and isinstance(json.loads(answer.text), dict)
+
+
+def test_bad_schema_is_refused_before_any_work(stub):
+    fmt = pb.ResponseFormat(type="json_schema", json_schema=pb.JsonSchema(schema='{"type": 7}'))
+    ask = pb.Message(role="user", content=[pb.ContentPart(text="x")])
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Generate(_chat(ask, response_format=fmt), metadata=AUTH, timeout=30)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "response_format.json_schema.schema" in caught.value.details()

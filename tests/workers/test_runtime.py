@@ -71,6 +71,37 @@ def test_a_failing_engine_step_ends_streams_with_internal_and_the_worker_recover
     check_stream_shape(read_events(rds, good.request_id), EventType.DONE)
 
 
+def test_a_grammar_failing_mid_request_is_invalid_argument_and_spares_the_others(runtime, rds, monkeypatch):
+    """A matcher error (llguidance refusing a state the gateway's check could not foresee) ends that
+    request with INVALID_ARGUMENT and the grammar's message; a request beside it finishes."""
+    from engine.structured.constraint import GrammarConstraint
+    from pipelines.protocol import ChatMessage, Part, ResponseFormat
+
+    def broken(self, output_token_ids):
+        self.error = "parser too complex"
+
+    monkeypatch.setattr(GrammarConstraint, "advance", broken)
+    ask = (ChatMessage("user", (Part("text", "hi"),)),)
+    held = GenerateJob(
+        request_id=new_id(),
+        model=runtime.config.name,
+        messages=ask,
+        sampling=Sampling(max_tokens=16),
+        response_format=ResponseFormat("json_object"),
+    )
+    free = GenerateJob(
+        request_id=new_id(), model=runtime.config.name, prompt="ok", sampling=Sampling(max_tokens=8)
+    )
+    threads = [submit(runtime, held), submit(runtime, free)]
+    events = read_events(rds, held.request_id)
+    check_stream_shape(events, EventType.ERROR)
+    assert events[-1].error_code == ErrorCode.INVALID_ARGUMENT
+    assert events[-1].message.startswith("structured output: parser too complex")
+    check_stream_shape(read_events(rds, free.request_id), EventType.DONE)
+    for t in threads:
+        t.join(timeout=10)
+
+
 def test_close_ends_requests_in_flight_with_unavailable(redis_url, demo_ling, rds):
     name = f"ling-rt-{new_id()[:6]}"
     rt = WorkerRuntime(WorkerConfig(redis_url, "ling", demo_ling, name=name, kv_cache_bytes=KV_BYTES))
