@@ -1,14 +1,16 @@
 """Python client of the Bailing gateway: `Client` (blocking) and `AsyncClient` (grpc.aio).
 
 Flow: keyword options and chat messages (dicts) -> `build_request` -> the gateway -> plain dataclasses
-(`Completion` with its `Choice`s, `Chunk`, `ModelInfo`) back; speech recognition (`transcribe`) sends
-audio and gets a `Transcription` (or `Chunk`s) back; image generation (`generate_image`, from
-`bailing.client_image`) gets an `ImageResult` (or `ImageEvent`s) back; speech synthesis
-(`synthesize_speech`, from `bailing.client_speech`) gets a `SpeechResult` (or `AudioChunk`s) back, and
-a chat call with `speech=` also the spoken reply's audio; batch jobs (`create_batch`
-... `batch_results`) go to the Jobs service and come back as `BatchInfo` / `BatchItemResult`. No
-protobuf type reaches the caller; every failure is a `BailingClientError` carrying the gRPC status
-name (`BailingConnectionError` when nothing answers).
+(`Completion` with its `Choice`s, `Chunk`, `ModelInfo`) back, with structured output
+(`response_format=`) and tool calling (`tools=`; the calls come back as `ToolCall`s, see
+`bailing.client_structured`); speech recognition (`transcribe`) sends audio and gets a `Transcription`
+(or `Chunk`s) back; image generation (`generate_image`, from `bailing.client_image`) gets an
+`ImageResult` (or `ImageEvent`s) back; speech synthesis (`synthesize_speech`, from
+`bailing.client_speech`) gets a `SpeechResult` (or `AudioChunk`s) back, and a chat call with `speech=`
+also the spoken reply's audio; batch jobs (`create_batch` ... `batch_results`) go to the Jobs service
+and come back as `BatchInfo` / `BatchItemResult`. No protobuf type reaches the caller; every failure is
+a `BailingClientError` carrying the gRPC status name (`BailingConnectionError` when nothing answers,
+`BailingArgumentError`, also a ValueError, for a request refused before it is sent).
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bailing.client_batch import BatchInfo, BatchItemError, BatchItemResult
 from bailing.client_batch_calls import AsyncBatchCalls, BatchCalls
 from bailing.client_convert import (
-    BailingClientError,
-    BailingConnectionError,
     Choice,
     Chunk,
     Completion,
@@ -42,6 +42,7 @@ from bailing.client_convert import (
     messages_to_pb,
     models_from_pb,
 )
+from bailing.client_errors import BailingArgumentError, BailingClientError, BailingConnectionError
 from bailing.client_image import (
     AsyncImageCalls,
     GeneratedImageData,
@@ -69,6 +70,7 @@ from bailing.client_speech import (
 )
 from bailing.client_speech_file import SpeechFileWriter, write_speech
 from bailing.client_streams import AsyncChunkStream, ChunkStream
+from bailing.client_structured import StructuredOptions, ToolCall
 from bailing.client_transcribe import (
     TranscribeOptions,
     Transcription,
@@ -82,6 +84,7 @@ __all__ = [
     "AsyncChunkStream",
     "AsyncClient",
     "AudioChunk",
+    "BailingArgumentError",
     "BailingClientError",
     "BailingConnectionError",
     "BatchInfo",
@@ -109,7 +112,9 @@ __all__ = [
     "SpeechRequestOptions",
     "SpeechResult",
     "SpeechUsage",
+    "StructuredOptions",
     "Timing",
+    "ToolCall",
     "TranscribeOptions",
     "Transcription",
     "Usage",
@@ -210,7 +215,10 @@ class Client(ImageCalls, SpeechCalls, BatchCalls, _Base):
         **options: Unpack[RequestOptions],
     ) -> Completion:
         """One complete answer. Unset options take the model's defaults; `timeout` is the RPC deadline (s).
-        With `speech={...}` (models with audio output) the answer is also spoken: `Completion.speech`."""
+        With `speech={...}` (models with audio output) the answer is also spoken: `Completion.speech`.
+        `response_format=` holds the answer to JSON (a schema) or a regex; with `tools=` the model may
+        call functions: `Completion.tool_calls` (finish_reason "tool_calls"). Bad arguments raise
+        `BailingArgumentError` (a ValueError) before anything is sent."""
         request = build_request(model, prompt, messages, **options)
         return completion_with_speech(self._unary(self._stub.Generate, request, timeout))
 
@@ -224,7 +232,7 @@ class Client(ImageCalls, SpeechCalls, BatchCalls, _Base):
         **options: Unpack[RequestOptions],
     ) -> ChunkStream:
         """Deltas as they are produced (same options as `generate`; with `speech` some chunks carry
-        `audio`); close the stream to cancel."""
+        `audio`, with `tools` some carry whole `tool_calls`); close the stream to cancel."""
         request = build_request(model, prompt, messages, **options)
         call = self._stub.GenerateStream(request, timeout=self._timeout(timeout), metadata=self._metadata)
         return ChunkStream(call, chunk_with_audio)

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from google.protobuf import json_format
 
 from bailing.client_convert import (
+    Choice,
     Completion,
     Usage,
     build_request,
@@ -30,6 +31,7 @@ from bailing.client_speech import (
     speech_result_from_pb,
     speech_result_to_pb,
 )
+from bailing.client_structured import tool_calls_to_pb
 from gateway.api import pb
 from pipelines.batches import TERMINAL_STATUSES
 
@@ -154,7 +156,20 @@ def completion_to_pb(completion: Completion) -> Any:
         finish_reason=completion.finish_reason,
         usage=pb.Usage(**asdict(u), tokens_per_forward=u.tokens_per_forward),
         timing=pb.Timing(queue_s=t.queue_s, time_to_first_token_s=t.time_to_first_token_s, total_s=t.total_s),
-        choices=[pb.Choice(**asdict(c)) for c in completion.choices],
+        choices=[_choice_to_pb(c) for c in completion.choices],
+        tool_calls=tool_calls_to_pb(completion.tool_calls),
+    )
+
+
+def _choice_to_pb(c: Choice) -> Any:
+    return pb.Choice(
+        index=c.index,
+        text=c.text,
+        reasoning_text=c.reasoning_text,
+        finish_reason=c.finish_reason,
+        completion_tokens=c.completion_tokens,
+        reasoning_tokens=c.reasoning_tokens,
+        tool_calls=tool_calls_to_pb(c.tool_calls),
     )
 
 

@@ -1,10 +1,12 @@
-"""The data of the client API (results, errors) and its conversion to and from bailing.v1 messages.
+"""The data of the client API (results) and its conversion to and from bailing.v1 messages.
 
-Flow: chat messages (dicts with text or media parts) + options -> `build_request` -> `GenerateRequest`;
-responses -> `Completion` (with its `Choice`s) / `Chunk` / `ModelInfo`; `grpc.RpcError` ->
-`BailingClientError`. Batch jobs live in `bailing.client_batch`, image generation in
-`bailing.client_image`, speech synthesis (and the audio of spoken replies) in `bailing.client_speech`.
-`bailing.client` re-exports the public names; protobuf types never leave these modules and the client.
+Flow: chat messages (dicts with text or media parts, tool calls) + options -> `build_request` ->
+`GenerateRequest`; responses -> `Completion` (with its `Choice`s and `ToolCall`s) / `Chunk` /
+`ModelInfo`; `grpc.RpcError` -> `BailingClientError` (errors: `bailing.client_errors`). Structured
+output and tool calls live in `bailing.client_structured`, batch jobs in `bailing.client_batch`, image
+generation in `bailing.client_image`, speech synthesis (and the audio of spoken replies) in
+`bailing.client_speech`. `bailing.client` re-exports the public names; protobuf types never leave
+these modules and the client.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import grpc
 from grpc_health.v1 import health_pb2
 
+from bailing.client_errors import BailingClientError, BailingConnectionError, invalid_argument
+from bailing.client_structured import (
+    StructuredOptions,
+    ToolCall,
+    message_tool_fields,
+    set_structured_fields,
+    tool_calls_from_pb,
+)
 from gateway.api import OPTIONAL_SAMPLING_FIELDS, pb
 from pipelines.protocol import Usage  # the same counts the workers report
 
@@ -38,19 +48,6 @@ _MAGIC = (
     (b"ftyp", 4, "video/mp4"),
     (b"\x1aE\xdf\xa3", 0, "video/webm"),
 )
-
-
-class BailingClientError(Exception):
-    """A failed call: `code` is the gRPC status name (e.g. "UNAVAILABLE"), `details` the server's text."""
-
-    def __init__(self, code: str, details: str) -> None:
-        super().__init__(f"{code}: {details}")
-        self.code = code
-        self.details = details
-
-
-class BailingConnectionError(BailingClientError):
-    """The gateway could not be reached at all (nothing listening, DNS, timeout while connecting)."""
 
 
 # ---- options and results -----------------------------------------------------------------------
@@ -75,8 +72,9 @@ class SamplingOptions(TypedDict, total=False):
     priority: int
 
 
-class RequestOptions(SamplingOptions, total=False):
-    """The keyword options of `generate`/`stream`: `SamplingOptions` and these."""
+class RequestOptions(SamplingOptions, StructuredOptions, total=False):
+    """The keyword options of `generate`/`stream`: `SamplingOptions`, `StructuredOptions` (response_format,
+    tools, tool_choice, parallel_tool_calls) and these."""
 
     n: int  # samples to draw, 1..16 (default 1); see `Completion.choices`, `Chunk.index`
     enable_thinking: bool
@@ -103,24 +101,27 @@ class Choice:
     index: int  # 0..n-1
     text: str
     reasoning_text: str
-    finish_reason: str  # stop, length, cancelled, error
+    finish_reason: str  # stop, length, tool_calls, cancelled, error
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls it made (finish_reason "tool_calls")
 
 
 @dataclass(frozen=True)
 class Completion:
-    """A whole answer; text, reasoning_text and finish_reason are choice 0's, usage sums all choices."""
+    """A whole answer; text, reasoning_text, finish_reason and tool_calls are choice 0's, usage sums all
+    choices."""
 
     request_id: str
     model: str
     text: str
     reasoning_text: str
-    finish_reason: str  # stop, length, cancelled, error
+    finish_reason: str  # stop, length, tool_calls, cancelled, error
     usage: Usage
     timing: Timing
     choices: tuple[Choice, ...] = ()  # every choice in index order (n = 1: one)
     speech: SpeechResult | None = None  # a spoken reply's whole clip (the request set `speech`)
+    tool_calls: tuple[ToolCall, ...] = ()  # choice 0's calls
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Chunk:
     usage: Usage | None = None  # set on the last chunk only
     index: int = 0  # the choice the delta or finish_reason belongs to
     audio: AudioChunk | None = None  # a spoken reply's audio (its last: `last`, with the summary)
+    tool_calls: tuple[ToolCall, ...] = ()  # calls of choice `index` done since its last chunk, whole
 
 
 @dataclass(frozen=True)
@@ -149,11 +151,6 @@ class ModelInfo:
 
 
 # ---- request building ------------------------------------------------------------------------
-def invalid_argument(where: str, message: str) -> BailingClientError:
-    """The error of a request the client refuses to send (`where` names the argument)."""
-    return BailingClientError("INVALID_ARGUMENT", f"{where}: {message}")
-
-
 def _guess_mime(data: bytes, path: str | Path | None) -> str:
     if path is not None:
         guessed, _ = mimetypes.guess_type(str(path))
@@ -202,7 +199,8 @@ def _content_part(part: Any, where: str) -> Any:
 
 
 def messages_to_pb(messages: Iterable[Mapping[str, Any]]) -> list[Any]:
-    """Chat messages ({"role", "content": str | [parts]}) as bailing.v1 `Message`s."""
+    """Chat messages ({"role", "content": str | [parts]}; an assistant turn's "tool_calls", whose content
+    may be empty or None; a tool turn's "tool_call_id") as bailing.v1 `Message`s."""
     out = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
@@ -211,13 +209,16 @@ def messages_to_pb(messages: Iterable[Mapping[str, Any]]) -> list[Any]:
         role, content = message.get("role"), message.get("content")
         if not isinstance(role, str) or not role:
             raise invalid_argument(f"{where}.role", "a non-empty string is required")
-        if isinstance(content, str):
+        calls, call_id = message_tool_fields(where, role, message)
+        if calls and not content:
+            parts = []
+        elif isinstance(content, str):
             parts = [pb.ContentPart(text=content)]
         elif isinstance(content, list | tuple):
             parts = [_content_part(p, f"{where}.content[{j}]") for j, p in enumerate(content)]
         else:
             raise invalid_argument(f"{where}.content", "a string or a list of parts is required")
-        out.append(pb.Message(role=role, content=parts))
+        out.append(pb.Message(role=role, content=parts, tool_calls=calls, tool_call_id=call_id))
     if not out:
         raise invalid_argument("messages", "at least one message is required")
     return out
@@ -249,9 +250,14 @@ def build_request(
     speech: Mapping[str, Any] | None = None,
     request_id: str | None = None,
     priority: int = 0,
+    response_format: Mapping[str, Any] | None = None,
+    tools: Iterable[Mapping[str, Any]] | None = None,
+    tool_choice: str | Mapping[str, Any] | None = None,
+    parallel_tool_calls: bool | None = None,
     **sampling: Any,
 ) -> Any:
-    """A `GenerateRequest`; unset options are left unset so the model's defaults apply."""
+    """A `GenerateRequest`; unset options are left unset so the model's defaults apply. Bad arguments
+    raise `BailingArgumentError` (a ValueError) before anything is sent."""
     if not isinstance(model, str) or not model:
         raise invalid_argument("model", "a model name is required")
     if (prompt is None) == (messages is None):
@@ -275,6 +281,9 @@ def build_request(
         request.prompt = prompt
     else:
         request.messages.extend(messages_to_pb(messages))
+    set_structured_fields(
+        request, messages is not None, response_format, tools, tool_choice, parallel_tool_calls
+    )
     return request
 
 
@@ -304,6 +313,7 @@ def choice_from_pb(msg: Any) -> Choice:
         msg.finish_reason,
         msg.completion_tokens,
         msg.reasoning_tokens,
+        tool_calls_from_pb(msg.tool_calls),
     )
 
 
@@ -318,12 +328,16 @@ def completion_from_pb(msg: Any) -> Completion:
         usage_from_pb(msg.usage),
         timing,
         tuple(choice_from_pb(c) for c in msg.choices),
+        tool_calls=tool_calls_from_pb(msg.tool_calls),
     )
 
 
 def chunk_from_pb(msg: Any) -> Chunk:
     usage = usage_from_pb(msg.usage) if msg.HasField("usage") else None
-    return Chunk(msg.request_id, msg.text, msg.reasoning_text, msg.finish_reason, usage, msg.index)
+    calls = tool_calls_from_pb(msg.tool_calls)
+    return Chunk(
+        msg.request_id, msg.text, msg.reasoning_text, msg.finish_reason, usage, msg.index, tool_calls=calls
+    )
 
 
 def models_from_pb(msg: Any) -> list[ModelInfo]:

@@ -8,7 +8,8 @@ MODULES = (
     "bailing.commands.gateway",  # bailing gateway
     "bailing.commands.worker",  # bailing worker
     "bailing.commands.stack",  # bailing up
-    "bailing.commands.client",  # bailing chat / transcribe / models / healthcheck
+    "bailing.commands.client",  # bailing chat / transcribe
+    "bailing.commands.health",  # bailing models / healthcheck
     "bailing.commands.image",  # bailing image
     "bailing.commands.speech",  # bailing speak (chat --speak lives there too)
     "bailing.commands.batch",  # bailing batch submit / status / list / cancel / results

@@ -1,4 +1,4 @@
-"""`bailing chat`, `transcribe`, `models` and `healthcheck`: talk to a running gateway.
+"""`bailing chat` and `transcribe`: talk to a running gateway (`models`, `healthcheck`: commands/health.py).
 
 Flow: argv -> `bailing.client.Client` (address from --address or BAILING_GATEWAY, token from
 BAILING_API_TOKEN, TLS files from --tls-ca/--tls-cert/--tls-key or BAILING_TLS_CA/_CERT/_KEY) ->
@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from pipelines.clock import CLOCK, server_now
+from bailing.commands import structured_options as structured
 from pipelines.protocol import MAX_SAMPLES
 
 EXIT_OK = 0
@@ -90,7 +90,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     diffusion = {name: getattr(args, name) for name in _DIFFUSION_FLAGS if getattr(args, name) is not None}
     if diffusion:
         options["diffusion"] = diffusion
-    return options
+    return {**options, **structured.chat_options(args)}
 
 
 def _write(text: str, *, dim: bool = False) -> None:
@@ -108,33 +108,38 @@ def _stats(request_id: str, usage: Any, finish_reason: str) -> None:
 
 
 def _chat_stream(client: Any, args: argparse.Namespace, tty: bool) -> int:
-    last = None
-    in_reasoning = trim = False  # trim: drop the newlines a reasoning model puts before its answer
+    last, calls = None, []
+    in_reasoning = trim = shown = False  # trim: drop the newlines a reasoning model puts before its answer
     with client.stream(args.model, messages=_messages(args), **_options(args)) as stream:
         for chunk in stream:
             if chunk.reasoning_text:
                 trim = True
                 if tty:
                     _write(chunk.reasoning_text, dim=True)
-                    in_reasoning = True
+                    in_reasoning = shown = True
             text = chunk.text.lstrip("\n") if trim else chunk.text
             if text:
                 if in_reasoning:
                     _write("\n")
                 in_reasoning = trim = False
                 _write(text)
+                shown = True
+            calls += chunk.tool_calls
             last = chunk
-    _write("\n")
+    _write("\n" if shown or not calls else "")  # tool calls only: no blank line before them
+    structured.print_tool_calls(calls)
     if last is not None:
         _stats(last.request_id, last.usage, last.finish_reason)
     return EXIT_SERVER_ERROR if last is not None and last.finish_reason == "error" else EXIT_OK
 
 
-def _print_answer(reasoning_text: str, text: str, tty: bool) -> None:
-    """Reasoning (dimmed, on a tty only) then the answer, without the blank lines that follow reasoning."""
+def _print_answer(reasoning_text: str, text: str, tty: bool, calls: Any = ()) -> None:
+    """Reasoning (dimmed, on a tty only), the answer without the blank lines after reasoning, tool calls."""
     if reasoning_text and tty:
         _write(reasoning_text + "\n", dim=True)
-    print(text.lstrip("\n") if reasoning_text else text)
+    if text or not calls:
+        print(text.lstrip("\n") if reasoning_text else text)
+    structured.print_tool_calls(calls)
 
 
 def _cmd_chat(client: Any, args: argparse.Namespace) -> int:
@@ -149,11 +154,11 @@ def _cmd_chat(client: Any, args: argparse.Namespace) -> int:
     elif len(out.choices) > 1:
         for choice in out.choices:
             print(f"--- choice {choice.index} (finish: {choice.finish_reason or 'unfinished'}) ---")
-            _print_answer(choice.reasoning_text, choice.text, tty)
+            _print_answer(choice.reasoning_text, choice.text, tty, choice.tool_calls)
         tokens = out.usage.completion_tokens
         print(f"[{out.request_id}: {tokens} tokens in {len(out.choices)} choices]", file=sys.stderr)
     else:
-        _print_answer(out.reasoning_text, out.text, tty)
+        _print_answer(out.reasoning_text, out.text, tty, out.tool_calls)
         _stats(out.request_id, out.usage, out.finish_reason)
     finishes = [c.finish_reason for c in out.choices] or [out.finish_reason]
     return EXIT_SERVER_ERROR if "error" in finishes else EXIT_OK
@@ -161,6 +166,11 @@ def _cmd_chat(client: Any, args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     """`bailing chat`: usage checks the parser cannot make, then the call (--speak: commands/speech.py)."""
+    try:
+        structured.chat_options(args)  # the files are read before connecting
+    except structured.OptionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.speak:
         from bailing.commands.speech import spoken_chat
 
@@ -229,82 +239,6 @@ def _add_transcribe_parser(sub: argparse._SubParsersAction) -> None:
     tr.set_defaults(func=_transcribe)
 
 
-# ---- models, healthcheck ---------------------------------------------------------------------
-def _cmd_models(client: Any, args: argparse.Namespace) -> int:
-    models = client.list_models()
-    if args.json:
-        print(json.dumps([asdict(m) for m in models]))
-        return EXIT_OK
-    rows = [("NAME", "FAMILY", "LIVE WORKERS", "MAX MODEL LEN", "MODALITIES", "OUTPUTS")]
-    rows += [
-        (
-            m.name,
-            m.family,
-            str(m.live_workers),
-            str(m.max_model_len),
-            ",".join(m.modalities),
-            ",".join(m.outputs),
-        )
-        for m in models
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    return EXIT_OK
-
-
-def _cmd_healthcheck(client: Any, args: argparse.Namespace) -> int:
-    from bailing.client import BailingClientError
-
-    try:
-        status = client.health(args.service)
-    except BailingClientError as exc:
-        if exc.code != "NOT_FOUND":
-            raise
-        status = f"SERVICE_UNKNOWN (the gateway has no health status for {args.service!r})"
-    print(status)
-    return EXIT_OK if status == "SERVING" else EXIT_SERVER_ERROR
-
-
-def _worker_healthcheck(args: argparse.Namespace) -> int:
-    """Exit 0 if a worker serving model `args.worker` on this host heartbeats in Redis (for containers)."""
-    import socket
-
-    import redis
-
-    from bailing.settings import read_environment
-    from pipelines.protocol import (
-        WORKER_DEAD_AFTER_S,
-        WorkerInfo,
-        stage_workers_key,
-        worker_info_key,
-        workers_key,
-    )
-
-    url = args.redis_url or read_environment().redis_url
-    if not url:
-        print("error: --worker needs --redis-url or BAILING_REDIS_URL", file=sys.stderr)
-        return EXIT_USAGE
-    host = socket.gethostname()
-    try:
-        db = redis.Redis.from_url(url, socket_timeout=args.timeout, socket_connect_timeout=args.timeout)
-        registry = stage_workers_key(args.worker) if args.image_stage else workers_key(args.worker)
-        CLOCK.sync(db)
-        live = db.zrangebyscore(registry, server_now() - WORKER_DEAD_AFTER_S, "+inf")
-        infos = [db.get(worker_info_key(member.decode())) for member in live]
-    except redis.RedisError as exc:
-        print(f"error: cannot reach Redis at {url}: {exc}", file=sys.stderr)
-        return EXIT_CONNECT
-    mine = [info for info in (WorkerInfo.from_json(raw) for raw in infos if raw) if info.host == host]
-    role = "image-stage worker(s)" if args.image_stage else "worker(s)"
-    print(f"{len(mine)} live {role} of {args.worker} on {host}")
-    return EXIT_OK if mine else EXIT_SERVER_ERROR
-
-
-def _healthcheck(args: argparse.Namespace) -> int:
-    return _worker_healthcheck(args) if args.worker else _run(_cmd_healthcheck, args)
-
-
 # ---- parsers ---------------------------------------------------------------------------------
 def _add_connection_args(parser: argparse.ArgumentParser, timeout: float | None, timeout_help: str) -> None:
     parser.add_argument(
@@ -366,31 +300,12 @@ def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
     spoken.add_argument("--speak", metavar="OUT", help="also speak the answer into OUT (.wav, .pcm, .opus)")
     spoken.add_argument("--voice", metavar="NAME", help="with --speak: a voice preset of the model")
     spoken.add_argument("--force", action="store_true", help="with --speak: overwrite OUT")
+    structured.add_structured_args(chat)
     _add_connection_args(chat, None, "request deadline in seconds (default: none)")
     chat.add_argument("text", metavar="TEXT", help="your message")
-    chat.set_defaults(func=_chat)
+    chat.set_defaults(func=_chat, structured=None)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_chat_parser(sub)
     _add_transcribe_parser(sub)
-
-    models = sub.add_parser("models", help="list the models a running gateway serves")
-    models.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    _add_connection_args(models, 30.0, "connect and call deadline in seconds (default 30)")
-    models.set_defaults(func=lambda args: _run(_cmd_models, args))
-
-    health = sub.add_parser(
-        "healthcheck", help="exit 0 if the gateway is SERVING, 1 if not, 3 if it cannot be reached"
-    )
-    health.add_argument("--service", default="", help='health service name (default "": the whole gateway)')
-    _add_connection_args(health, 10.0, "connect and call deadline in seconds (default 10)")
-    health.add_argument(
-        "--worker", metavar="MODEL",
-        help="check instead that a worker serving MODEL on this host heartbeats in Redis",
-    )  # fmt: skip
-    health.add_argument("--redis-url", help="with --worker (default: $BAILING_REDIS_URL)")
-    health.add_argument(
-        "--image-stage", action="store_true", help="with --worker: a diffusion-stage worker of MODEL instead"
-    )
-    health.set_defaults(func=_healthcheck)

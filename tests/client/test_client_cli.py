@@ -22,6 +22,7 @@ from bailing.client import (
     Usage,
 )
 from bailing.commands import client as commands
+from bailing.commands import health
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 
@@ -183,7 +184,7 @@ def test_chat_sends_diffusion_flags_as_one_option():
 
 
 def test_models_table(capsys):
-    assert commands._cmd_models(ScriptedClient(), _args("models")) == 0
+    assert health._cmd_models(ScriptedClient(), _args("models")) == 0
     lines = capsys.readouterr().out.splitlines()
     header = ["NAME", "FAMILY", "LIVE", "WORKERS", "MAX", "MODEL", "LEN", "MODALITIES", "OUTPUTS"]
     assert lines[0].split() == header
@@ -207,7 +208,7 @@ def test_exit_codes(error, code):
 
 def test_worker_healthcheck_needs_a_redis_url(monkeypatch, capsys):
     monkeypatch.delenv("BAILING_REDIS_URL", raising=False)
-    assert commands._healthcheck(_args("healthcheck", "--worker", "ling")) == 2
+    assert health._healthcheck(_args("healthcheck", "--worker", "ling")) == 2
     assert "BAILING_REDIS_URL" in capsys.readouterr().err
 
 

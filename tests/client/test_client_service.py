@@ -94,6 +94,51 @@ def test_server_errors_keep_their_status(client):
     assert in_stream.value.code == "INVALID_ARGUMENT"
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "today's weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 8}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_json_object_answer(client):
+    ask = [{"role": "user", "content": "Describe Oslo as JSON."}]
+    out = client.generate(
+        "ling", messages=ask, response_format={"type": "json_object"}, max_tokens=256, temperature=1.0, seed=3
+    )
+    assert out.finish_reason == "stop", out
+    assert isinstance(json.loads(out.text), dict)
+
+
+def test_required_tool_call(client):
+    """A forced call, one at most (with parallel calls a random-weight model keeps calling until
+    max_tokens cuts it off: finish_reason "length")."""
+    ask = [{"role": "user", "content": "Weather in Oslo?"}]
+    out = client.generate(
+        "ling",
+        messages=ask,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=96,
+        temperature=1.0,
+        seed=3,
+    )
+    assert out.finish_reason == "tool_calls", out
+    assert len(out.tool_calls) == 1 and out.tool_calls == out.choices[0].tool_calls
+    call = out.tool_calls[0]
+    assert call.name == "get_weather" and call.id
+    assert isinstance(json.loads(call.arguments), dict)
+
+
 def test_models_and_health(client):
     (ling,) = [m for m in client.list_models() if m.name == "ling"]
     assert ling.family == "ling" and ling.live_workers >= 1 and ling.max_model_len > 0
