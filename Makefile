@@ -6,8 +6,8 @@ STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
 .PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming \
-	bench-ming-image bench-ming-speech bench-parallel bench-curves bench-omp-pools bench-expert-products gpu-check \
-	fuzz soak chaos compose-check
+	bench-ming-image bench-ming-speech bench-parallel bench-curves bench-omp-pools bench-expert-products bench-structured \
+	gpu-check fuzz soak chaos compose-check
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3)"; exit 1; }
@@ -79,6 +79,11 @@ bench-omp-pools: $(STAMP)
 
 bench-expert-products: $(STAMP)
 	$(PY) -m bench.expert_products
+
+# Constrained decoding (engine/structured): tok/s with a grammar vs without on the same requests, batch 1
+# and 32, and where the constrained step's time goes (bench/results/structured.md).
+bench-structured: $(STAMP)
+	$(PY) -m bench.structured
 
 # The gRPC contract under 10,000 generated requests and 2,000 generated media files (tests/fuzz/) on a
 # real stack (Valkey, gateway, ling / ming / ming2 workers): statuses per message type in
