@@ -79,7 +79,12 @@ def test_generate_image_returns_the_images_in_order_and_the_summary(served, db, 
         assert job["image"]["num_images"] == 2 and job["image"]["seed"] == 11
         assert (job["image"]["width"], job["image"]["height"], job["image"]["steps"]) == (500, 300, 4)
         assert job["messages"] == [
-            {"role": "user", "parts": [{"type": "text", "text": "a red fox", "media": None}]}
+            {
+                "role": "user",
+                "parts": [{"type": "text", "text": "a red fox", "media": None}],
+                "tool_calls": [],
+                "tool_call_id": "",
+            }
         ]
         keys = worker.draw(
             "img-u1", IMAGES, steps=4, size=(512, 320), requested=(500, 300), seed=11, order=(1, 0)

@@ -66,7 +66,12 @@ def test_synthesize_speech_returns_a_wav_file_at_its_rate(served, db, model, cap
         job = worker.take_job()
         assert (job["task"], job["request_id"], job["prompt"]) == ("speech", "tts-u1", None)
         assert job["messages"] == [
-            {"role": "user", "parts": [{"type": "text", "text": "Hello there. How are you?", "media": None}]}
+            {
+                "role": "user",
+                "parts": [{"type": "text", "text": "Hello there. How are you?", "media": None}],
+                "tool_calls": [],
+                "tool_call_id": "",
+            }
         ]
         speech = job["speech"]
         assert (speech["voice"], speech["speed"], speech["sample_rate"], speech["seed"]) == (

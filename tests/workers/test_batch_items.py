@@ -291,6 +291,7 @@ def test_result_from_a_single_choice_done():
         "text": "Hello",
         "reasoning_text": "hmm ok",
         "finish_reason": "length",
+        "tool_calls": [],
         "usage": {
             "prompt_tokens": 5,
             "completion_tokens": 3,
@@ -307,6 +308,7 @@ def test_result_from_a_single_choice_done():
                 "finish_reason": "length",
                 "completion_tokens": 3,
                 "reasoning_tokens": 2,
+                "tool_calls": [],
             }
         ],
     }
