@@ -98,14 +98,14 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, flag: str = "--port") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError as exc:
             raise StackError(
                 f"cannot use {host}:{port} for the gateway ({exc.strerror}); is another `bailing up` "
-                "running? Choose another port with --port."
+                f"running? Choose another port with {flag}."
             ) from None
 
 
@@ -133,8 +133,10 @@ class Stack:
         expert_parallel: bool = False,
         restart_policy: RestartPolicy | None = None,
         replicas: int = 1,
+        http_port: int | None = None,
     ) -> None:
         self.port, self.host, self.dir = port, host, Path(dir).resolve()
+        self.http_port = http_port  # the OpenAI-compatible HTTP API; None = off, 0 = a free port
         self.redis_url = redis_url
         self.metrics_port_base, self.device, self.token = metrics_port_base, device, token
         self.ready_timeout_s, self.grace_s = ready_timeout_s, grace_s
@@ -162,6 +164,14 @@ class Stack:
         if self._address is None:
             raise StackError("the stack is not started")
         return self._address
+
+    @property
+    def http_address(self) -> str:
+        """host:port of the gateway's OpenAI-compatible HTTP API (StackError if it is off)."""
+        if self.http_port is None:
+            raise StackError("the stack serves no HTTP API (http_port is None)")
+        host = "127.0.0.1" if self.host in _ANY_HOST else self.host
+        return f"{host}:{self.http_port}"
 
     def all_children(self) -> list[Child]:
         return [*self.children, *([self.valkey] if self.valkey else [])]
@@ -231,6 +241,10 @@ class Stack:
 
         if self.port:
             _check_port_free(self.host, self.port)
+        if self.http_port:
+            _check_port_free(self.host, self.http_port, "--http-port")
+        elif self.http_port == 0:  # chosen here: a restarted gateway must bind the same one
+            self.http_port = _free_port(self.host)
         ensure_generated()  # once here, rather than racing in every child on a fresh checkout
         self._log(f"demo checkpoints: {self.dir}")
         try:
@@ -280,11 +294,14 @@ class Stack:
     def _metrics_args(self, offset: int) -> list[str]:
         return ["--metrics-port", str(self.metrics_port_base + offset)] if self.metrics_port_base else []
 
+    def _http_args(self) -> list[str]:
+        return [] if self.http_port is None else ["--http-port", str(self.http_port)]
+
     def _gateway_child(self) -> Child:
         argv = self._cli(
             "gateway", "--models", ",".join(self.models), "--host", self.host, "--port", str(self.port),
             "--redis-url", self.redis_url or "", "--drain-grace", f"{self.grace_s / 2:g}",
-            *self._metrics_args(0),
+            *self._metrics_args(0), *self._http_args(),
         )  # fmt: skip
         return Child("gateway", argv, self.dir / "logs" / "gateway.log")
 

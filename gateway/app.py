@@ -1,6 +1,7 @@
 """The gateway process: `GatewayServer` builds the grpc.aio server (the servicers of gateway/server.py and
-gateway/jobs.py, health, reflection, the bearer-token and request-reader interceptors, TLS) and runs
-it; `serve` runs it until SIGTERM/SIGINT, then drains.
+gateway/jobs.py, health, reflection, the bearer-token and request-reader interceptors, TLS) and, with
+`http_port`, the OpenAI-compatible HTTP API over the same servicer (gateway/http_api), and runs them;
+`serve` runs it until SIGTERM/SIGINT, then drains.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -20,6 +23,7 @@ from gateway.auth import BearerTokenInterceptor
 from gateway.config import GatewayConfig
 from gateway.dispatch import Dispatcher
 from gateway.health import HealthMonitor
+from gateway.http_api.app import HttpFrontDoor, OpenAIRoutes
 from gateway.jobs import JobsServicer
 from gateway.metrics import GatewayMetrics
 from gateway.request_reader import RequestReader
@@ -64,6 +68,11 @@ class GatewayServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, self.server)
         services = [INFERENCE_SERVICE, JOBS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(services, self.server)
+        self.http_port = 0
+        self.http = None
+        if cfg.http_port is not None:
+            routes = OpenAIRoutes(self.servicer, cfg.max_message_bytes)
+            self.http = HttpFrontDoor(routes, cfg.host, cfg.http_port, _http_tls(cfg))
 
     @property
     def address(self) -> str:
@@ -80,6 +89,8 @@ class GatewayServer:
         await self.dispatcher.warm_up(min(self.cfg.max_inflight, WARM_CONNECTIONS))
         await self.monitor.start()
         await self.server.start()
+        if self.http is not None:
+            self.http_port = await self.http.start()
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
         return self.port
@@ -97,6 +108,8 @@ class GatewayServer:
         await self.stop(grace=0.5)
 
     async def stop(self, grace: float | None = None) -> None:
+        if self.http is not None:
+            await self.http.stop()  # its calls still running are cancelled: they send their cancels
         await self.server.stop(grace)  # handlers still running are cancelled: they send their cancels
         await self.servicer.flush_background()
         await self.monitor.stop()
@@ -116,8 +129,19 @@ async def serve(cfg: GatewayConfig, announce: Callable[[str], None] = print) -> 
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    announce(f"gateway listening on {gateway.address}")
+    http = f", HTTP (OpenAI API) on {cfg.host}:{gateway.http_port}" if gateway.http is not None else ""
+    announce(f"gateway listening on {gateway.address}{http}")
     await stop.wait()
     await gateway.drain(force)
     log.info("gateway stopped")
     return 0
+
+
+def _http_tls(cfg: GatewayConfig) -> dict[str, Any]:
+    """uvicorn's TLS settings from the gateway's PEM files (none: plaintext)."""
+    if not cfg.tls_cert:
+        return {}
+    out: dict[str, Any] = {"ssl_certfile": cfg.tls_cert, "ssl_keyfile": cfg.tls_key}
+    if cfg.tls_client_ca:
+        out.update(ssl_ca_certs=cfg.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return out

@@ -16,6 +16,9 @@ class GatewayConfig:
     models: tuple[str, ...]  # served model names; requests for any other model get NOT_FOUND
     host: str = "127.0.0.1"
     port: int = 50051  # 0 = pick a free port (the server reports the one it bound)
+    # The OpenAI-compatible HTTP API (gateway/http_api) on this port beside gRPC; None = not served,
+    # 0 = a free port. Same host, tokens, TLS files and limits as the gRPC port.
+    http_port: int | None = None
     # Bearer tokens (secrets: kept out of repr): with any set, clients must send "authorization: Bearer
     # <token>" with one of them, and each token's batches are visible to that token only.
     api_token: str | None = field(default=None, repr=False)  # BAILING_API_TOKEN
@@ -62,6 +65,8 @@ class GatewayConfig:
         self._check_tls()
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ValueError(f"http_port must be in [0, 65535], got {self.http_port}")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         for name in (

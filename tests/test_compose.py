@@ -122,7 +122,8 @@ def test_redis_keeps_an_append_only_file(compose, services):
 
 def test_images_and_ports_are_variables_with_the_usual_defaults(raw_services):
     assert raw_services["redis"]["image"] == "${REDIS_IMAGE:-redis:7}"
-    assert raw_services["gateway"]["ports"] == ["${BAILING_PORT:-50051}:50051"]
+    ports = ["${BAILING_PORT:-50051}:50051", "${BAILING_HTTP_PORT:-8000}:8000"]
+    assert raw_services["gateway"]["ports"] == ports
 
 
 def test_every_bailing_command_line_parses(services):
@@ -139,6 +140,7 @@ def test_gateway(services):
     assert args.command == "gateway"
     assert args.host == "0.0.0.0", "reachable from outside its container"
     assert f"{args.port}:{args.port}" in gateway["ports"]
+    assert f"{args.http_port}:{args.http_port}" in gateway["ports"], "the HTTP API is published too"
     assert gateway["environment"]["BAILING_REDIS_URL"].startswith("redis://redis:6379")
     assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
     assert gateway["restart"] == "unless-stopped"

@@ -22,6 +22,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--port", type=int, default=DEFAULT_GRPC_PORT, help="0 = a free port (default %(default)s)"
     )
+    p.add_argument(
+        "--http-port", type=int, default=None, metavar="P",
+        help="also serve the OpenAI-compatible HTTP API (/v1/...) on port P; 0 = a free port (default: off)",
+    )  # fmt: skip
     p.add_argument("--redis-url", default=None, help="Redis URL (default: BAILING_REDIS_URL)")
     p.add_argument("--max-inflight", type=int, default=256, help="concurrent requests at most (default 256)")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port; 0 = off (default)")
@@ -123,6 +127,7 @@ def _config(args: argparse.Namespace):
         models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
         host=args.host,
         port=args.port,
+        http_port=args.http_port,
         api_token=env.api_token,
         api_tokens=_token_file(args.api_token_file),
         max_streams_per_token=args.max_streams_per_token,

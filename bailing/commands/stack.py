@@ -22,9 +22,11 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _banner(address: str, models: list[str], token: bool, samples: str = "samples") -> str:
+def _banner(
+    address: str, models: list[str], token: bool, samples: str = "samples", http: str | None = None
+) -> str:
     """What to try once the stack is up: a `bailing chat` line per model, media in and out for the
-    Ming models, `models`, raw grpcurl."""
+    Ming models, `models`, raw grpcurl, and curl against the OpenAI-compatible HTTP API (`http`)."""
     models = models or ["ling"]
     program = sys.argv[0] if sys.argv and os.path.basename(sys.argv[0]) == "bailing" else "bailing"
     where = "" if address == DEFAULT_ADDRESS else f" --address {address}"
@@ -54,9 +56,21 @@ def _banner(address: str, models: list[str], token: bool, samples: str = "sample
             ),
             f"  {program} models{where}",
             f"  grpcurl -plaintext{auth} -d '{payload}' {address} bailing.v1.Inference/Generate",
+            *(_http_examples(http, models[0], token) if http else []),
             "Ctrl-C stops everything.",
         ]
     )
+
+
+def _http_examples(http: str, model: str, token: bool) -> list[str]:
+    """curl lines for the OpenAI-compatible API (`openai.OpenAI(base_url=...)` works the same way)."""
+    auth = ' -H "authorization: Bearer $BAILING_API_TOKEN"' if token else ""
+    chat = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "hello"}}], "max_tokens": 16}}'
+    return [
+        f"OpenAI-compatible HTTP API on http://{http}/v1 (base_url for the openai client):",
+        f"  curl -s http://{http}/v1/models{auth}",
+        f"  curl -s http://{http}/v1/chat/completions -H 'content-type: application/json'{auth} -d '{chat}'",
+    ]
 
 
 def _progress(message: str) -> None:
@@ -76,6 +90,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         models=[m for m in args.models.split(",") if m] if args.models else None,
         tensor_parallel=args.tensor_parallel, expert_parallel=args.expert_parallel,
         restart_policy=RestartPolicy(max_streak=args.crash_loop_after), replicas=args.replicas,
+        http_port=None if args.http_port < 0 else args.http_port,
     )  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
@@ -86,7 +101,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         stack.start()
         samples = os.path.relpath(stack.dir / "samples")
         samples = str(stack.dir / "samples") if samples.startswith("..") else samples
-        print(_banner(stack.address, list(stack.models), bool(env.api_token), samples), flush=True)
+        http = stack.http_address if stack.http_port is not None else None
+        print(_banner(stack.address, list(stack.models), bool(env.api_token), samples, http), flush=True)
         dead = stack.supervise()
         assert dead is not None  # only stop() ends supervision without a crash loop
         times = stack.policy.records[dead.name].streak
@@ -112,6 +128,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="run Valkey, the gateway and a worker per demo model locally until Ctrl-C")
     up.add_argument("--port", type=int, default=50051, help="gateway port (default 50051; 0 = any free port)")
+    up.add_argument(
+        "--http-port", type=int, default=8000, metavar="P",
+        help="the OpenAI-compatible HTTP API's port (default 8000; 0 = any free port; -1 = off)",
+    )  # fmt: skip
     up.add_argument("--host", default="127.0.0.1", help="gateway host to bind (default 127.0.0.1)")
     up.add_argument(
         "--dir", default=".bailing/demo", help="demo checkpoints, logs/ and valkey/ (default .bailing/demo)"

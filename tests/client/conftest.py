@@ -15,7 +15,7 @@ from bailing.stack import Stack
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    with Stack(port=0, dir=tmp_path_factory.mktemp("stack"), ready_timeout_s=300) as running:
+    with Stack(port=0, http_port=0, dir=tmp_path_factory.mktemp("stack"), ready_timeout_s=300) as running:
         yield running
 
 

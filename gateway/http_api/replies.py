@@ -1,0 +1,132 @@
+"""The servicer's replies -> OpenAI's response objects and stream chunks.
+
+Chat: `chat.completion` with one choice per sample (`message.content`, `message.reasoning_content`
+for Ring's reasoning, as vLLM and SGLang return it, `message.tool_calls`), usage with
+`completion_tokens_details.reasoning_tokens` and `prompt_tokens_details.cached_tokens`. Streamed:
+`chat.completion.chunk`s, the first delta of each choice carrying `role`, a choice's last one its
+finish_reason; with `stream_options.include_usage` every chunk has `usage: null` and one more chunk
+(no choices) carries the totals. Completions: `text_completion` likewise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from gateway.api import pb
+
+
+def usage(u: pb.Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_prompt_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+    }
+
+
+def tool_calls(calls: Any, stream: bool = False) -> list[dict[str, Any]]:
+    out = []
+    for c in calls:
+        call = {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        out.append({"index": c.index, **call} if stream else call)
+    return out
+
+
+def chat_completion(resp: pb.GenerateResponse) -> dict[str, Any]:
+    choices = []
+    for c in resp.choices:
+        message: dict[str, Any] = {"role": "assistant", "content": c.text or (None if c.tool_calls else "")}
+        if c.reasoning_text:
+            message["reasoning_content"] = c.reasoning_text
+        if c.tool_calls:
+            message["tool_calls"] = tool_calls(c.tool_calls)
+        choices.append(
+            {"index": c.index, "message": message, "finish_reason": c.finish_reason, "logprobs": None}
+        )
+    return {
+        "id": f"chatcmpl-{resp.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": resp.model,
+        "choices": choices,
+        "usage": usage(resp.usage),
+    }
+
+
+def completion(resp: pb.GenerateResponse) -> dict[str, Any]:
+    return {
+        "id": f"cmpl-{resp.request_id}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": resp.model,
+        "choices": [
+            {"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+            for c in resp.choices
+        ],
+        "usage": usage(resp.usage),
+    }
+
+
+class ChunkWriter:
+    """GenerateChunks of one call -> server-sent events (`data: {...}\\n\\n`, then `data: [DONE]`)."""
+
+    def __init__(self, model: str, chat: bool, include_usage: bool) -> None:
+        self.model, self.chat, self.include_usage = model, chat, include_usage
+        self.created = int(time.time())
+        self.started: set[int] = set()  # choices whose first delta (with the role) went out
+        self.id = ""
+
+    def events(self, chunk: pb.GenerateChunk) -> list[bytes]:
+        self.id = self.id or f"{'chatcmpl' if self.chat else 'cmpl'}-{chunk.request_id}"
+        out = []
+        if chunk.text or chunk.reasoning_text or chunk.tool_calls:
+            out.append(self._choice(chunk.index, self._delta(chunk), None))
+        if chunk.finish_reason:
+            out.append(self._choice(chunk.index, {} if self.chat else "", chunk.finish_reason))
+        if chunk.HasField("usage") and self.include_usage:
+            out.append(self._frame([], usage(chunk.usage)))
+        return out
+
+    def _delta(self, chunk: pb.GenerateChunk) -> Any:
+        if not self.chat:
+            return chunk.text
+        delta: dict[str, Any] = {}
+        if chunk.index not in self.started:
+            self.started.add(chunk.index)
+            delta["role"] = "assistant"
+        if chunk.reasoning_text:
+            delta["reasoning_content"] = chunk.reasoning_text
+        if chunk.text:
+            delta["content"] = chunk.text
+        if chunk.tool_calls:
+            delta["tool_calls"] = tool_calls(chunk.tool_calls, stream=True)
+        return delta
+
+    def _choice(self, index: int, delta: Any, finish_reason: str | None) -> bytes:
+        if self.chat:
+            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        else:
+            choice = {"index": index, "text": delta, "finish_reason": finish_reason, "logprobs": None}
+        return self._frame([choice], None)
+
+    def _frame(self, choices: list[dict[str, Any]], totals: dict[str, Any] | None) -> bytes:
+        obj: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            obj["usage"] = totals
+        return sse(obj)
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
