@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := .bailing/demo
 
 .PHONY: up test lint fmt bench clean demo bench-engine bench-service bench-sampling bench-batch bench-diffusion bench-ming \
-	bench-ming-image bench-ming-speech bench-parallel bench-curves bench-omp-pools bench-expert-products bench-structured \
+	bench-ming-image bench-ming-speech bench-parallel bench-curves bench-omp-pools bench-expert-products bench-structured bench-demo-rss \
 	gpu-check fuzz soak chaos compose-check
 
 $(PY):
@@ -84,6 +84,11 @@ bench-expert-products: $(STAMP)
 # and 32, and where the constrained step's time goes (bench/results/structured.md).
 bench-structured: $(STAMP)
 	$(PY) -m bench.structured
+
+# Resident memory of `bailing up`'s demo stack (every child's process tree), idle and after one chat
+# per model, against the 3 GiB laptop target (bench/results/demo_rss.md).
+bench-demo-rss: $(STAMP)
+	$(PY) -m bench.demo_rss
 
 # The gRPC contract under 10,000 generated requests and 2,000 generated media files (tests/fuzz/) on a
 # real stack (Valkey, gateway, ling / ming / ming2 workers): statuses per message type in

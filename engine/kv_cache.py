@@ -15,6 +15,7 @@ Both paths equal the contiguous-cache attention (`engine.layers.attention`); tes
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,8 +38,8 @@ class PagedKVCache:
         device: torch.device | str,
     ) -> None:
         shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, N, B, Hkv, D)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, N, B, Hkv, D)
+        self.k = zeros_on_demand(shape, dtype, device)  # (L, N, B, Hkv, D)
+        self.v = zeros_on_demand(shape, dtype, device)  # (L, N, B, Hkv, D)
         self.num_blocks, self.block_size = num_blocks, block_size
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
@@ -95,6 +96,18 @@ class KVCacheSpec:
 
 
 _DEFAULT_CPU_KV_BYTES = 1 << 30
+
+
+def zeros_on_demand(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A zero tensor; on the CPU backed by anonymous memory (mmap), whose pages the kernel maps in as
+    they are first written, so a KV pool costs resident memory for the blocks in use, not its size
+    (`torch.zeros` writes every byte up front: a 1 GiB pool was 1 GiB of RSS in every idle worker)."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    count = math.prod(shape)
+    memory = mmap.mmap(-1, max(count * dtype.itemsize, 1))  # zero-filled by the kernel
+    return torch.frombuffer(memory, dtype=dtype, count=count).view(shape)  # holds `memory`
 
 
 @dataclass

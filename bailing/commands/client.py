@@ -25,6 +25,8 @@ EXIT_CONNECT = 3
 EXIT_INTERRUPTED = 130
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
+# Off a terminal (no dimming to tell them apart) a reasoning model's two parts come under these lines.
+REASONING_LABEL, ANSWER_LABEL = "[reasoning]", "[answer]"
 
 
 def _exit_code(exc: Exception) -> int:
@@ -114,13 +116,15 @@ def _chat_stream(client: Any, args: argparse.Namespace, tty: bool) -> int:
         for chunk in stream:
             if chunk.reasoning_text:
                 trim = True
-                if tty:
-                    _write(chunk.reasoning_text, dim=True)
+                if not args.hide_reasoning:
+                    if not (tty or in_reasoning):
+                        _write(REASONING_LABEL + "\n")
+                    _write(chunk.reasoning_text, dim=tty)
                     in_reasoning = shown = True
             text = chunk.text.lstrip("\n") if trim else chunk.text
             if text:
                 if in_reasoning:
-                    _write("\n")
+                    _write("\n" if tty else f"\n{ANSWER_LABEL}\n")
                 in_reasoning = trim = False
                 _write(text)
                 shown = True
@@ -133,12 +137,19 @@ def _chat_stream(client: Any, args: argparse.Namespace, tty: bool) -> int:
     return EXIT_SERVER_ERROR if last is not None and last.finish_reason == "error" else EXIT_OK
 
 
-def _print_answer(reasoning_text: str, text: str, tty: bool, calls: Any = ()) -> None:
-    """Reasoning (dimmed, on a tty only), the answer without the blank lines after reasoning, tool calls."""
-    if reasoning_text and tty:
-        _write(reasoning_text + "\n", dim=True)
+def _print_answer(reasoning_text: str, text: str, tty: bool, calls: Any = (), hide: bool = False) -> None:
+    """Reasoning (dimmed on a tty, under plain labels otherwise; `hide`: not at all), the answer without
+    the blank lines after reasoning, tool calls."""
+    answer = text.lstrip("\n") if reasoning_text else text
+    if reasoning_text and not hide:
+        if tty:
+            _write(reasoning_text + "\n", dim=True)
+        else:
+            print(f"{REASONING_LABEL}\n{reasoning_text}")
+            if answer or not calls:
+                print(ANSWER_LABEL)
     if text or not calls:
-        print(text.lstrip("\n") if reasoning_text else text)
+        print(answer)
     structured.print_tool_calls(calls)
 
 
@@ -154,11 +165,11 @@ def _cmd_chat(client: Any, args: argparse.Namespace) -> int:
     elif len(out.choices) > 1:
         for choice in out.choices:
             print(f"--- choice {choice.index} (finish: {choice.finish_reason or 'unfinished'}) ---")
-            _print_answer(choice.reasoning_text, choice.text, tty, choice.tool_calls)
+            _print_answer(choice.reasoning_text, choice.text, tty, choice.tool_calls, args.hide_reasoning)
         tokens = out.usage.completion_tokens
         print(f"[{out.request_id}: {tokens} tokens in {len(out.choices)} choices]", file=sys.stderr)
     else:
-        _print_answer(out.reasoning_text, out.text, tty, out.tool_calls)
+        _print_answer(out.reasoning_text, out.text, tty, out.tool_calls, args.hide_reasoning)
         _stats(out.request_id, out.usage, out.finish_reason)
     finishes = [c.finish_reason for c in out.choices] or [out.finish_reason]
     return EXIT_SERVER_ERROR if "error" in finishes else EXIT_OK
@@ -272,6 +283,10 @@ def _add_chat_parser(sub: argparse._SubParsersAction) -> None:
     chat.add_argument(
         "--thinking-budget", type=int, default=None, metavar="N", help="reasoning tokens at most"
     )
+    chat.add_argument(
+        "--hide-reasoning", action="store_true",
+        help="print only the answer (default: reasoning dimmed on a terminal, else under [reasoning])",
+    )  # fmt: skip
     diffusion = chat.add_argument_group(
         "diffusion models (llada2)",
         "block-diffusion decoding; --max-tokens is the generation length. Only for diffusion models: "

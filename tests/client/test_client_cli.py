@@ -80,7 +80,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 @pytest.mark.parametrize("tty", [True, False])
 @pytest.mark.parametrize("stream", [True, False])
-def test_chat_prints_reasoning_dimmed_only_on_a_tty(capsys, monkeypatch, tty, stream):
+def test_chat_prints_reasoning_dimmed_on_a_tty_and_labelled_elsewhere(capsys, monkeypatch, tty, stream):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
     argv = ["chat", "--model", "ling", *(["--stream"] if stream else []), "hello"]
     assert commands._cmd_chat(ScriptedClient(), _args(*argv)) == 0
@@ -88,9 +88,18 @@ def test_chat_prints_reasoning_dimmed_only_on_a_tty(capsys, monkeypatch, tty, st
     if tty:
         assert out.out.replace(DIM, "").replace(RESET, "") == "thinking\nanswer\n"
         assert out.out.index(DIM) < out.out.index("answer")
-    else:
-        assert out.out == "answer\n"
+    else:  # piped or in a log: no dimming to tell them apart, so plain labels
+        assert out.out == "[reasoning]\nthinking\n[answer]\nanswer\n"
     assert "[r1: 2 tokens, stop]" in out.err
+
+
+@pytest.mark.parametrize("tty", [True, False])
+@pytest.mark.parametrize("stream", [True, False])
+def test_hide_reasoning_prints_only_the_answer(capsys, monkeypatch, tty, stream):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty)
+    argv = ["chat", "--model", "ring", "--hide-reasoning", *(["--stream"] if stream else []), "hello"]
+    assert commands._cmd_chat(ScriptedClient(), _args(*argv)) == 0
+    assert capsys.readouterr().out == "answer\n"
 
 
 @pytest.mark.parametrize("tty", [True, False])
@@ -101,8 +110,8 @@ def test_chat_trims_the_blank_lines_after_reasoning(capsys, monkeypatch, tty, st
     argv = ["chat", "--model", "ring", *(["--stream"] if stream else []), "hello"]
     assert commands._cmd_chat(client, _args(*argv)) == 0
     out = capsys.readouterr().out.replace(DIM, "").replace(RESET, "")
-    # on a tty the reasoning is shown and the answer starts right below it; off a tty only the answer
-    assert out == ("thinking\nHel\nlo\n" if tty else "Hel\nlo\n")
+    # the answer starts right below the reasoning (on a tty) or its label (off one)
+    assert out == ("thinking\nHel\nlo\n" if tty else "[reasoning]\nthinking\n[answer]\nHel\nlo\n")
 
 
 @pytest.mark.parametrize("tty", [True, False])
@@ -122,9 +131,9 @@ def test_chat_prints_each_of_n_choices_under_a_header(capsys, monkeypatch, tty):
         assert out.out.count(DIM) == 2
     else:
         assert lines == [
-            "--- choice 0 (finish: stop) ---", "answer 0",
+            "--- choice 0 (finish: stop) ---", "[reasoning]", "thinking 0", "[answer]", "answer 0",
             "--- choice 1 (finish: length) ---", "answer 1",
-            "--- choice 2 (finish: stop) ---", "answer 2",
+            "--- choice 2 (finish: stop) ---", "[reasoning]", "thinking 2", "[answer]", "answer 2",
         ]  # fmt: skip
     assert "[r1: 6 tokens in 3 choices]" in out.err
 

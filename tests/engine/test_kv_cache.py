@@ -68,3 +68,17 @@ def test_copy_blocks_copies_every_layer():
     cache.copy_blocks([(1, 3), (0, 2)])
     assert torch.equal(cache.k[:, 3], k[:, 1]) and torch.equal(cache.v[:, 2], v[:, 0])
     assert torch.equal(cache.k[:, :2], k[:, :2])
+
+
+def test_a_cpu_pool_costs_resident_memory_only_for_the_blocks_written():
+    import psutil
+
+    process = psutil.Process()
+    before = process.memory_info().rss
+    cache = PagedKVCache(4, 8192, 16, 2, 64, torch.float32, "cpu")  # 2 x 256 MiB
+    assert process.memory_info().rss - before < 32 * 2**20
+    assert float(cache.k[:, 7].abs().sum()) == 0.0 and float(cache.v[3, 100:110].abs().sum()) == 0.0
+    cache.k[:, 5] = 1.5
+    cache.copy_blocks([(5, 9)])
+    assert torch.equal(cache.k[:, 9], cache.k[:, 5]) and float(cache.k[:, 9].mean()) == 1.5
+    assert process.memory_info().rss - before < 48 * 2**20
