@@ -123,6 +123,8 @@ def structure_output(
         )
         grammar = job_grammar(job, family, leading_space=gate is not None)
         params.constraint = engine.structured.get().constraint(grammar, gate)
+        if job.sampling.min_tokens is None:  # the grammar says where the answer ends, not a default floor
+            params.min_tokens = 0
     return family.tool_calls if parses_tool_calls(job) else None
 
 
@@ -242,7 +244,8 @@ def sampling_params(
     """Engine SamplingParams: the client's values, else the checkpoint's `defaults`, else the engine's.
 
     max_tokens unset -> the checkpoint's max_new_tokens or `default_max_tokens`, capped at what is
-    left of the context; set but too large for the context -> RequestError.
+    left of the context; set but too large for the context -> RequestError. min_tokens unset -> the
+    checkpoint's min_new_tokens (capped at max_tokens), if any.
     """
     n = sampling.n
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
@@ -258,6 +261,9 @@ def sampling_params(
             value = defaults.get(name)
         if value is not None:
             kwargs[name] = value
+    floor = defaults.get("min_new_tokens")  # transformers' GenerationConfig field: no EOS before it
+    if sampling.min_tokens is None and isinstance(floor, int) and not isinstance(floor, bool) and floor > 0:
+        kwargs["min_tokens"] = min(floor, max_tokens)
     for f in fields(Sampling):
         if f.name in kwargs or f.name in _CHECKPOINT_DEFAULTS or f.name in ("n", "max_tokens"):
             continue

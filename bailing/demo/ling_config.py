@@ -78,6 +78,12 @@ def _check_divides(spec: LingDemoSpec, divisor: str, dividend: str) -> None:
         raise ValueError(f"LingDemoSpec.{divisor} must divide {dividend}")
 
 
+# The demo checkpoints' generation_config.json floor on generated tokens (transformers' min_new_tokens,
+# which the pipeline honours): random weights would otherwise now and then put the end of the turn
+# first, and a first `bailing chat` would print nothing. Upstream checkpoints have none.
+DEMO_MIN_NEW_TOKENS = 8
+
+
 def padded_vocab_size(tokenizer_size: int, multiple: int = VOCAB_PAD_MULTIPLE) -> int:
     """Embedding rows for a tokenizer of `tokenizer_size` tokens: rounded up to `multiple`."""
     if tokenizer_size < 1:

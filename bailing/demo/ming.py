@@ -17,6 +17,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer
 
 from bailing.demo.ling_config import (
+    DEMO_MIN_NEW_TOKENS,
     REMOVE,
     LingDemoSpec,
     apply_config_overrides,
@@ -258,6 +259,7 @@ def ming_generation_config(tokenizer: Tokenizer) -> dict[str, Any]:
         "bos_token_id": special_token_id(tokenizer, BOS_TOKEN),
         "eos_token_id": special_token_id(tokenizer, CHAT_EOS_TOKEN),
         "pad_token_id": special_token_id(tokenizer, PAD_TOKEN),
+        "min_new_tokens": DEMO_MIN_NEW_TOKENS,  # random weights: no end of turn as the first token
         "transformers_version": MING_TRANSFORMERS_VERSION,
     }
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from bailing.demo.ling_config import (
+    DEMO_MIN_NEW_TOKENS,
     REMOVE,
     UPSTREAM_TRANSFORMERS_VERSION,
     LingDemoSpec,
@@ -83,12 +84,14 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _generation_config(bos: int, eos: list[int], pad: int) -> dict[str, Any]:
-    """generation_config.json in the upstream chat form (stop on end-of-text or end-of-turn)."""
+    """generation_config.json in the upstream chat form (stop on end-of-text or end-of-turn), plus the
+    demo's `min_new_tokens`."""
     return {
         "_from_model_config": False,
         "bos_token_id": bos,
         "eos_token_id": eos,
         "pad_token_id": pad,
+        "min_new_tokens": DEMO_MIN_NEW_TOKENS,
         "transformers_version": UPSTREAM_TRANSFORMERS_VERSION,
     }
 

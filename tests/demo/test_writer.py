@@ -125,6 +125,7 @@ def test_config_ids_come_from_tokenizer(demo_ckpt):
         "bos_token_id": bos,
         "eos_token_id": [eot, role_end],
         "pad_token_id": eot,
+        "min_new_tokens": 8,  # the demo's only addition: random weights never end the turn at once
         "transformers_version": "4.57.6",
     }
     size = tok.get_vocab_size(with_added_tokens=True)

@@ -145,3 +145,26 @@ def test_default_max_tokens_is_capped_at_the_context():
 def test_sampling_errors_name_the_field(sampling, prompt_len, message):
     with pytest.raises(RequestError, match=message):
         text.sampling_params(sampling, {}, 100, prompt_len)
+
+
+def test_the_checkpoint_s_min_new_tokens_is_the_default_floor():
+    defaults = {"min_new_tokens": 8}
+    assert text.sampling_params(Sampling(), defaults, 4096, 10).min_tokens == 8
+    assert text.sampling_params(Sampling(min_tokens=2), defaults, 4096, 10).min_tokens == 2
+    assert text.sampling_params(Sampling(max_tokens=4), defaults, 4096, 10).min_tokens == 4
+    assert text.sampling_params(Sampling(), {}, 4096, 10).min_tokens == 0
+
+
+def test_a_grammar_sets_the_checkpoint_s_floor_aside(demo_ling):
+    from engine import LLM
+    from models.family import get_family
+    from pipelines.protocol import ChatMessage, GenerateJob, Part, ResponseFormat
+
+    llm = LLM(demo_ling, max_num_seqs=2)
+    ask = (ChatMessage("user", (Part("text", "yes?"),)),)
+    fmt = ResponseFormat("regex", pattern="(yes|no)")
+    job = GenerateJob(request_id="g", model="ling", messages=ask, response_format=fmt)
+    p = text.prepare(job, llm.engine, get_family("ling"), {"min_new_tokens": 8})
+    assert p.params.min_tokens == 0  # "yes" is one or two tokens: a floor of 8 would forbid its end
+    out = llm.generate([p.prompt_ids], [p.params])[0]
+    assert out.text in ("yes", "no") and out.finish_reason == "stop"
