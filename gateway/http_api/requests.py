@@ -136,9 +136,8 @@ def _sampling(
     f: Fields, max_tokens_keys: tuple[str, ...], default_max_tokens: int | None = None
 ) -> pb.SamplingParams:
     s = pb.SamplingParams()
-    max_tokens = next(
-        (f.get(k, int) for k in max_tokens_keys if f.get(k, int) is not None), default_max_tokens
-    )
+    given = [f.get(k, int) for k in max_tokens_keys]  # the first one set wins
+    max_tokens = next((m for m in given if m is not None), default_max_tokens)
     if max_tokens is not None:
         s.max_tokens = max_tokens
     for key in (

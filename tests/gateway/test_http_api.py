@@ -261,3 +261,20 @@ def test_a_unary_client_that_disconnects_cancels_its_request(served, redis_url):
     while not db.exists(cancel_key("http-gone-2")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert db.exists(cancel_key("http-gone-2")), "the disconnect did not cancel the request"
+
+
+def test_chat_fields_map_onto_the_grpc_request():
+    from gateway.http_api.requests import chat_request, completion_request
+
+    req, stream, usage = chat_request(
+        {**CHAT, "model": "m", "max_completion_tokens": 5, "stop": "x", "seed": 3, "top_k": 4,
+         "chat_template_kwargs": {"enable_thinking": False}, "tool_choice": {"function": {"name": "f"}}}
+    )  # fmt: skip
+    assert (req.sampling.max_tokens, list(req.sampling.stop), req.sampling.seed, req.sampling.top_k) == (
+        5, ["x"], 3, 4,
+    )  # fmt: skip
+    assert req.reasoning.enable_thinking is False and not (stream or usage)
+    assert (req.tool_choice.mode, req.tool_choice.function_name) == ("function", "f")
+    assert chat_request({**CHAT, "model": "m"})[0].sampling.max_tokens == 8
+    # completions: a prompt in a list of one, and OpenAI's default of 16 tokens
+    assert completion_request({"model": "m", "prompt": ["p"]})[0].sampling.max_tokens == 16
