@@ -16,7 +16,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     block_size: int = 16
-    kv_cache_bytes: int | None = None  # None: 1 GiB on CPU, 85% of free memory on GPU
+    kv_cache_bytes: int | None = None  # None: 85% of free memory on GPU; CPU: engine.kv_cache.KVCacheSpec
     num_kv_blocks: int | None = None  # overrides kv_cache_bytes
     enable_prefix_caching: bool = True
     max_model_len: int | None = None  # None: the model's max_position_embeddings
@@ -49,7 +49,7 @@ class EngineConfig:
 
     @property
     def kv_spec(self) -> KVCacheSpec:
-        return KVCacheSpec(self.block_size, self.kv_cache_bytes, self.num_kv_blocks)
+        return KVCacheSpec(self.block_size, self.kv_cache_bytes, self.num_kv_blocks, self.max_model_len)
 
     @property
     def parallel(self) -> ParallelConfig:

@@ -61,23 +61,35 @@ class PagedKVCache:
 @dataclass(frozen=True)
 class KVCacheSpec:
     """How big a KV cache to allocate: `num_blocks` if set, else as many blocks of `block_size` as
-    fit in `nbytes` (None: 1 GiB on CPU, 85% of the free memory on a GPU)."""
+    fit in `nbytes`. None: 85% of the free memory on a GPU; on the CPU what `CPU_FULL_CONTEXTS`
+    sequences of `max_model_len` tokens need, at most 1 GiB (a demo model's 4k context then takes
+    64 MiB, not the 1 GiB a real model's pool is capped at)."""
 
     block_size: int = 16
     nbytes: int | None = None
     num_blocks: int | None = None
+    max_model_len: int | None = None  # None: the model's max_position
 
     def blocks_for(
-        self, num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        max_model_len: int | None = None,
     ) -> int:
         if self.num_blocks is not None:
             return self.num_blocks
         per_block = PagedKVCache.bytes_per_block(num_layers, self.block_size, num_kv_heads, head_dim, dtype)
         budget = self.nbytes
-        if budget is None:
+        if budget is None and device.type == "cuda":
+            budget = int(torch.cuda.mem_get_info(device)[0] * 0.85)
+        elif budget is None:
             budget = _DEFAULT_CPU_KV_BYTES
-            if device.type == "cuda":
-                budget = int(torch.cuda.mem_get_info(device)[0] * 0.85)
+            if max_model_len:
+                contexts = CPU_FULL_CONTEXTS * -(-max_model_len // self.block_size)
+                budget = min(budget, contexts * per_block)
         return max(1, budget // per_block)
 
     def allocate(
@@ -89,13 +101,15 @@ class KVCacheSpec:
     ) -> PagedKVCache:
         """The paged cache of a model with runtime `rt`; over several ranks `agree` (the group's
         `agree_min`) gives every rank the same block count, the smallest any of them can hold."""
-        blocks = agree(self.blocks_for(rt.num_layers, rt.num_kv_heads, rt.head_dim, dtype, device))
+        context = min(self.max_model_len or rt.max_position, rt.max_position)
+        blocks = agree(self.blocks_for(rt.num_layers, rt.num_kv_heads, rt.head_dim, dtype, device, context))
         return PagedKVCache(
             rt.num_layers, blocks, self.block_size, rt.num_kv_heads, rt.head_dim, dtype, device
         )
 
 
 _DEFAULT_CPU_KV_BYTES = 1 << 30
+CPU_FULL_CONTEXTS = 8  # full-length sequences a default CPU pool holds (below its 1 GiB cap)
 
 
 def zeros_on_demand(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:

@@ -82,3 +82,15 @@ def test_a_cpu_pool_costs_resident_memory_only_for_the_blocks_written():
     cache.copy_blocks([(5, 9)])
     assert torch.equal(cache.k[:, 9], cache.k[:, 5]) and float(cache.k[:, 9].mean()) == 1.5
     assert process.memory_info().rss - before < 48 * 2**20
+
+
+def test_the_default_cpu_pool_is_sized_from_the_model_and_its_context():
+    from engine.kv_cache import CPU_FULL_CONTEXTS, KVCacheSpec
+
+    cpu = torch.device("cpu")
+    per_block = PagedKVCache.bytes_per_block(4, 16, 2, 32, torch.float32)  # 16 tokens of a demo model
+    spec = KVCacheSpec(block_size=16)
+    assert spec.blocks_for(4, 2, 32, torch.float32, cpu, 4096) == CPU_FULL_CONTEXTS * 4096 // 16
+    assert spec.blocks_for(4, 2, 32, torch.float32, cpu, 10**9) == (1 << 30) // per_block  # the 1 GiB cap
+    assert spec.blocks_for(4, 2, 32, torch.float32, cpu) == (1 << 30) // per_block  # no context known
+    assert KVCacheSpec(16, nbytes=per_block * 10).blocks_for(4, 2, 32, torch.float32, cpu, 4096) == 10
