@@ -71,7 +71,7 @@ class GatewayServer:
         self.http_port = 0
         self.http = None
         if cfg.http_port is not None:
-            routes = OpenAIRoutes(self.servicer, cfg.max_message_bytes)
+            routes = OpenAIRoutes(self.servicer, self.jobs, cfg.max_message_bytes)
             self.http = HttpFrontDoor(routes, cfg.host, cfg.http_port, _http_tls(cfg))
 
     @property

@@ -150,3 +150,67 @@ def test_a_disconnect_cancels_the_request_in_the_worker(stack):
             break
         time.sleep(0.1)
     assert last is not None and last.type == EventType.CANCELLED  # the worker dropped it
+
+
+def _serving(oai, output: str) -> str:
+    """The demo model that produces `output` (image, audio): the demo stack has one."""
+    return next(m.id for m in oai.models.list().data if output in m.model_extra["outputs"])
+
+
+def test_a_transcription_upload(oai, stack):
+    speech = stack.dir / "samples" / "speech.wav"
+    with speech.open("rb") as f:
+        out = oai.audio.transcriptions.create(model="ming", file=f, temperature=0)
+    assert isinstance(out.text, str) and out.text  # the demo model's text (min_new_tokens: never empty)
+    with speech.open("rb") as f:
+        text = oai.audio.transcriptions.create(model="ming", file=f, response_format="text", temperature=0)
+    assert text == out.text  # the same greedy transcript, as text/plain
+
+
+def test_a_batch_upload_create_poll_download(oai):
+    lines = [
+        {
+            "custom_id": f"q{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "ling",
+                "messages": [{"role": "user", "content": f"question {i}"}],
+                "max_tokens": 4,
+            },
+        }
+        for i in range(3)
+    ]
+    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    upload = oai.files.create(file=("questions.jsonl", data), purpose="batch")
+    assert upload.bytes == len(data) and oai.files.content(upload.id).read() == data
+    batch = oai.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 120
+    while batch.status not in ("completed", "failed", "expired", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        batch = oai.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 3 and batch.error_file_id is None
+    out = [json.loads(x) for x in oai.files.content(batch.output_file_id).read().splitlines()]
+    assert [x["custom_id"] for x in out] == ["q0", "q1", "q2"]  # ids exact, in input order
+    for x in out:
+        body = x["response"]["body"]
+        assert x["response"]["status_code"] == 200 and x["error"] is None
+        assert body["object"] == "chat.completion" and body["usage"]["completion_tokens"] == 4
+    assert batch.id in [b.id for b in oai.batches.list(limit=100).data]
+
+
+def test_an_image_and_speech_from_the_omni_model(oai):
+    image = oai.images.generate(
+        model=_serving(oai, "image"), prompt="a red fox", size="64x64", extra_body={"steps": 2, "seed": 3}
+    )
+    (picture,) = image.data
+    assert base64.b64decode(picture.b64_json).startswith(b"\x89PNG")
+    talker = _serving(oai, "audio")
+    voice = next(m for m in oai.models.list().data if m.id == talker).model_extra.get("voices", [""])[0]
+    with oai.audio.speech.with_streaming_response.create(
+        model=talker, input="Hello there.", voice=voice, response_format="wav"
+    ) as speech:
+        audio = speech.read()
+    assert audio.startswith(b"RIFF") and len(audio) > 44
