@@ -33,6 +33,7 @@ from bailing.client_speech import (
 )
 from bailing.client_structured import tool_calls_to_pb
 from gateway.api import pb
+from gateway.replies import logprobs_pb
 from pipelines.batches import TERMINAL_STATUSES
 
 IMAGE_METHOD = "GenerateImage"  # an item's "method" that makes it an image item
@@ -158,6 +159,7 @@ def completion_to_pb(completion: Completion) -> Any:
         timing=pb.Timing(queue_s=t.queue_s, time_to_first_token_s=t.time_to_first_token_s, total_s=t.total_s),
         choices=[_choice_to_pb(c) for c in completion.choices],
         tool_calls=tool_calls_to_pb(completion.tool_calls),
+        logprobs=logprobs_pb(completion.logprobs),
     )
 
 
@@ -170,6 +172,7 @@ def _choice_to_pb(c: Choice) -> Any:
         completion_tokens=c.completion_tokens,
         reasoning_tokens=c.reasoning_tokens,
         tool_calls=tool_calls_to_pb(c.tool_calls),
+        logprobs=logprobs_pb(c.logprobs),
     )
 
 

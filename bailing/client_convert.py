@@ -29,7 +29,7 @@ from bailing.client_structured import (
     tool_calls_from_pb,
 )
 from gateway.api import OPTIONAL_SAMPLING_FIELDS, pb
-from pipelines.protocol import Usage  # the same counts the workers report
+from pipelines.protocol import TokenLogprob, TopLogprob, Usage  # the same data the workers report
 
 if TYPE_CHECKING:
     from bailing.client_speech import AudioChunk, SpeechResult
@@ -105,6 +105,7 @@ class Choice:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
     tool_calls: tuple[ToolCall, ...] = ()  # the calls it made (finish_reason "tool_calls")
+    logprobs: tuple[TokenLogprob, ...] = ()  # its answer tokens' (the request set `logprobs`)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class Completion:
     choices: tuple[Choice, ...] = ()  # every choice in index order (n = 1: one)
     speech: SpeechResult | None = None  # a spoken reply's whole clip (the request set `speech`)
     tool_calls: tuple[ToolCall, ...] = ()  # choice 0's calls
+    logprobs: tuple[TokenLogprob, ...] = ()  # choice 0's
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class Chunk:
     index: int = 0  # the choice the delta or finish_reason belongs to
     audio: AudioChunk | None = None  # a spoken reply's audio (its last: `last`, with the summary)
     tool_calls: tuple[ToolCall, ...] = ()  # calls of choice `index` done since its last chunk, whole
+    logprobs: tuple[TokenLogprob, ...] = ()  # of choice `index`'s answer tokens decided since its last
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,16 @@ def choice_from_pb(msg: Any) -> Choice:
         msg.completion_tokens,
         msg.reasoning_tokens,
         tool_calls_from_pb(msg.tool_calls),
+        logprobs_from_pb(msg.logprobs),
+    )
+
+
+def logprobs_from_pb(items: Any) -> tuple[TokenLogprob, ...]:
+    def top(a: Any) -> TopLogprob:
+        return TopLogprob(a.token_id, a.token, a.logprob, a.bytes)
+
+    return tuple(
+        TokenLogprob(t.token_id, t.token, t.logprob, t.bytes, tuple(top(a) for a in t.top)) for t in items
     )
 
 
@@ -329,14 +342,22 @@ def completion_from_pb(msg: Any) -> Completion:
         timing,
         tuple(choice_from_pb(c) for c in msg.choices),
         tool_calls=tool_calls_from_pb(msg.tool_calls),
+        logprobs=logprobs_from_pb(msg.logprobs),
     )
 
 
 def chunk_from_pb(msg: Any) -> Chunk:
     usage = usage_from_pb(msg.usage) if msg.HasField("usage") else None
-    calls = tool_calls_from_pb(msg.tool_calls)
+    calls, logprobs = tool_calls_from_pb(msg.tool_calls), logprobs_from_pb(msg.logprobs)
     return Chunk(
-        msg.request_id, msg.text, msg.reasoning_text, msg.finish_reason, usage, msg.index, tool_calls=calls
+        msg.request_id,
+        msg.text,
+        msg.reasoning_text,
+        msg.finish_reason,
+        usage,
+        msg.index,
+        tool_calls=calls,
+        logprobs=logprobs,
     )
 
 

@@ -22,6 +22,7 @@ from gateway.media import MEDIA_KINDS, MediaBlob, MediaError, check_media
 from gateway.state import ModelState
 from gateway.structured import message_tool_fields, response_format_from_pb, tools_from_pb
 from pipelines.protocol import (
+    MAX_LOGPROBS,
     MAX_SAMPLES,
     ChatMessage,
     GenerateJob,
@@ -168,6 +169,11 @@ def sampling_from_pb(s: pb.SamplingParams, cfg: GatewayConfig, state: ModelState
     n = 1 if v["n"] is None else v["n"]
     if not 1 <= n <= MAX_SAMPLES:
         raise invalid(f"sampling.n must be in [1, {MAX_SAMPLES}], got {n}")
+    if v["logprobs"] is not None and not 0 <= v["logprobs"] <= MAX_LOGPROBS:
+        raise invalid(
+            f"sampling.logprobs must be in [0, {MAX_LOGPROBS}] (top alternatives per token), "
+            f"got {v['logprobs']}"
+        )
     stop = _stop(list(s.stop), cfg.max_stop_strings)
     for i, t in enumerate(s.stop_token_ids):
         if t < 0:

@@ -1,7 +1,8 @@
 """Events -> replies: a request's stream events as GenerateChunks (streaming) or one GenerateResponse.
 
-Deltas keep their choice index; tool calls travel whole (id, name, arguments); a terminal ERROR (or a
-deadline cancel) becomes the call's status through `event_error`.
+Deltas keep their choice index; tool calls travel whole (id, name, arguments); answer-token logprobs
+go with the text delta of their event; a terminal ERROR (or a deadline cancel) becomes the call's
+status through `event_error`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from gateway.api import pb
 from gateway.errors import Rejection, status_from_name
 from gateway.state import RequestTrace
-from pipelines.protocol import Event, EventType, ToolCall, Usage
+from pipelines.protocol import Event, EventType, TokenLogprob, ToolCall, Usage
 
 MAX_ERROR_CHARS = 500
 
@@ -46,7 +47,8 @@ def _usage(event: Event) -> pb.Usage:
 
 
 def event_to_chunks(request_id: str, event: Event) -> list[pb.GenerateChunk]:
-    """The chunks one event becomes: reasoning delta, then text delta, then (terminal) the finish.
+    """The chunks one event becomes: reasoning delta, then text delta (with the event's logprobs, even
+    when it has no text), then tool calls, then (terminal) the finish.
 
     Deltas carry the event's choice `index`. A DONE of n = 1 ends with one chunk (finish_reason +
     usage); a DONE with `choices` (n > 1) ends with one chunk per choice (index + finish_reason),
@@ -58,8 +60,11 @@ def event_to_chunks(request_id: str, event: Event) -> list[pb.GenerateChunk]:
         chunks.append(
             pb.GenerateChunk(request_id=request_id, index=event.index, reasoning_text=event.reasoning_text)
         )
-    if event.text:
-        chunks.append(pb.GenerateChunk(request_id=request_id, index=event.index, text=event.text))
+    if event.text or event.logprobs:
+        logprobs = logprobs_pb(event.logprobs)
+        chunks.append(
+            pb.GenerateChunk(request_id=request_id, index=event.index, text=event.text, logprobs=logprobs)
+        )
     if event.tool_calls:
         calls = [tool_call_pb(c) for c in event.tool_calls]
         chunks.append(pb.GenerateChunk(request_id=request_id, index=event.index, tool_calls=calls))
@@ -97,6 +102,7 @@ class ResponseBuilder:
         self._text: dict[int, list[str]] = {}
         self._reasoning: dict[int, list[str]] = {}
         self._calls: dict[int, list[pb.ToolCall]] = {}
+        self._logprobs: dict[int, list[pb.TokenLogprob]] = {}
         self._last: Event | None = None
 
     def add(self, event: Event) -> None:
@@ -107,6 +113,8 @@ class ResponseBuilder:
             self._text.setdefault(event.index, []).append(event.text)
         if event.tool_calls:
             self._calls.setdefault(event.index, []).extend(tool_call_pb(c) for c in event.tool_calls)
+        if event.logprobs:
+            self._logprobs.setdefault(event.index, []).extend(logprobs_pb(event.logprobs))
         if event.terminal:
             error = event_error(event)
             if error is not None:
@@ -124,6 +132,7 @@ class ResponseBuilder:
             completion_tokens=completion_tokens,
             reasoning_tokens=reasoning_tokens,
             tool_calls=self._calls.get(index, ()),
+            logprobs=self._logprobs.get(index, ()),
         )
 
     def _choices(self) -> list[pb.Choice]:
@@ -156,6 +165,7 @@ class ResponseBuilder:
             ),
             choices=choices,
             tool_calls=first.tool_calls,
+            logprobs=first.logprobs,
         )
 
 
@@ -163,3 +173,19 @@ def tool_call_pb(call: ToolCall) -> pb.ToolCall:
     return pb.ToolCall(
         id=call.id, type="function", name=call.name, arguments=call.arguments, index=call.index
     )
+
+
+def logprobs_pb(items: tuple[TokenLogprob, ...] | None) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token=t.token,
+            bytes=t.bytes,
+            logprob=t.logprob,
+            token_id=t.token_id,
+            top=[
+                pb.TopLogprob(token=a.token, bytes=a.bytes, logprob=a.logprob, token_id=a.token_id)
+                for a in t.top
+            ],
+        )
+        for t in items or ()
+    ]

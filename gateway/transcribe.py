@@ -41,6 +41,10 @@ def transcribe_to_job(
         raise invalid(
             f"sampling.n must be 1 for a transcription (one transcript per request), got {req.sampling.n}"
         )
+    if req.sampling.HasField("logprobs"):
+        raise invalid(
+            "sampling.logprobs is not served for transcriptions (TranscribeResponse has no field for them)"
+        )
     job = GenerateJob(
         request_id=request_id,
         model=req.model,

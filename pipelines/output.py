@@ -3,7 +3,8 @@
 Flow: the worker's emitter hands every `RequestOutput` snapshot of a request to its `Presenter`,
 which splits each choice's new text into reasoning and answer (`ReasoningParser`, for families with
 a reasoning block), takes tool calls out of the answer (`ToolCallParser`, when the request has
-tools), counts reasoning tokens exactly (`ReasoningTracker`) and, once the request is finished, sums
+tools), counts reasoning tokens exactly (`ReasoningTracker`), picks out the logprobs of the answer
+tokens when the request asked for them (`LogprobReader`) and, once the request is finished, sums
 the usage over its choices (the prompt counted once). A choice that ended normally with tool calls
 finishes with "tool_calls".
 """
@@ -15,7 +16,8 @@ from typing import Any
 
 from engine.outputs import RequestOutput
 from models.family import ThinkTags, ToolCallTags
-from pipelines.protocol import ChoiceSummary, Usage
+from pipelines.logprobs import LogprobReader, TokenTexts
+from pipelines.protocol import ChoiceSummary, TokenLogprob, Usage
 from pipelines.reasoning import ReasoningParser, ReasoningTracker, Split
 from pipelines.structured_spec import ToolCall
 from pipelines.tool_calls import ToolCallParser
@@ -27,6 +29,7 @@ class ChoiceDelta:
     reasoning: str
     text: str
     tool_calls: tuple[ToolCall, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the answer tokens decided since the last delta
 
 
 @dataclass(frozen=True)
@@ -39,24 +42,31 @@ class ReasoningMode:
 
 class _Choice:
     def __init__(
-        self, mode: ReasoningMode | None, tokenizer: Any, prompt_ids: list[int], tools: ToolCallTags | None
+        self,
+        mode: ReasoningMode | None,
+        tokenizer: Any,
+        prompt_ids: list[int],
+        tools: ToolCallTags | None,
+        logprobs: LogprobReader | None,
     ) -> None:
         self.parser = self.tracker = None
         if mode is not None:
             self.parser = ReasoningParser(mode.tags, mode.starts_in_reasoning)
             self.tracker = ReasoningTracker(tokenizer, prompt_ids, mode.tags, mode.starts_in_reasoning)
         self.calls = None if tools is None else ToolCallParser(tools)
+        self.logprobs = logprobs
         self.finished = False
 
     def delta(self, index: int, out: RequestOutput) -> ChoiceDelta:
         split = self._split(out)
+        logprobs = () if self.logprobs is None else self.logprobs.take(out, self.tracker)
         if self.calls is None:
-            return ChoiceDelta(index, split.reasoning, split.text)
+            return ChoiceDelta(index, split.reasoning, split.text, logprobs=logprobs)
         parsed = self.calls.feed(split.text)
         if out.finished:
             tail = self.calls.finish()
             parsed.content += tail.content
-        return ChoiceDelta(index, split.reasoning, parsed.content, tuple(parsed.calls))
+        return ChoiceDelta(index, split.reasoning, parsed.content, tuple(parsed.calls), logprobs)
 
     def _split(self, out: RequestOutput) -> Split:
         if self.parser is None:
@@ -88,17 +98,21 @@ class Presenter:
         tokenizer: Any,
         prompt_ids: list[int],
         tools: ToolCallTags | None = None,
+        logprobs: int | None = None,
     ) -> None:
-        """`tools`: the family's call format when the answer is read for tool calls (else None)."""
+        """`tools`: the family's call format when the answer is read for tool calls (else None);
+        `logprobs`: the request's top alternatives per token (SamplingParams.logprobs; None: none)."""
         self.mode = mode
-        self._choices = [_Choice(mode, tokenizer, prompt_ids, tools) for _ in range(n)]
+        texts = None if logprobs is None else TokenTexts(tokenizer)  # shared by the choices
+        readers = [None if texts is None else LogprobReader(texts, logprobs) for _ in range(n)]
+        self._choices = [_Choice(mode, tokenizer, prompt_ids, tools, r) for r in readers]
 
     def deltas(self, out: RequestOutput) -> list[ChoiceDelta]:
         """The non-empty deltas of this snapshot, by choice index."""
         result = []
         for choice_out in out.choices or [out]:
             delta = self._choices[choice_out.index].delta(choice_out.index, choice_out)
-            if delta.reasoning or delta.text or delta.tool_calls:
+            if delta.reasoning or delta.text or delta.tool_calls or delta.logprobs:
                 result.append(delta)
         return result
 

@@ -12,10 +12,16 @@ time) and describe themselves under `worker_info_key(worker_id)`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from pipelines.logprob_spec import (  # noqa: F401 - re-exported: the gateway and workers import them here
+    TokenLogprob,
+    TopLogprob,
+    logprobs_from_json,
+    logprobs_to_json,
+)
 from pipelines.media_out import (  # noqa: F401 - re-exported: the gateway and workers import them from here
     AUDIO_FORMATS,
     IMAGE_FORMATS,
@@ -58,6 +64,7 @@ FINISHED_STREAM_TTL_S = 30
 MEDIA_TTL_S = 3600
 MODALITIES = ("text", "image", "audio", "video")
 MAX_SAMPLES = 16  # sampling.n may be 1..MAX_SAMPLES
+MAX_LOGPROBS = 20  # sampling.logprobs may be 0..MAX_LOGPROBS (engine/sampling_params.py's limit)
 # What a job asks of its model (GenerateJob.task): "generate" answers the messages / prompt;
 # "transcribe" (ASR) has one user message holding one audio part, and the worker builds the model's
 # transcription prompt around it (the family's instruction text, then the audio); "image" draws
@@ -158,6 +165,7 @@ class Sampling:
     n: int = 1
     min_tokens: int | None = None
     ignore_eos: bool | None = None
+    logprobs: int | None = None  # top alternatives per answer token, 0..MAX_LOGPROBS; None: no logprobs
 
 
 @dataclass(frozen=True)
@@ -283,7 +291,8 @@ class Event:
     """One entry of a request's stream.
 
     DELTA: `text` / `reasoning_text` are new text of choice `index` (0 unless the request asked for
-    n > 1), `tool_calls` the calls of that choice completed since its last DELTA. DONE:
+    n > 1), `tool_calls` the calls of that choice completed since its last DELTA, `logprobs` (when
+    the request asked for them) those of its answer tokens decided since its last DELTA. DONE:
     `finish_reason` is choice 0's, `usage` sums all choices (the prompt counted once) and, for n > 1,
     `choices` says how each choice ended, in index order.
     """
@@ -302,6 +311,7 @@ class Event:
     time: float = 0.0  # unix time the worker emitted it
     info: dict[str, Any] | None = None  # extra structured facts, e.g. engine steps around a cancel
     tool_calls: tuple[ToolCall, ...] | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -309,7 +319,10 @@ class Event:
 
     def encode(self) -> dict[str, str]:
         """The fields of the stream entry (one JSON field, so entries stay self-describing)."""
-        data = {k: v for k, v in asdict(self).items() if v not in ("", None) and (k != "index" or v)}
+        fields = asdict(replace(self, logprobs=None))
+        data = {k: v for k, v in fields.items() if v not in ("", None) and (k != "index" or v)}
+        if self.logprobs:
+            data["logprobs"] = logprobs_to_json(self.logprobs)
         return {"e": json.dumps(data, separators=(",", ":"), ensure_ascii=False)}
 
     @classmethod
@@ -323,6 +336,8 @@ class Event:
             data["choices"] = tuple(ChoiceSummary(**c) for c in data["choices"])
         if data.get("tool_calls") is not None:
             data["tool_calls"] = tool_calls_from_dicts(data["tool_calls"])
+        if data.get("logprobs") is not None:
+            data["logprobs"] = logprobs_from_json(data["logprobs"])
         return cls(**data)
 
 

@@ -101,6 +101,14 @@ class ReasoningParser:
         return partial_suffix_len(self._held, self.tags.close) if self.in_reasoning else 0
 
     @property
+    def answer_start(self) -> int | None:
+        """Raw char offset where the answer begins: after the closing tag, or 0 once the output is known
+        to hold no block; None while that is undecided or the output is still in the block."""
+        if self.reasoning_end is not None:
+            return self.reasoning_end + len(self.tags.close)
+        return 0 if self._phase == _ANSWER else None
+
+    @property
     def consumed(self) -> str:
         return "".join(self._consumed)
 
@@ -228,6 +236,21 @@ class ReasoningTracker:
         lo = bisect.bisect_left(self._starts, p.reasoning_start)
         hi = bisect.bisect_right(self._ends, end)
         return max(0, hi - lo)
+
+    def answer_tokens(self, lo: int, finished: bool) -> list[int] | None:
+        """Indexes >= `lo` of the output tokens that carry answer text: their span ends past the start
+        of the answer, or (an empty span: no text of their own yet) starts at or after it. So a token
+        holding the end of the closing tag and the start of the answer is an answer token, and the
+        tokens of the tag itself are not. None while where the answer starts is unknown; once the
+        output `finished` outside any block (e.g. it was only a prefix of the opening tag) all of it is
+        answer.
+        """
+        start = self.parser.answer_start
+        if start is None and finished and self.parser.reasoning_start is None:
+            start = 0
+        if start is None:
+            return None
+        return [i for i in range(lo, len(self._starts)) if self._ends[i] > start or self._starts[i] >= start]
 
     @property
     def tokens_since_open(self) -> int:

@@ -95,7 +95,8 @@ def prepare(
         processors.append(ThinkingBudget(engine.tokenizer, ids, mode.tags, mode.starts_in_reasoning, budget))
     params.logits_processors = [] if diffusion else processors  # ThinkingBudget last: its forced token wins
     tools = structure_output(job, engine, family, params, ids, mode)
-    return Prepared(ids, params, Presenter(params.n, mode, engine.tokenizer, ids, tools), mm)
+    presenter = Presenter(params.n, mode, engine.tokenizer, ids, tools, params.logprobs)
+    return Prepared(ids, params, presenter, mm)
 
 
 def structure_output(

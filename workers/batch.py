@@ -16,7 +16,10 @@ loses nothing.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +44,8 @@ from pipelines.protocol import (
     ErrorCode,
     Event,
     EventType,
+    TokenLogprob,
+    TopLogprob,
     Usage,
     stream_key,
     workers_key,
@@ -254,6 +259,7 @@ def result_from_events(
         "reasoning_text": first["reasoning_text"],
         "finish_reason": first["finish_reason"],
         "tool_calls": first["tool_calls"],
+        "logprobs": first["logprobs"],
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
@@ -272,6 +278,7 @@ def _choices(events: list[Event], done: Event, usage: Usage) -> list[dict[str, A
     texts: dict[int, list[str]] = {}
     reasoning: dict[int, list[str]] = {}
     calls: dict[int, list[dict[str, Any]]] = {}
+    logprobs: dict[int, list[dict[str, Any]]] = {}
     for e in events:
         if e.text:
             texts.setdefault(e.index, []).append(e.text)
@@ -279,6 +286,8 @@ def _choices(events: list[Event], done: Event, usage: Usage) -> list[dict[str, A
             reasoning.setdefault(e.index, []).append(e.reasoning_text)
         for c in e.tool_calls or ():
             calls.setdefault(e.index, []).append({"type": "function", **asdict(c)})
+        if e.logprobs:
+            logprobs.setdefault(e.index, []).extend(_logprob_json(t) for t in e.logprobs)
 
     def choice(i: int, finish: str, completion: int, reasoning_tokens: int) -> dict[str, Any]:
         return {
@@ -289,6 +298,7 @@ def _choices(events: list[Event], done: Event, usage: Usage) -> list[dict[str, A
             "completion_tokens": completion,
             "reasoning_tokens": reasoning_tokens,
             "tool_calls": calls.get(i, []),
+            "logprobs": logprobs.get(i, []),
         }
 
     if done.choices:
@@ -296,6 +306,16 @@ def _choices(events: list[Event], done: Event, usage: Usage) -> list[dict[str, A
             choice(c.index, c.finish_reason, c.completion_tokens, c.reasoning_tokens) for c in done.choices
         ]
     return [choice(0, done.finish_reason, usage.completion_tokens, usage.reasoning_tokens)]
+
+
+def _logprob_json(t: TokenLogprob | TopLogprob) -> dict[str, Any]:
+    """A token's logprob as the JSON of the proto's TokenLogprob / TopLogprob (bytes in base64)."""
+    raw = base64.b64encode(t.bytes).decode()
+    lp = t.logprob if math.isfinite(t.logprob) else json.dumps(t.logprob)  # proto JSON: "-Infinity"
+    out = {"token": t.token, "bytes": raw, "logprob": lp, "token_id": t.token_id}
+    if isinstance(t, TokenLogprob):
+        out["top"] = [_logprob_json(a) for a in t.top]
+    return out
 
 
 def _error(item: BatchItemJob, code: ErrorCode, message: str) -> ItemResult:

@@ -211,6 +211,7 @@ class Emitter:
                 reasoning_text=d.reasoning,
                 index=d.index,
                 tool_calls=d.tool_calls or None,
+                logprobs=d.logprobs or None,
             )
             for d in deltas
         ]

@@ -6,6 +6,12 @@ for Ring's reasoning, as vLLM and SGLang return it, `message.tool_calls`), usage
 `chat.completion.chunk`s, the first delta of each choice carrying `role`, a choice's last one its
 finish_reason; with `stream_options.include_usage` every chunk has `usage: null` and one more chunk
 (no choices) carries the totals. Completions: `text_completion` likewise.
+
+Log-probabilities, where the reply has them (else `logprobs: null`): chat
+`{"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}], "refusal": null}`;
+completions `{tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}` (the top dict also
+holds the sampled token, as OpenAI's does; offsets count from the start of the choice's text). A
+chunk carries those of the tokens it reports; a logprob below -9999 is given as -9999, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -35,6 +41,42 @@ def tool_calls(calls: Any, stream: bool = False) -> list[dict[str, Any]]:
     return out
 
 
+MIN_LOGPROB = -9999.0
+
+
+def _lp(value: float) -> float:
+    return max(value, MIN_LOGPROB)
+
+
+def chat_logprobs(items: Any) -> dict[str, Any] | None:
+    """A chat choice's `logprobs` object, None when there are none."""
+    if not items:
+        return None
+
+    def one(t: Any) -> dict[str, Any]:
+        return {"token": t.token, "logprob": _lp(t.logprob), "bytes": list(t.bytes)}
+
+    return {"content": [{**one(t), "top_logprobs": [one(a) for a in t.top]} for t in items], "refusal": None}
+
+
+def completion_logprobs(items: Any, offset: int = 0) -> dict[str, Any] | None:
+    """A completion choice's `logprobs` object (its tokens' text offsets from `offset`), None when none."""
+    if not items:
+        return None
+    offsets = []
+    for t in items:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in items],
+        "token_logprobs": [_lp(t.logprob) for t in items],
+        "top_logprobs": [
+            {**{a.token: _lp(a.logprob) for a in t.top}, t.token: _lp(t.logprob)} for t in items
+        ],
+        "text_offset": offsets,
+    }
+
+
 def chat_completion(resp: pb.GenerateResponse) -> dict[str, Any]:
     choices = []
     for c in resp.choices:
@@ -43,8 +85,9 @@ def chat_completion(resp: pb.GenerateResponse) -> dict[str, Any]:
             message["reasoning_content"] = c.reasoning_text
         if c.tool_calls:
             message["tool_calls"] = tool_calls(c.tool_calls)
+        logprobs = chat_logprobs(c.logprobs)
         choices.append(
-            {"index": c.index, "message": message, "finish_reason": c.finish_reason, "logprobs": None}
+            {"index": c.index, "message": message, "finish_reason": c.finish_reason, "logprobs": logprobs}
         )
     return {
         "id": f"chatcmpl-{resp.request_id}",
@@ -63,7 +106,12 @@ def completion(resp: pb.GenerateResponse) -> dict[str, Any]:
         "created": int(time.time()),
         "model": resp.model,
         "choices": [
-            {"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
+            {
+                "index": c.index,
+                "text": c.text,
+                "finish_reason": c.finish_reason,
+                "logprobs": completion_logprobs(c.logprobs),
+            }
             for c in resp.choices
         ],
         "usage": usage(resp.usage),
@@ -77,13 +125,14 @@ class ChunkWriter:
         self.model, self.chat, self.include_usage = model, chat, include_usage
         self.created = int(time.time())
         self.started: set[int] = set()  # choices whose first delta (with the role) went out
+        self.offsets: dict[int, int] = {}  # completions: each choice's text length in its logprobs so far
         self.id = ""
 
     def events(self, chunk: pb.GenerateChunk) -> list[bytes]:
         self.id = self.id or f"{'chatcmpl' if self.chat else 'cmpl'}-{chunk.request_id}"
         out = []
-        if chunk.text or chunk.reasoning_text or chunk.tool_calls:
-            out.append(self._choice(chunk.index, self._delta(chunk), None))
+        if chunk.text or chunk.reasoning_text or chunk.tool_calls or chunk.logprobs:
+            out.append(self._choice(chunk.index, self._delta(chunk), None, self._logprobs(chunk)))
         if chunk.finish_reason:
             out.append(self._choice(chunk.index, {} if self.chat else "", chunk.finish_reason))
         if chunk.HasField("usage") and self.include_usage:
@@ -105,11 +154,20 @@ class ChunkWriter:
             delta["tool_calls"] = tool_calls(chunk.tool_calls, stream=True)
         return delta
 
-    def _choice(self, index: int, delta: Any, finish_reason: str | None) -> bytes:
+    def _logprobs(self, chunk: pb.GenerateChunk) -> dict[str, Any] | None:
         if self.chat:
-            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            return chat_logprobs(chunk.logprobs)
+        offset = self.offsets.get(chunk.index, 0)
+        self.offsets[chunk.index] = offset + sum(len(t.token) for t in chunk.logprobs)
+        return completion_logprobs(chunk.logprobs, offset)
+
+    def _choice(
+        self, index: int, delta: Any, finish_reason: str | None, logprobs: dict[str, Any] | None = None
+    ) -> bytes:
+        if self.chat:
+            choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": logprobs}
         else:
-            choice = {"index": index, "text": delta, "finish_reason": finish_reason, "logprobs": None}
+            choice = {"index": index, "text": delta, "finish_reason": finish_reason, "logprobs": logprobs}
         return self._frame([choice], None)
 
     def _frame(self, choices: list[dict[str, Any]], totals: dict[str, Any] | None) -> bytes:

@@ -2,9 +2,11 @@
 
 `/v1/chat/completions`: messages (content as a string or parts: text, `image_url`, `input_audio`,
 `audio_url`, `video_url`, media as base64 data URLs), sampling fields, `response_format`, `tools`,
-`tool_choice`, `parallel_tool_calls`, Ring's thinking switch (`chat_template_kwargs.enable_thinking`,
-as vLLM and SGLang take it) and `thinking_budget`. `/v1/completions`: one prompt string. Fields OpenAI
-has and this server does not implement are refused by name (400), never silently dropped.
+`tool_choice`, `parallel_tool_calls`, `logprobs` + `top_logprobs`, Ring's thinking switch
+(`chat_template_kwargs.enable_thinking`, as vLLM and SGLang take it) and `thinking_budget`.
+`/v1/completions`: one prompt string, `logprobs` as the number of alternatives. Both map log-probabilities
+onto `sampling.logprobs` (up to MAX_LOGPROBS alternatives, beyond OpenAI's 5 for completions). Fields
+OpenAI has and this server does not implement are refused by name (400), never silently dropped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from gateway.api import pb
 from gateway.http_api.errors import bad_request
 from gateway.http_api.fields import Fields
+from pipelines.protocol import MAX_LOGPROBS
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 MEDIA_PARTS = {"image_url": "image", "audio_url": "audio", "video_url": "video"}
@@ -26,7 +29,6 @@ AUDIO_FORMATS = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", 
 def chat_request(body: dict[str, Any]) -> tuple[pb.GenerateRequest, bool, bool]:
     """(the GenerateRequest, stream?, include usage in the stream?) of a chat completions body."""
     f = Fields(body)
-    f.refuse("logprobs", "top_logprobs", why="is not supported yet (no log-probabilities are returned)")
     f.refuse("functions", "function_call", why="is deprecated by OpenAI: send tools and tool_choice")
     f.refuse("audio", "prediction", "web_search_options")
     modalities = f.get("modalities", list, default=["text"])
@@ -36,6 +38,11 @@ def chat_request(body: dict[str, Any]) -> tuple[pb.GenerateRequest, bool, bool]:
     messages = f.require("messages", list)
     req.messages.extend(_message(Fields(m, f"messages[{i}]")) for i, m in enumerate(messages))
     req.sampling.CopyFrom(_sampling(f, max_tokens_keys=("max_completion_tokens", "max_tokens")))
+    top = f.get("top_logprobs", int)
+    if f.get("logprobs", bool, default=False):
+        req.sampling.logprobs = _alternatives(0 if top is None else top, "top_logprobs")
+    elif top is not None:
+        raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
     _reasoning(f, req)
     _structured(f, req)
     _extras(f, req)
@@ -50,7 +57,6 @@ def chat_request(body: dict[str, Any]) -> tuple[pb.GenerateRequest, bool, bool]:
 def completion_request(body: dict[str, Any]) -> tuple[pb.GenerateRequest, bool, bool]:
     """(the GenerateRequest, stream?, include usage?) of a completions body (one prompt string)."""
     f = Fields(body)
-    f.refuse("logprobs", why="is not supported yet (no log-probabilities are returned)")
     f.refuse("echo", "suffix")
     best_of = f.get("best_of", int)
     if best_of not in (None, 1) and best_of != f.get("n", int, default=1):
@@ -62,6 +68,9 @@ def completion_request(body: dict[str, Any]) -> tuple[pb.GenerateRequest, bool, 
         prompt = prompt[0]
     req = pb.GenerateRequest(model=f.require("model", str), prompt=prompt)
     req.sampling.CopyFrom(_sampling(f, max_tokens_keys=("max_tokens",), default_max_tokens=16))
+    alternatives = f.get("logprobs", int)
+    if alternatives is not None:
+        req.sampling.logprobs = _alternatives(alternatives, "logprobs")
     _extras(f, req)
     stream = f.get("stream", bool, default=False)
     options = f.sub("stream_options")
@@ -168,6 +177,13 @@ def _sampling(
         raise bad_request("stop_token_ids must be an array of integers", "stop_token_ids")
     s.stop_token_ids.extend(ids)
     return s
+
+
+def _alternatives(k: int, name: str) -> int:
+    """How many top alternatives per token `name` asks for, checked here so the error names it."""
+    if not 0 <= k <= MAX_LOGPROBS:
+        raise bad_request(f"{name} must be in [0, {MAX_LOGPROBS}], got {k}", name)
+    return k
 
 
 def _reasoning(f: Fields, req: pb.GenerateRequest) -> None:

@@ -215,6 +215,21 @@ def test_choices_and_chunk_indices_become_dataclasses():
     assert (finish.index, finish.finish_reason, finish.usage) == (1, "length", None)
 
 
+def test_logprobs_are_asked_for_and_come_back_as_dataclasses():
+    from bailing.client_batch import completion_to_pb
+    from pipelines.protocol import TokenLogprob, TopLogprob
+
+    assert build_request("ling", "hi", logprobs=3).sampling.logprobs == 3
+    half = pb.TokenLogprob(token="\ufffd", bytes=b"\xe4", logprob=-2.0, token_id=9)
+    half.top.add(token="a", bytes=b"a", logprob=-0.5, token_id=1)
+    msg = pb.GenerateResponse(request_id="r", logprobs=[half], choices=[pb.Choice(logprobs=[half])])
+    out = completion_from_pb(msg)
+    want = (TokenLogprob(9, "\ufffd", -2.0, b"\xe4", (TopLogprob(1, "a", -0.5, b"a"),)),)
+    assert out.logprobs == out.choices[0].logprobs == want
+    assert chunk_from_pb(pb.GenerateChunk(request_id="r", text="x", logprobs=[half])).logprobs == want
+    assert completion_to_pb(out).choices[0].logprobs == msg.choices[0].logprobs  # a batch result's way back
+
+
 def test_health_status_names():
     from grpc_health.v1 import health_pb2
 

@@ -1,7 +1,8 @@
 """The official `openai` Python package against `bailing up`'s OpenAI-compatible HTTP API (the session's
 local stack: embedded Valkey, gateway, demo workers; no mocks): models, chat unary and streamed, n,
 Ring's reasoning_content, an image as a data URL to Ming, tools and JSON schemas, the same answer as
-gRPC for the same seeded request, and a disconnect that cancels the request in the worker."""
+gRPC for the same seeded request, log-probabilities, and a disconnect that cancels the request in the
+worker."""
 
 from __future__ import annotations
 
@@ -88,6 +89,20 @@ def test_http_and_grpc_answer_a_seeded_request_alike(oai, stack):
     assert over_http.choices[0].finish_reason == over_grpc.finish_reason
     assert over_http.usage.prompt_tokens == over_grpc.usage.prompt_tokens
     assert over_http.usage.completion_tokens == over_grpc.usage.completion_tokens
+
+
+def test_logprobs_come_back_as_the_openai_client_s_objects(oai):
+    chat = oai.chat.completions.create(
+        model="ling", messages=HELLO, logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True}, **SEEDED
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens == 12
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= t.top_logprobs[0].logprob <= 0 for t in content)
+    text = oai.completions.create(
+        model="ling", prompt="The quick brown fox", logprobs=3, extra_body={"ignore_eos": True}, **SEEDED
+    )
+    lp = text.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == 12 and lp.text_offset[0] == 0
 
 
 def test_tools_and_schemas_through_the_openai_client(oai):

@@ -118,7 +118,7 @@ def test_stream_is_server_sent_events_ending_in_done(served):
         ),
         ({**CHAT, "max_tokens": "8"}, 400, ["max_tokens must be an integer"], "max_tokens"),
         ({**CHAT, "temperature": -1}, 400, ["temperature"], None),
-        ({**CHAT, "logprobs": True}, 400, ["logprobs", "not supported"], "logprobs"),
+        ({**CHAT, "top_logprobs": 2}, 400, ["top_logprobs needs logprobs: true"], "top_logprobs"),
         ({**CHAT, "stop": [1]}, 400, ["stop must be"], "stop"),
         ({**CHAT, "stream_options": {"include_usage": True}}, 400, ["stream_options needs stream"], None),
         (

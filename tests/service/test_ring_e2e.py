@@ -93,6 +93,22 @@ def test_streaming_sends_reasoning_then_answer_and_matches_unary(stub):
     assert last.finish_reason == "stop" and last.usage.reasoning_tokens == 10
 
 
+def test_logprobs_cover_the_answer_tokens_only(stub, tokenizer):
+    out = stub.Generate(ask(budget=5, logprobs=2), timeout=120)
+    lps = out.choices[0].logprobs
+    # the reasoning, the closing tag's tokens and the ending EOS have none; the forced answer has the
+    # model's own logprobs (raw logits, not the processor's forcing)
+    assert "".join(t.token for t in lps) == out.text == "\n\n" + ANSWER_TEXT
+    tag = len(tokenizer.encode("</think>", add_special_tokens=False))
+    assert len(lps) == out.usage.completion_tokens - 5 - tag - 1
+    assert all(len(t.top) == 2 and t.logprob <= t.top[0].logprob < 0 for t in lps)
+    chunks = list(stub.GenerateStream(ask(budget=5, logprobs=2), timeout=120))
+    assert all(not c.logprobs for c in chunks if c.reasoning_text)
+    streamed = [t for c in chunks for t in c.logprobs]
+    assert [t.token_id for t in streamed] == [t.token_id for t in lps]
+    assert [t.logprob for t in streamed] == pytest.approx([t.logprob for t in lps], abs=1e-5)
+
+
 def test_without_a_budget_an_unclosed_block_is_all_reasoning(stub):
     out = stub.Generate(ask(max_tokens=24), timeout=120)
     assert out.text == "" and out.reasoning_text

@@ -292,6 +292,7 @@ def test_result_from_a_single_choice_done():
         "reasoning_text": "hmm ok",
         "finish_reason": "length",
         "tool_calls": [],
+        "logprobs": [],
         "usage": {
             "prompt_tokens": 5,
             "completion_tokens": 3,
@@ -309,6 +310,7 @@ def test_result_from_a_single_choice_done():
                 "completion_tokens": 3,
                 "reasoning_tokens": 2,
                 "tool_calls": [],
+                "logprobs": [],
             }
         ],
     }
