@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -43,10 +43,12 @@ from workers.background import CancelListener, Heartbeat
 from workers.batch import BATCH_PRIORITY_OFFSET, BatchRunner
 from workers.config import WorkerConfig
 from workers.emitter import Control, Emitter, Flight, Flights
-from workers.image_jobs import load_images
 from workers.metrics import StepObservingMetrics, WorkerMetrics
-from workers.speech_jobs import load_speech
 from workers.spoken_reply import SpokenReply
+
+if TYPE_CHECKING:
+    from workers.image_jobs import ImageJobs
+    from workers.speech_jobs import SpeechJobs
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,13 @@ class WorkerRuntime:
         self.flights = Flights()
         self.emitter = Emitter(self.redis, self.flights, self.metrics, config.name)
         self.aborter = Aborter(self.engine, self.emitter)
-        self.images = load_images(self, config) if self.media is not None else None  # None: no heads
-        self.speech = load_speech(self, config) if self.media is not None else None  # None: no talker
+        self.images: ImageJobs | None = None  # None: no generation heads
+        self.speech: SpeechJobs | None = None  # None: no talker
+        if self.media is not None:  # imported here: a text worker need not hold diffusers, torchaudio, av
+            from workers.image_jobs import load_images
+            from workers.speech_jobs import load_speech
+
+            self.images, self.speech = load_images(self, config), load_speech(self, config)
         self.engine.metrics = StepObservingMetrics(self._after_step)  # before the first step
         self.cancels = CancelListener(self)
         self.heartbeat = Heartbeat(self)

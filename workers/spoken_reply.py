@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.engine import LLMEngine
 from pipelines.protocol import ErrorCode, EventType
 from workers.emitter import Control, Emitter
 from workers.job_end import ExclusiveEnd
-from workers.speech_jobs import SpeechStream
-from workers.speech_output import SpokenResult
+
+if TYPE_CHECKING:  # the speech side is imported only by workers that speak (WorkerRuntime)
+    from workers.speech_jobs import SpeechStream
+    from workers.speech_output import SpokenResult
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 import torch
 from llguidance import LLMatcher, LLTokenizer
-from llguidance.torch import fill_next_token_bitmask
 
 from engine.errors import RequestError
 
@@ -72,6 +71,8 @@ class GrammarConstraint:
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         """Write the allowed next tokens into bitmask[row] (int32, one bit per token id)."""
+        from llguidance.torch import fill_next_token_bitmask  # see StructuredOutput: imported on first use
+
         fill_next_token_bitmask(self.matcher, bitmask, row)
 
     @property

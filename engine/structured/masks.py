@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from llguidance import LLExecutor
-from llguidance.torch import fill_next_token_bitmask_par
 
 from engine.structured.constraint import GrammarConstraint
 
@@ -111,7 +111,7 @@ class MaskPrefetcher:
             out[j] = pending.bitmask[pending.row]
             self.prefetched += 1
         if missing:
-            fill_next_token_bitmask_par(self._executor, missing, out)
+            _fill_par(self._executor, missing, out)
             self.computed += len(missing)
         return out
 
@@ -122,7 +122,7 @@ class MaskPrefetcher:
             return
         bitmask = torch.empty(len(live), self.words, dtype=torch.int32)  # (R', W)
         done = self._side.submit(
-            fill_next_token_bitmask_par, self._executor, [(c.matcher, j) for j, c in enumerate(live)], bitmask
+            _fill_par, self._executor, [(c.matcher, j) for j, c in enumerate(live)], bitmask
         )
         for j, c in enumerate(live):
             c.pending = PendingMask(done, bitmask, j)
@@ -140,3 +140,12 @@ def _one_whole_prefetch(constraints: Sequence[GrammarConstraint]) -> PendingMask
         if c.pending is None or c.pending.bitmask is not first.bitmask or c.pending.row != j:
             return None
     return first
+
+
+def _fill_par(executor: LLExecutor, rows: list[tuple[Any, int]], bitmask: torch.Tensor) -> None:
+    """llguidance's parallel mask fill. Its module is imported here, on first use, not with the engine:
+    importing it compiles a kernel with torch.compile, which pulls in torch._dynamo, sympy and networkx
+    (~170 MiB in every worker, also in those that never see a grammar)."""
+    from llguidance.torch import fill_next_token_bitmask_par
+
+    fill_next_token_bitmask_par(executor, rows, bitmask)

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-import llguidance.hf
 from llguidance import LLMatcher
 
 from engine.errors import RequestError
@@ -24,6 +23,9 @@ class StructuredOutput:
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
         if tokenizer is None:
             raise RequestError("structured output needs the model's tokenizer, and this model has none")
+        # imported with the first grammar, not with the engine: llguidance.hf pulls in transformers
+        import llguidance.hf
+
         eos = sorted(eos_token_ids)
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos or None)
         self.masks = MaskPrefetcher(vocab_size)

@@ -69,7 +69,7 @@ def test_apply_masks_only_the_constrained_rows(monkeypatch):
             for t in c.allowed:
                 out[j, t // 32] |= 1 << (t % 32)
 
-    monkeypatch.setattr("engine.structured.masks.fill_next_token_bitmask_par", fill)
+    monkeypatch.setattr("engine.structured.masks._fill_par", fill)
     logits = torch.randn(3, 40)
     a, b = _Fixed([1, 33], 2), _Fixed([0], 2)
     a.matcher, b.matcher = a, b
