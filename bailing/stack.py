@@ -12,19 +12,17 @@ drain). The embedded Valkey keeps an append-only file in `<dir>/valkey`, so a re
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from bailing.child_process import Child
 from bailing.supervise import RestartPolicy
 
 _LISTENING = re.compile(rb"gateway listening on (\S+):(\d+)")
@@ -33,63 +31,6 @@ _ANY_HOST = ("", "0.0.0.0", "::", "[::]")
 
 class StackError(RuntimeError):
     """The stack could not start, or a child died; the message names the child and quotes its log."""
-
-
-@dataclass
-class Child:
-    """One child process (a process-group leader) and the log file its output goes to."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    proc: subprocess.Popen | None = field(default=None, repr=False)
-
-    def start(self, env: dict[str, str], append: bool = False) -> None:
-        """Start the process; `append` keeps the log of a previous run (a restart) above the new one."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab" if append else "wb") as log:
-            if append:
-                log.write(f"\n===== restarted at {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
-            self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # own process group: a terminal's Ctrl-C reaches only the launcher
-            )  # fmt: skip
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def exit_code(self) -> int | None:
-        """None while running (or never started), else the exit code (negative: killed by a signal)."""
-        return self.proc.poll() if self.proc is not None else None
-
-    def group_alive(self) -> bool:
-        """True while any process of the child's group (the child or a stray grandchild) exists."""
-        if self.proc is None:
-            return False
-        self.proc.poll()  # reap the leader if it exited, so only live processes count
-        try:
-            os.killpg(self.proc.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def signal_group(self, sig: int) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_bytes()[-16384:].decode(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-    def describe(self) -> str:
-        code = self.exit_code()
-        state = "running" if code is None else f"exited with code {code}"
-        return f"{self.name} (pid {self.pid}) {state}; last lines of {self.log_path}:\n{self.tail()}"
 
 
 def _free_port(host: str) -> int:
@@ -134,6 +75,7 @@ class Stack:
         restart_policy: RestartPolicy | None = None,
         replicas: int = 1,
         http_port: int | None = None,
+        kv_cache_bytes: int | None = None,
     ) -> None:
         self.port, self.host, self.dir = port, host, Path(dir).resolve()
         self.http_port = http_port  # the OpenAI-compatible HTTP API; None = off, 0 = a free port
@@ -141,7 +83,11 @@ class Stack:
         self.metrics_port_base, self.device, self.token = metrics_port_base, device, token
         self.ready_timeout_s, self.grace_s = ready_timeout_s, grace_s
         self.only = None if models is None else tuple(models)  # demo models to serve; None = all
-        self.parallel = ["--tensor-parallel", str(tensor_parallel)] + ["--expert-parallel"] * expert_parallel
+        self.worker_flags = ["--tensor-parallel", str(tensor_parallel)] + [
+            "--expert-parallel"
+        ] * expert_parallel
+        if kv_cache_bytes is not None:  # else each worker sizes its pool from its model (engine.kv_cache)
+            self.worker_flags += ["--kv-cache-bytes", str(kv_cache_bytes)]
         self.models: dict[str, Path] = {}  # served name -> demo checkpoint folder
         self.families: dict[str, str] = {}  # served name -> the worker's --family
         self.valkey: Child | None = None
@@ -311,7 +257,7 @@ class Stack:
         for i, (name, path, replica) in enumerate(served, start=1):
             argv = self._cli(
                 "worker", "--family", self.families[name], "--model", str(path), "--name", name,
-                "--device", self.device, *self.parallel,
+                "--device", self.device, *self.worker_flags,
                 "--redis-url", self.redis_url or "", "--shutdown-grace", f"{self.grace_s / 2:g}",
                 *self._metrics_args(i),
             )  # fmt: skip

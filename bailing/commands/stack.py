@@ -90,7 +90,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         models=[m for m in args.models.split(",") if m] if args.models else None,
         tensor_parallel=args.tensor_parallel, expert_parallel=args.expert_parallel,
         restart_policy=RestartPolicy(max_streak=args.crash_loop_after), replicas=args.replicas,
-        http_port=None if args.http_port < 0 else args.http_port,
+        http_port=None if args.http_port < 0 else args.http_port, kv_cache_bytes=args.kv_cache_bytes,
     )  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
@@ -165,6 +165,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--grace", type=float, default=15.0, metavar="S", help="SIGTERM-to-SIGKILL grace on stop (default 15)"
     )
+    up.add_argument(
+        "--kv-cache-bytes", type=int, default=None, metavar="B",
+        help="each worker's KV cache (default: on CPU what 8 full-length sequences need, at most 1 GiB)",
+    )  # fmt: skip
     up.add_argument("--replicas", type=int, default=1, metavar="N", help="workers per model (default 1)")
     up.add_argument(
         "--crash-loop-after", type=int, default=6, metavar="N",

@@ -1,6 +1,6 @@
 """Real service processes for end-to-end tests: `bailing gateway` and `bailing worker` subprocesses.
 
-Built on `bailing.stack.Child` (own process group, log file), so a test can SIGKILL one worker,
+Built on `bailing.child_process.Child` (own process group, log file), so a test can SIGKILL one worker,
 start another, and always reap everything it started.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from bailing.stack import Child
+from bailing.child_process import Child
 from pipelines.protocol import workers_key
 
 _LISTENING = re.compile(rb"gateway listening on (\S+)")

@@ -14,7 +14,7 @@ import grpc
 import psutil
 import pytest
 
-from bailing.stack import Child
+from bailing.child_process import Child
 from gateway.api import pb, pb_grpc
 from pipelines.protocol import WORKER_DEAD_AFTER_S, workers_key
 from tests.service.procs import Processes, free_port
