@@ -5,7 +5,8 @@ for Ring's reasoning, as vLLM and SGLang return it, `message.tool_calls`), usage
 `completion_tokens_details.reasoning_tokens` and `prompt_tokens_details.cached_tokens`. Streamed:
 `chat.completion.chunk`s, the first delta of each choice carrying `role`, a choice's last one its
 finish_reason; with `stream_options.include_usage` every chunk has `usage: null` and one more chunk
-(no choices) carries the totals. Completions: `text_completion` likewise.
+(no choices) carries the totals. Completions: `text_completion` likewise. A spoken reply is OpenAI's
+`message.audio` (the clip base64 and its `transcript`; `content` null), streamed as `delta.audio`.
 
 Log-probabilities, where the reply has them (else `logprobs: null`): chat
 `{"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}], "refusal": null}`;
@@ -16,6 +17,7 @@ chunk carries those of the tokens it reports; a logprob below -9999 is given as 
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -85,6 +87,9 @@ def chat_completion(resp: pb.GenerateResponse) -> dict[str, Any]:
             message["reasoning_content"] = c.reasoning_text
         if c.tool_calls:
             message["tool_calls"] = tool_calls(c.tool_calls)
+        if c.index == 0 and resp.HasField("speech"):  # OpenAI's shape: the words are the transcript
+            message["audio"] = spoken_audio(resp.request_id, resp.speech, c.text)
+            message["content"] = None
         logprobs = chat_logprobs(c.logprobs)
         choices.append(
             {"index": c.index, "message": message, "finish_reason": c.finish_reason, "logprobs": logprobs}
@@ -96,6 +101,21 @@ def chat_completion(resp: pb.GenerateResponse) -> dict[str, Any]:
         "model": resp.model,
         "choices": choices,
         "usage": usage(resp.usage),
+    }
+
+
+AUDIO_KEPT_S = 3600  # `expires_at` of a spoken reply (OpenAI's field; nothing is stored here)
+
+
+def spoken_audio(request_id: str, speech: pb.SynthesizeSpeechResponse, transcript: str) -> dict[str, Any]:
+    """`message.audio` of a spoken reply: the whole clip, base64, and what it says."""
+    return {
+        "id": f"audio_{request_id}",
+        "data": base64.b64encode(speech.audio).decode(),
+        "expires_at": int(time.time()) + AUDIO_KEPT_S,
+        "transcript": transcript,
+        "format": speech.format,
+        "sample_rate": speech.sample_rate,
     }
 
 
@@ -121,8 +141,9 @@ def completion(resp: pb.GenerateResponse) -> dict[str, Any]:
 class ChunkWriter:
     """GenerateChunks of one call -> server-sent events (`data: {...}\\n\\n`, then `data: [DONE]`)."""
 
-    def __init__(self, model: str, chat: bool, include_usage: bool) -> None:
+    def __init__(self, model: str, chat: bool, include_usage: bool, spoken: bool = False) -> None:
         self.model, self.chat, self.include_usage = model, chat, include_usage
+        self.spoken = spoken  # a spoken reply: text deltas are `delta.audio.transcript`, as OpenAI's
         self.created = int(time.time())
         self.started: set[int] = set()  # choices whose first delta (with the role) went out
         self.offsets: dict[int, int] = {}  # completions: each choice's text length in its logprobs so far
@@ -131,7 +152,7 @@ class ChunkWriter:
     def events(self, chunk: pb.GenerateChunk) -> list[bytes]:
         self.id = self.id or f"{'chatcmpl' if self.chat else 'cmpl'}-{chunk.request_id}"
         out = []
-        if chunk.text or chunk.reasoning_text or chunk.tool_calls or chunk.logprobs:
+        if chunk.text or chunk.reasoning_text or chunk.tool_calls or chunk.logprobs or chunk.audio.audio:
             out.append(self._choice(chunk.index, self._delta(chunk), None, self._logprobs(chunk)))
         if chunk.finish_reason:
             out.append(self._choice(chunk.index, {} if self.chat else "", chunk.finish_reason))
@@ -148,8 +169,13 @@ class ChunkWriter:
             delta["role"] = "assistant"
         if chunk.reasoning_text:
             delta["reasoning_content"] = chunk.reasoning_text
-        if chunk.text:
+        if chunk.text and self.spoken:
+            delta["audio"] = {"id": f"audio_{chunk.request_id}", "transcript": chunk.text}
+        elif chunk.text:
             delta["content"] = chunk.text
+        if chunk.audio.audio:  # raw 16-bit PCM for wav and pcm (no header), Ogg pages for opus
+            audio = delta.setdefault("audio", {"id": f"audio_{chunk.request_id}"})
+            audio["data"] = base64.b64encode(chunk.audio.audio).decode()
         if chunk.tool_calls:
             delta["tool_calls"] = tool_calls(chunk.tool_calls, stream=True)
         return delta

@@ -2,7 +2,8 @@
 
 `/v1/chat/completions`: messages (content as a string or parts: text, `image_url`, `input_audio`,
 `audio_url`, `video_url`, media as base64 data URLs), sampling fields, `response_format`, `tools`,
-`tool_choice`, `parallel_tool_calls`, `logprobs` + `top_logprobs`, Ring's thinking switch
+`tool_choice`, `parallel_tool_calls`, `logprobs` + `top_logprobs`, `modalities` + `audio` (a spoken
+reply), Ring's thinking switch
 (`chat_template_kwargs.enable_thinking`, as vLLM and SGLang take it) and `thinking_budget`.
 `/v1/completions`: one prompt string, `logprobs` as the number of alternatives. Both map log-probabilities
 onto `sampling.logprobs` (up to MAX_LOGPROBS alternatives, beyond OpenAI's 5 for completions). Fields
@@ -23,6 +24,7 @@ from pipelines.protocol import MAX_LOGPROBS
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 MEDIA_PARTS = {"image_url": "image", "audio_url": "audio", "video_url": "video"}
+SPOKEN_FORMATS = {"wav": "wav", "pcm16": "pcm", "pcm": "pcm", "opus": "opus"}  # OpenAI's -> ours
 AUDIO_FORMATS = {"wav": "audio/wav", "mp3": "audio/mpeg", "flac": "audio/flac", "ogg": "audio/ogg"}
 
 
@@ -30,10 +32,7 @@ def chat_request(body: dict[str, Any]) -> tuple[pb.GenerateRequest, bool, bool]:
     """(the GenerateRequest, stream?, include usage in the stream?) of a chat completions body."""
     f = Fields(body)
     f.refuse("functions", "function_call", why="is deprecated by OpenAI: send tools and tool_choice")
-    f.refuse("audio", "prediction", "web_search_options")
-    modalities = f.get("modalities", list, default=["text"])
-    if modalities != ["text"]:
-        raise bad_request('modalities: only ["text"] is served over HTTP so far', "modalities")
+    f.refuse("prediction", "web_search_options")
     req = pb.GenerateRequest(model=f.require("model", str))
     messages = f.require("messages", list)
     req.messages.extend(_message(Fields(m, f"messages[{i}]")) for i, m in enumerate(messages))
@@ -45,6 +44,7 @@ def chat_request(body: dict[str, Any]) -> tuple[pb.GenerateRequest, bool, bool]:
         raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
     _reasoning(f, req)
     _structured(f, req)
+    _spoken(f, req)
     _extras(f, req)
     stream = f.get("stream", bool, default=False)
     options = f.sub("stream_options")
@@ -233,6 +233,35 @@ def _structured(f: Fields, req: pb.GenerateRequest) -> None:
     parallel = f.get("parallel_tool_calls", bool)
     if parallel is not None:
         req.parallel_tool_calls = parallel
+
+
+def _spoken(f: Fields, req: pb.GenerateRequest) -> None:
+    """`modalities: ["text", "audio"]` with `audio: {voice, format}`: the reply is also spoken (Ming's
+    talker), as OpenAI's audio chat and the omni servers take it."""
+    modalities = f.get("modalities", list, default=["text"])
+    if sorted(modalities) not in (["text"], ["audio", "text"]):
+        raise bad_request('modalities must be ["text"] or ["text", "audio"]', "modalities")
+    audio = f.sub("audio")
+    if "audio" not in modalities:
+        if audio is not None:
+            raise bad_request('audio needs modalities ["text", "audio"]', "audio")
+        return
+    if audio is None:
+        raise bad_request('modalities ["text", "audio"] needs audio: {"voice", "format"}', "audio")
+    fmt = audio.get("format", str, default="wav")
+    if fmt not in SPOKEN_FORMATS:
+        raise bad_request(
+            f"audio.format must be one of {', '.join(SPOKEN_FORMATS)}, got {fmt!r:.40}", "audio.format"
+        )
+    req.speech.voice = audio.get("voice", str, default="")
+    req.speech.format = SPOKEN_FORMATS[fmt]
+    for key in ("speed", "temperature", "guidance_scale"):
+        value = audio.get(key, float)
+        if value is not None:
+            setattr(req.speech, key, value)
+    seed = audio.get("seed", int)
+    if seed is not None:
+        req.speech.seed = seed
 
 
 def _extras(f: Fields, req: pb.GenerateRequest) -> None:

@@ -68,7 +68,7 @@ class TextRoutes:
             return JSONResponse(chat_completion(reply) if chat else completion(reply))
         chunks = self.servicer.GenerateStream(req, ctx)
         first = await self.calls.first(request, ctx, chunks)
-        writer = ChunkWriter(req.model, chat, include_usage)
+        writer = ChunkWriter(req.model, chat, include_usage, spoken=req.HasField("speech"))
         return EventStream(_frames(chunks, first, writer, ctx))
 
 

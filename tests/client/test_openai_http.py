@@ -229,3 +229,12 @@ def test_an_image_and_speech_from_the_omni_model(oai):
     ) as speech:
         audio = speech.read()
     assert audio.startswith(b"RIFF") and len(audio) > 44
+    spoken = oai.chat.completions.create(
+        model=talker,
+        messages=HELLO,
+        modalities=["text", "audio"],
+        audio={"voice": voice, "format": "wav"},
+        **SEEDED,
+    )
+    reply = spoken.choices[0].message.audio
+    assert reply.transcript and base64.b64decode(reply.data).startswith(b"RIFF")

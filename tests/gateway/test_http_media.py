@@ -12,8 +12,9 @@ import threading
 import httpx2
 import pytest
 
-from tests.gateway.audio_data import pcm_chunks
+from tests.gateway.audio_data import pcm_chunks, read_audio
 from tests.gateway.test_image_convert import PNG
+from tests.gateway.test_speech import spoken_answer
 from tests.gateway.test_transcribe import WAV
 
 VOICES = ("DB30", "lingxiao")
@@ -271,3 +272,55 @@ def test_bad_image_edits_get_the_openai_error(served):
     error_of(client.post("/v1/images/edits", data=form, files=mask), 400, "mask", param="mask")
     bad = {"image": ("a.png", b"not an image", "image/png")}
     error_of(client.post("/v1/images/edits", data=form, files=bad), 400, "reference_image")
+
+
+# ---- spoken chat replies (modalities ["text", "audio"]) ----------------------------------------------
+SPOKEN = {"messages": [{"role": "user", "content": "Hi"}], "modalities": ["text", "audio"]}
+
+
+def test_a_spoken_chat_reply_is_openai_s_message_audio(served):
+    client, worker, model = served
+    chunks = pcm_chunks(0.2, 16000, 2)
+
+    def say():
+        job = worker.take_job()
+        spoken_answer(worker, job["request_id"], chunks)
+        return job
+
+    t, jobs = answer_next(say)
+    body = {"model": model, **SPOKEN, "audio": {"voice": "lingxiao", "format": "wav", "speed": 1.5}}
+    resp = client.post("/v1/chat/completions", json=body)
+    t.join()
+    assert resp.status_code == 200, resp.text
+    message = resp.json()["choices"][0]["message"]
+    assert message["content"] is None and message["audio"]["transcript"] == "Hello world."
+    samples, rate = read_audio(base64.b64decode(message["audio"]["data"]))
+    assert rate == 16000 and samples.tobytes() == b"".join(chunks)
+    assert (jobs[0]["speech"]["voice"], jobs[0]["speech"]["speed"]) == ("lingxiao", 1.5)
+
+    t, _ = answer_next(say)
+    resp = client.post(
+        "/v1/chat/completions", json={**body, "audio": {"voice": "DB30", "format": "pcm16"}, "stream": True}
+    )
+    t.join()
+    deltas = [e["choices"][0]["delta"] for e in sse_events(resp.content) if e["choices"]]
+    audio = [d["audio"] for d in deltas if "audio" in d]
+    assert "".join(a.get("transcript", "") for a in audio) == "Hello world."
+    assert b"".join(base64.b64decode(a["data"]) for a in audio if "data" in a) == b"".join(chunks)
+    assert not any("content" in d for d in deltas)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words", "param"),
+    [
+        ({"audio": {"voice": "DB30"}, "modalities": ["text"]}, ["audio needs modalities"], "audio"),
+        ({"audio": None}, ["needs audio"], "audio"),
+        ({"audio": {"format": "mp3"}}, ["audio.format must be one of"], "audio.format"),
+        ({"audio": {"voice": "alloy"}}, ["alloy"], None),
+        ({"modalities": ["image"]}, ["modalities must be"], "modalities"),
+    ],
+)
+def test_bad_spoken_chat_requests_get_the_openai_error(served, extra, words, param):
+    client, _, model = served
+    body = {"model": model, **SPOKEN, "audio": {"voice": "DB30"}, **extra}
+    error_of(client.post("/v1/chat/completions", json=body), 400, *words, param=param)
