@@ -56,21 +56,41 @@ def _banner(
             ),
             f"  {program} models{where}",
             f"  grpcurl -plaintext{auth} -d '{payload}' {address} bailing.v1.Inference/Generate",
-            *(_http_examples(http, models[0], token) if http else []),
+            *(_http_examples(http, models[0], token, samples if "ming" in models else None) if http else []),
             "Ctrl-C stops everything.",
         ]
     )
 
 
-def _http_examples(http: str, model: str, token: bool) -> list[str]:
-    """curl lines for the OpenAI-compatible API (`openai.OpenAI(base_url=...)` works the same way)."""
+def _http_examples(http: str, model: str, token: bool, samples: str | None) -> list[str]:
+    """curl lines for the OpenAI-compatible API (a transcription upload when Ming serves, `samples`),
+    and the same chat through the official `openai` client."""
     auth = ' -H "authorization: Bearer $BAILING_API_TOKEN"' if token else ""
     chat = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "hello"}}], "max_tokens": 16}}'
+    client = (
+        f"import os, openai; c = openai.OpenAI(base_url='http://{http}/v1', "
+        "api_key=os.environ.get('BAILING_API_TOKEN', 'unused')); "
+        f"print(c.chat.completions.create(model='{model}', max_tokens=16, "
+        "messages=[{'role': 'user', 'content': 'hello'}]).choices[0].message.content)"
+    )
+    upload = f"file=@{samples}/speech.wav"
     return [
         f"OpenAI-compatible HTTP API on http://{http}/v1 (base_url for the openai client):",
         f"  curl -s http://{http}/v1/models{auth}",
         f"  curl -s http://{http}/v1/chat/completions -H 'content-type: application/json'{auth} -d '{chat}'",
+        *(
+            [f"  curl -s http://{http}/v1/audio/transcriptions{auth} -F model=ming -F {upload}"]
+            if samples
+            else []
+        ),
+        f'  {_python()} -c "{client}"',
     ]
+
+
+def _python() -> str:
+    """This interpreter (it has the openai package), as a path relative to here when it is below."""
+    relative = os.path.relpath(sys.executable)
+    return sys.executable if relative.startswith("..") else relative
 
 
 def _progress(message: str) -> None:

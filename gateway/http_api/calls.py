@@ -26,6 +26,7 @@ from gateway.http_api.fields import parse_body
 
 MAX_FORM_FIELDS = 64  # non-file fields of a multipart upload at most
 MAX_FORM_FILES = 8  # files of one upload at most (an image edit's images)
+GENERIC_TYPE = "application/octet-stream"  # an upload's type when the client does not know it
 
 
 class HttpCalls:
@@ -123,7 +124,8 @@ async def _first(chunks: AsyncIterator[Any]) -> Any:
 
 
 class Upload:
-    """One uploaded file of a multipart form: its name, declared content type and bytes."""
+    """One uploaded file of a multipart form: its name, declared content type ("" when undeclared or
+    generic: the media is then recognised from its bytes, as the gRPC path does) and bytes."""
 
     def __init__(self, filename: str, content_type: str, data: bytes) -> None:
         self.filename, self.content_type, self.data = filename, content_type, data
@@ -136,7 +138,9 @@ async def uploads(form: FormData, key: str) -> list[Upload]:
     for value in values:
         if not isinstance(value, UploadFile):
             raise bad_request(f"{key} must be a file upload, not a text field", key)
-        out.append(Upload(value.filename or "", value.content_type or "", await value.read()))
+        declared = value.content_type or ""
+        declared = "" if declared == GENERIC_TYPE else declared  # curl's default: the bytes will tell
+        out.append(Upload(value.filename or "", declared, await value.read()))
     return out
 
 

@@ -41,6 +41,8 @@ def localize(argv: list[str], stack) -> list[str]:
     """`make up`'s addresses and paths -> this stack's."""
     out = [a.replace(".bailing/demo/samples", str(stack.dir / "samples")) for a in argv]
     out = [a.replace("127.0.0.1:8000", stack.http_address) for a in out]
+    if Path(out[0]).name.startswith("python"):  # the banner's interpreter, relative to the repo
+        out[0] = sys.executable
     if Path(out[0]).name == "bailing":
         out = [sys.executable, "-m", "bailing.cli", *out[1:]]
         if "--address" not in out:
@@ -64,6 +66,13 @@ def run(argv: list[str], cwd: Path) -> str:
 
 def _curl_by_urllib(argv: list[str]) -> str:
     url = next(a for a in argv if a.startswith("http"))
+    if "-F" in argv:  # a multipart upload: `-F name=value`, `-F name=@path`
+        import httpx2
+
+        fields = [argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "-F"]
+        data = {k: v for k, v in fields if not v.startswith("@")}
+        files = {k: open(v[1:], "rb") for k, v in fields if v.startswith("@")}  # noqa: SIM115
+        return httpx2.post(url, data=data, files=files, timeout=120).text
     data = argv[argv.index("-d") + 1].encode() if "-d" in argv else None
     req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=120) as resp:
@@ -95,8 +104,11 @@ def test_the_readme_quickstart_commands_print_something(stack, tmp_path):
 def test_the_banner_commands_print_something(stack, tmp_path):
     commands = banner_commands(stack)
     assert any(c[0] == "curl" for c in commands) and any(c[:2] == ["bailing", "chat"] for c in commands)
+    assert any("openai.OpenAI" in " ".join(c) for c in commands)
     for argv in commands:
         out = run(localize(argv, stack), tmp_path)
         assert out.strip(), f"{shlex.join(argv)} printed nothing"
         if argv[0] == "curl" and "chat/completions" in argv[2]:
             assert json.loads(out)["object"] == "chat.completion"
+        if argv[0] == "curl" and "transcriptions" in argv[2]:
+            assert json.loads(out).get("text"), out

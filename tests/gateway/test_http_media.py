@@ -89,7 +89,8 @@ def test_a_transcription_upload_answers_with_the_transcript(served):
 
     t, _ = answer_next(lambda: worker.answer(worker.take_job()["request_id"], "plain text"))
     data = {"model": model, "response_format": "text"}
-    resp = client.post("/v1/audio/transcriptions", files=files, data=data)
+    generic = {"file": ("speech", WAV, "application/octet-stream")}  # curl's -F file=@...: from the bytes
+    resp = client.post("/v1/audio/transcriptions", files=generic, data=data)
     t.join()
     assert resp.status_code == 200 and resp.text == "plain text "
     assert resp.headers["content-type"].startswith("text/plain")
