@@ -15,7 +15,6 @@ Without it the reply is the whole file, with the sample rate, duration and seed 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -23,11 +22,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.api import pb
-from gateway.http_api.calls import EventStream, HttpCalls, bool_field, number_field, text_field, upload
-from gateway.http_api.context import CallAborted, HttpCallContext
-from gateway.http_api.errors import bad_request, from_status
+from gateway.http_api.calls import (
+    EventStream,
+    HttpCalls,
+    bool_field,
+    event_frames,
+    number_field,
+    text_field,
+    upload,
+)
+from gateway.http_api.errors import bad_request
 from gateway.http_api.fields import Fields
-from gateway.http_api.replies import DONE, sse
+from gateway.http_api.replies import sse
 
 TRANSCRIPT_FORMATS = ("json", "text")
 SPEECH_FORMATS = ("wav", "pcm", "opus")
@@ -68,7 +74,7 @@ class AudioRoutes:
         if bool_field(form, "stream"):
             chunks = self.servicer.TranscribeStream(req, ctx)
             first = await self.calls.first(request, ctx, chunks)
-            return EventStream(_transcript_events(chunks, first, ctx))
+            return EventStream(event_frames(chunks, first, ctx, TranscriptEvents()))
         reply = await self.calls.unary(request, ctx, self.servicer.Transcribe(req, ctx))
         if fmt == "text":
             return PlainTextResponse(reply.text)
@@ -81,7 +87,7 @@ class AudioRoutes:
         if sse_stream:
             chunks = self.servicer.SynthesizeSpeechStream(req, ctx)
             first = await self.calls.first(request, ctx, chunks)
-            return EventStream(_speech_events(chunks, first, ctx))
+            return EventStream(event_frames(chunks, first, ctx, speech_events))
         reply = await self.calls.unary(request, ctx, self.servicer.SynthesizeSpeech(req, ctx))
         headers = {
             "x-bailing-sample-rate": str(reply.sample_rate),
@@ -136,55 +142,38 @@ def _transcript_usage(u: pb.Usage) -> dict[str, Any]:
     }
 
 
-async def _transcript_events(chunks: Any, first: Any, ctx: HttpCallContext) -> AsyncIterator[bytes]:
+class TranscriptEvents:
     """`transcript.text.delta` per text delta, then `transcript.text.done` with the whole text."""
-    text: list[str] = []
-    try:
-        async for chunk in _with_first(chunks, first):
-            if chunk.text:
-                text.append(chunk.text)
-                yield sse({"type": "transcript.text.delta", "delta": chunk.text})
-            if chunk.HasField("usage"):
-                done = {"type": "transcript.text.done", "text": "".join(text)}
-                yield sse({**done, "usage": _transcript_usage(chunk.usage)})
-        yield DONE
-    except CallAborted as exc:
-        yield sse(from_status(exc.code, exc.message).body())
-        yield DONE
-    finally:
-        ctx.end()
-        await chunks.aclose()
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+
+    def __call__(self, chunk: pb.GenerateChunk) -> list[bytes]:
+        out = []
+        if chunk.text:
+            self.text.append(chunk.text)
+            out.append(sse({"type": "transcript.text.delta", "delta": chunk.text}))
+        if chunk.HasField("usage"):
+            done = {"type": "transcript.text.done", "text": "".join(self.text)}
+            out.append(sse({**done, "usage": _transcript_usage(chunk.usage)}))
+        return out
 
 
-async def _speech_events(chunks: Any, first: Any, ctx: HttpCallContext) -> AsyncIterator[bytes]:
+def speech_events(chunk: pb.SpeechChunk) -> list[bytes]:
     """`speech.audio.delta` per audio chunk (base64), then `speech.audio.done` with the summary."""
-    try:
-        async for chunk in _with_first(chunks, first):
-            if chunk.audio:
-                yield sse({"type": "speech.audio.delta", "audio": base64.b64encode(chunk.audio).decode()})
-            if chunk.last:
-                s = chunk.summary
-                done = {
-                    "type": "speech.audio.done",
-                    "sample_rate": chunk.sample_rate or s.sample_rate,
-                    "format": s.format,
-                    "duration_s": s.duration_s,
-                    "seed": s.seed,
-                    "finish_reason": s.finish_reason,
-                    "usage": {"input_tokens": s.usage.prompt_tokens, "output_tokens": s.usage.latent_frames},
-                }
-                yield sse(done)
-        yield DONE
-    except CallAborted as exc:
-        yield sse(from_status(exc.code, exc.message).body())
-        yield DONE
-    finally:
-        ctx.end()
-        await chunks.aclose()
-
-
-async def _with_first(chunks: Any, first: Any) -> AsyncIterator[Any]:
-    if first is not None:
-        yield first
-    async for chunk in chunks:
-        yield chunk
+    out = []
+    if chunk.audio:
+        out.append(sse({"type": "speech.audio.delta", "audio": base64.b64encode(chunk.audio).decode()}))
+    if chunk.last:
+        s = chunk.summary
+        done = {
+            "type": "speech.audio.done",
+            "sample_rate": chunk.sample_rate or s.sample_rate,
+            "format": s.format,
+            "duration_s": s.duration_s,
+            "seed": s.seed,
+            "finish_reason": s.finish_reason,
+            "usage": {"input_tokens": s.usage.prompt_tokens, "output_tokens": s.usage.latent_frames},
+        }
+        out.append(sse(done))
+    return out

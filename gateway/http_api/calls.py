@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
@@ -23,6 +23,7 @@ from starlette.responses import Response
 from gateway.http_api.context import CallAborted, HttpCallContext
 from gateway.http_api.errors import HttpError, bad_request, from_status
 from gateway.http_api.fields import parse_body
+from gateway.http_api.replies import DONE, sse
 
 MAX_FORM_FIELDS = 64  # non-file fields of a multipart upload at most
 MAX_FORM_FILES = 8  # files of one upload at most (an image edit's images)
@@ -189,6 +190,28 @@ class EventStream(Response):
         async for frame in self.frames:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def event_frames(
+    chunks: Any, first: Any, ctx: HttpCallContext, frames: Callable[[Any], Iterable[bytes]]
+) -> AsyncIterator[bytes]:
+    """A stream's SSE frames: `frames(message)` for `first` (if any) and each message after it, then
+    `data: [DONE]`; an error after the first message is an `error` event before it. The call ends (its
+    context and the servicer's stream) however the frames stop being read."""
+    try:
+        if first is not None:
+            for frame in frames(first):
+                yield frame
+        async for chunk in chunks:
+            for frame in frames(chunk):
+                yield frame
+        yield DONE
+    except CallAborted as exc:
+        yield sse(from_status(exc.code, exc.message).body())
+        yield DONE
+    finally:
+        ctx.end()
+        await chunks.aclose()
 
 
 async def disconnected(receive: Any) -> None:

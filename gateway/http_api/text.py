@@ -8,7 +8,7 @@ admission or validation gets its own HTTP status; an error after the first chunk
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -16,10 +16,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api import pb
-from gateway.http_api.calls import EventStream, HttpCalls
-from gateway.http_api.context import CallAborted, HttpCallContext
-from gateway.http_api.errors import from_status
-from gateway.http_api.replies import DONE, ChunkWriter, chat_completion, completion, sse
+from gateway.http_api.calls import EventStream, HttpCalls, event_frames
+from gateway.http_api.replies import ChunkWriter, chat_completion, completion
 from gateway.http_api.requests import chat_request, completion_request
 
 
@@ -69,22 +67,4 @@ class TextRoutes:
         chunks = self.servicer.GenerateStream(req, ctx)
         first = await self.calls.first(request, ctx, chunks)
         writer = ChunkWriter(req.model, chat, include_usage, spoken=req.HasField("speech"))
-        return EventStream(_frames(chunks, first, writer, ctx))
-
-
-async def _frames(chunks: Any, first: Any, writer: ChunkWriter, ctx: HttpCallContext) -> AsyncIterator[bytes]:
-    """The stream's SSE frames; an error after the first chunk is an `error` event."""
-    try:
-        if first is not None:
-            for frame in writer.events(first):
-                yield frame
-        async for chunk in chunks:
-            for frame in writer.events(chunk):
-                yield frame
-        yield DONE
-    except CallAborted as exc:
-        yield sse(from_status(exc.code, exc.message).body())
-        yield DONE
-    finally:
-        ctx.end()
-        await chunks.aclose()
+        return EventStream(event_frames(chunks, first, ctx, writer.events))
