@@ -76,6 +76,7 @@ class Stack:
         replicas: int = 1,
         http_port: int | None = None,
         kv_cache_bytes: int | None = None,
+        compile_decode: bool = False,
     ) -> None:
         self.port, self.host, self.dir = port, host, Path(dir).resolve()
         self.http_port = http_port  # the OpenAI-compatible HTTP API; None = off, 0 = a free port
@@ -88,6 +89,9 @@ class Stack:
         ] * expert_parallel
         if kv_cache_bytes is not None:  # else each worker sizes its pool from its model (engine.kv_cache)
             self.worker_flags += ["--kv-cache-bytes", str(kv_cache_bytes)]
+        # The demo models are a few MB: a compiled decode graph gains them nothing, and compiling costs
+        # each worker tens of CPU seconds at start and 100-250 MiB (bench/demo_rss.py)
+        self.worker_flags.append("--compile-decode" if compile_decode else "--no-compile-decode")
         self.models: dict[str, Path] = {}  # served name -> demo checkpoint folder
         self.families: dict[str, str] = {}  # served name -> the worker's --family
         self.valkey: Child | None = None

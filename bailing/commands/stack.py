@@ -111,6 +111,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         tensor_parallel=args.tensor_parallel, expert_parallel=args.expert_parallel,
         restart_policy=RestartPolicy(max_streak=args.crash_loop_after), replicas=args.replicas,
         http_port=None if args.http_port < 0 else args.http_port, kv_cache_bytes=args.kv_cache_bytes,
+        compile_decode=args.compile_decode,
     )  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Explicit for SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
@@ -188,6 +189,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     up.add_argument(
         "--kv-cache-bytes", type=int, default=None, metavar="B",
         help="each worker's KV cache (default: on CPU what 8 full-length sequences need, at most 1 GiB)",
+    )  # fmt: skip
+    up.add_argument(
+        "--compile-decode", action="store_true",
+        help="compile the workers' decode graphs (engine.decode_graph; off for the few-MB demo models: "
+        "it costs tens of CPU seconds and 100-250 MiB per worker and gains them nothing)",
     )  # fmt: skip
     up.add_argument("--replicas", type=int, default=1, metavar="N", help="workers per model (default 1)")
     up.add_argument(
