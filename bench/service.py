@@ -1,20 +1,25 @@
-"""Service benchmark: concurrent streams through gateway + Redis + worker vs. an in-process engine.
+"""Service benchmark: concurrent streams through gateway + Redis + worker, over gRPC and over the
+OpenAI HTTP API (SSE), vs. an in-process engine.
 
 The same greedy requests (text prompts, `ignore_eos`, fixed new-token count) go (a) straight to an
-`LLMEngine` in this process and (b) through the whole service: a `bailing gateway` and a `bailing
-worker` subprocess on the same checkpoint, an embedded Valkey (or BAILING_REDIS_URL), and a grpc.aio
-client in this process streaming every request at once. The in-process side adds all its requests
-before the engine's next step (`LLMEngine.holding_steps`); through the service they arrive as the
-worker's task threads take them. Both sides alternate, fresh prompts per round (so no prefix-cache
-hits); the ratios are paired within a round and the medians over rounds are reported.
+`LLMEngine` in this process, (b) through the whole service over gRPC: a `bailing gateway` and
+`bailing worker` subprocesses on the same checkpoint, an embedded Valkey (or BAILING_REDIS_URL), and
+a grpc.aio client in this process streaming every request at once, and (c) through the same service
+over HTTP: POST /v1/completions streamed as server-sent events (`bench.service_http`, a connection per
+request). The service runs two identical workers (MODEL and TWIN) so that (b) and (c) can send the
+same prompts without prefix-cache hits: in each round one protocol goes to each, and they swap (and
+take turns going first) from round to round. The in-process side adds all its requests before the
+engine's next step (`LLMEngine.holding_steps`); through the service they arrive as the worker's task
+threads take them. Fresh prompts every round, the same on all three sides; the ratios are paired
+within a round and the medians over rounds are reported.
 
 Reported: generated tokens/s, p50 and p99 time to first token of the burst, the same for one request
 at a time, and, for every service request, the service's own share of its time to first text
 (pickup + relay, from the worker's event times: `bench.service_stack.service_share`), which does not
 depend on how long the engine's part took and so resolves milliseconds that the A/B difference of
-two noisy TTFTs cannot. Time to first token is the time to the first text on both sides (a stream's
+two noisy TTFTs cannot. Time to first token is the time to the first text on all sides (a stream's
 first chunk carries text). Checkpoint: the engine benchmark's BailingMoeV2 (`bench/engine.py`,
-131.9M params) with the demo tokenizer, in `.bailing/bench/ling-bench-text`.
+131.9M params) with the demo tokenizer, in `.bailing/bench/ling-bench-text`. Table: bench/service_report.py.
 Usage: python -m bench.service [--quick] [--json] [--requests N] [--new-tokens N] [--repeats N]
 """
 
@@ -33,9 +38,12 @@ from typing import Any
 
 from bench.checkpoints import BENCH_ROOT, BENCH_SPEC, ensure_bench_checkpoint
 from bench.harness import git_state, log, machine_info, report
-from bench.service_stack import Service, StreamTrace, service_share, stream_all, stream_each
+from bench.service_http import stream_all_http, stream_one_http
+from bench.service_report import SIDES, markdown_table, summarize
+from bench.service_stack import Service, ServiceShare, StreamTrace, service_share, stream_all, stream_one
 
 CHECKPOINT = BENCH_ROOT / "ling-bench-text"
+MODEL, TWIN = "ling", "ling-twin"  # two workers on CHECKPOINT: gRPC and HTTP run the same prompts, one each
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,21 +123,39 @@ def _summary(wall: float, tokens: int, ttfts: list[float]) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- side (b): the service
+# ---------------------------------------------------------------- sides (b) and (c): the service
 
 
-def run_service(service: Service, prompts: list[str], new_tokens: int, tag: str) -> dict[str, Any]:
-    """All prompts at once through the service; its summary plus the service's share per request."""
-    start = time.time()
-    traces = asyncio.run(stream_all(service.address, prompts, new_tokens, tag))
-    wall = time.time() - start
+def run_service(
+    service: Service, prompts: list[str], new_tokens: int, tag: str, http: bool = False, model: str = MODEL
+) -> dict[str, Any]:
+    """All prompts at once through the service to `model`'s worker, over gRPC or (`http`) the OpenAI
+    API; its summary plus the service's share per request."""
+    cpu, client_cpu, start = service.cpu_seconds(), time.process_time(), time.time()
+    if http:
+        traces = asyncio.run(stream_all_http(service.http_port, prompts, new_tokens, tag, model))
+    else:
+        traces = asyncio.run(stream_all(service.address, prompts, new_tokens, tag, model))
+    wall, client_cpu = time.time() - start, time.process_time() - client_cpu
+    used = {k: v - cpu[k] for k, v in service.cpu_seconds().items()}
     summary = _summary(wall, sum(t.tokens for t in traces), [t.ttft_s for t in traces])
-    return {**summary, **_shares(service, traces)}
+    worker = used.pop(f"worker-{model}")
+    cpu_s = {
+        "gateway_cpu_s": used.pop("gateway"),
+        "worker_cpu_s": worker,
+        "idle_worker_cpu_s": sum(used.values()),  # the other worker's, idle meanwhile
+        "client_cpu_s": client_cpu,
+    }
+    return {**summary, **_shares(service, traces), **cpu_s}
 
 
 def _shares(service: Service, traces: list[StreamTrace]) -> dict[str, float]:
-    """Medians / p99 of the service's part of each request's time to first text (ms)."""
-    shares = service_share(service.redis_url, traces)
+    """Medians / p99 of the service's part of each request's time to first text (ms), read from the
+    streams of `traces` (read soon: a finished stream lasts FINISHED_STREAM_TTL_S)."""
+    return _share_stats(service_share(service.redis_url, traces))
+
+
+def _share_stats(shares: list[ServiceShare]) -> dict[str, float]:
     added = [1000 * s.added_s for s in shares]
     return {
         "pickup_ms": 1000 * statistics.median(s.pickup_s for s in shares),
@@ -139,6 +165,36 @@ def _shares(service: Service, traces: list[StreamTrace]) -> dict[str, float]:
     }
 
 
+def _workers(i: int) -> tuple[str, str]:
+    """(gRPC's worker, HTTP's worker) for round or single request `i`: they swap every time, and the
+    one on MODEL goes first, so each protocol runs as often first as second, on each worker."""
+    return (MODEL, TWIN) if i % 2 == 0 else (TWIN, MODEL)
+
+
+async def _one_at_a_time(
+    service: Service, prompts: list[str], new_tokens: int, tag: str
+) -> tuple[list[StreamTrace], list[StreamTrace]]:
+    """Each prompt alone over gRPC (one channel for all) and alone over HTTP, on different workers;
+    each trace's `share` is read right after it (a finished stream lasts FINISHED_STREAM_TTL_S, 30 s,
+    and on a busy machine one request has taken longer than that)."""
+    import grpc
+
+    from gateway.api import pb, pb_grpc
+
+    over_grpc, over_http = [], []
+    async with grpc.aio.insecure_channel(service.address) as channel:
+        stub = pb_grpc.InferenceStub(channel)
+        for i, prompt in enumerate(prompts):
+            grpc_model, http_model = _workers(i)
+            grpc_call = stream_one(stub, pb, f"{tag}-{i}", prompt, new_tokens, grpc_model)
+            http_call = stream_one_http(service.http_port, f"{tag}-http-{i}", prompt, new_tokens, http_model)
+            turns = [(over_grpc, grpc_call), (over_http, http_call)]
+            for traces, call in turns if i % 2 == 0 else reversed(turns):
+                traces.append(await call)
+                traces[-1].share = service_share(service.redis_url, traces[-1:])[0]
+    return over_grpc, over_http
+
+
 # ---------------------------------------------------------------- the benchmark
 
 
@@ -146,21 +202,41 @@ def single_request_overhead(
     engine: Any, service: Service, prompts: list[str], new_tokens: int
 ) -> dict[str, Any]:
     """One request at a time, the same prompts on each side (each engine sees each prompt once, so
-    neither gets a prefix-cache hit): the median time to first text of each side, and the service's
+    none gets a prefix-cache hit): the median time to first text of each side, and the service's
     share of each service request (`bench.service_stack.service_share`)."""
     ours = [run_in_process(engine, [p], new_tokens)["median_ttft_ms"] for p in prompts]
-    traces = asyncio.run(stream_each(service.address, prompts, new_tokens, f"single-{time.time()}"))
-    shares = _shares(service, traces)
+    over_grpc, over_http = asyncio.run(_one_at_a_time(service, prompts, new_tokens, f"single-{time.time()}"))
     return {
         "single_ttft_in_process_ms": statistics.median(ours),
-        "single_ttft_service_ms": 1000 * statistics.median(t.ttft_s for t in traces),
-        **{f"single_{k}": v for k, v in shares.items()},
+        "single_ttft_service_ms": 1000 * statistics.median(t.ttft_s for t in over_grpc),
+        "single_ttft_http_ms": 1000 * statistics.median(t.ttft_s for t in over_http),
+        "single_tokens": [sum(t.tokens for t in over_grpc), sum(t.tokens for t in over_http)],
+        **{f"single_{k}": v for k, v in _share_stats([t.share for t in over_grpc if t.share]).items()},
+        **{f"single_http_{k}": v for k, v in _share_stats([t.share for t in over_http if t.share]).items()},
     }
 
 
+def run_round(engine: Any, service: Service, sizes: Sizes, round_: int) -> dict[str, dict[str, Any]]:
+    """One round on fresh prompts: in process, then gRPC and HTTP on different workers (`_workers`)."""
+    prompts = make_prompts(engine.tokenizer, sizes.requests, sizes.prompt_tokens, seed=round_)
+    grpc_model, http_model = _workers(round_)
+    tag, new = f"round{round_}", sizes.new_tokens
+    service_sides = {
+        "service": lambda: run_service(service, prompts, new, tag, model=grpc_model),
+        "http": lambda: run_service(service, prompts, new, f"{tag}-http", http=True, model=http_model),
+    }
+    order = ["in_process", *(service_sides if round_ % 2 == 0 else reversed(service_sides))]
+    pair = {"in_process": lambda: run_in_process(engine, prompts, new), **service_sides}
+    results = {side: pair[side]() for side in order}
+    for side in order:
+        rate, ttft, p99 = (results[side][k] for k in ("tokens_per_s", "median_ttft_ms", "p99_ttft_ms"))
+        log(f"round {round_} {side}: {rate:.1f} tok/s, TTFT p50 {ttft:.1f} ms p99 {p99:.1f} ms")
+    return {side: results[side] for side in SIDES}
+
+
 def run_benchmark(sizes: Sizes, checkpoint: Path | None = None) -> dict[str, Any]:
-    """Both sides on `checkpoint` (default: the bench checkpoint, written on first use), in the same
-    compute dtype, both eager (the compiled decode step would compile in the worker's background
+    """All sides on `checkpoint` (default: the bench checkpoint, written on first use), in the same
+    compute dtype, all eager (the compiled decode step would compile in the worker's background
     while the bursts run; it does not touch the prefill that time to first token is)."""
     import torch
 
@@ -173,90 +249,27 @@ def run_benchmark(sizes: Sizes, checkpoint: Path | None = None) -> dict[str, Any
     log(f"loading the in-process engine from {checkpoint} ({dtype})")
     engine = LLMEngine(checkpoint, dtype=dtype, config=EngineConfig(compile_decode=False))
     engine.start()
-    service = Service(checkpoint, worker_args=("--dtype", dtype, "--no-compile-decode"))
-    log("starting valkey + worker + gateway")
+    worker_args = ("--dtype", dtype, "--no-compile-decode")
+    service = Service(checkpoint, worker_args, name=MODEL, http=True, twins=(TWIN,))
+    log("starting valkey + 2 workers + gateway (gRPC + HTTP)")
     service.start()
     try:
-        n = sizes.requests
-        warm = make_prompts(engine.tokenizer, n, sizes.prompt_tokens, seed=999)  # a full burst: warm pools
-        run_in_process(engine, warm, 4)
-        run_service(service, warm, 4, "warm")
-        rounds: list[dict[str, dict[str, Any]]] = []
-        for round_ in range(sizes.repeats):
-            prompts = make_prompts(engine.tokenizer, n, sizes.prompt_tokens, seed=round_)
-            pair = {
-                "in_process": run_in_process(engine, prompts, sizes.new_tokens),
-                "service": run_service(service, prompts, sizes.new_tokens, f"round{round_}"),
-            }
-            for side, r in pair.items():
-                rate, ttft, p99 = r["tokens_per_s"], r["median_ttft_ms"], r["p99_ttft_ms"]
-                log(f"round {round_} {side}: {rate:.1f} tok/s, TTFT p50 {ttft:.1f} ms p99 {p99:.1f} ms")
-            rounds.append(pair)
-        singles = make_prompts(engine.tokenizer, sizes.single, sizes.prompt_tokens, seed=500)
+        n, length = sizes.requests, sizes.prompt_tokens
+        run_in_process(
+            engine, make_prompts(engine.tokenizer, n, length, seed=999), 4
+        )  # full bursts: warm pools
+        for i, seed in enumerate((999, 998)):  # each protocol on each worker
+            warm = make_prompts(engine.tokenizer, n, length, seed=seed)
+            grpc_model, http_model = _workers(i)
+            run_service(service, warm, 4, f"warm{i}", model=grpc_model)
+            run_service(service, warm, 4, f"warm{i}-http", http=True, model=http_model)
+        rounds = [run_round(engine, service, sizes, round_) for round_ in range(sizes.repeats)]
+        singles = make_prompts(engine.tokenizer, sizes.single, length, seed=500)
         single = single_request_overhead(engine, service, singles, sizes.new_tokens)
     finally:
         service.stop()
         engine.shutdown()
-    return {"dtype": dtype, **_report(sizes, rounds, single)}
-
-
-def _report(sizes: Sizes, rounds: list[dict[str, dict[str, Any]]], single: dict[str, Any]) -> dict[str, Any]:
-    """Medians over the rounds; the ratios and the added TTFT are paired within each round."""
-
-    def median_of(side: str) -> dict[str, float]:
-        return {k: statistics.median(r[side][k] for r in rounds) for k in rounds[0][side]}
-
-    def paired(key: str) -> list[float]:
-        return [r["service"][key] / r["in_process"][key] for r in rounds]
-
-    added = [r["service"]["median_ttft_ms"] - r["in_process"]["median_ttft_ms"] for r in rounds]
-    return {
-        "sizes": dataclasses.asdict(sizes),
-        "rounds": rounds,
-        "in_process": median_of("in_process"),
-        "service": median_of("service"),
-        "throughput_ratio": statistics.median(paired("tokens_per_s")),
-        "throughput_ratio_per_round": paired("tokens_per_s"),
-        "ttft_ratio": statistics.median(paired("median_ttft_ms")),
-        "ttft_ratio_per_round": paired("median_ttft_ms"),
-        "p99_ttft_ratio": statistics.median(paired("p99_ttft_ms")),
-        "added_median_ttft_ms": statistics.median(added),
-        "added_median_ttft_ms_per_round": added,
-        **single,
-        "added_single_ttft_ms": single["single_ttft_service_ms"] - single["single_ttft_in_process_ms"],
-    }
-
-
-def _per_round(r: dict[str, Any]) -> str:
-    pairs = zip(r["throughput_ratio_per_round"], r["ttft_ratio_per_round"], strict=True)
-    return ", ".join(f"{rate:.2f}x / {ttft:.2f}x" for rate, ttft in pairs)
-
-
-def markdown_table(r: dict[str, Any], machine: dict[str, Any]) -> str:
-    s, o, v = r["sizes"], r["in_process"], r["service"]
-    head = f"{s['requests']} concurrent streams x {s['new_tokens']} new tokens"
-    head += f" ({s['prompt_tokens']}-token prompts), {r['dtype']}, {s['repeats']} rounds"
-    rows = [
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}. {head}.",
-        "",
-        "| metric | service (gateway + Redis + worker) | in-process engine | result | target |",
-        "|---|---|---|---|---|",
-        f"| generated tok/s | {v['tokens_per_s']:.1f} | {o['tokens_per_s']:.1f} | "
-        f"**{r['throughput_ratio']:.2f}x** | >= 0.85x |",
-        f"| p50 TTFT, concurrent (ms) | {v['median_ttft_ms']:.1f} | {o['median_ttft_ms']:.1f} | "
-        f"**{r['ttft_ratio']:.2f}x** ({r['added_median_ttft_ms']:+.0f} ms) | <= 1.15x |",
-        f"| p99 TTFT, concurrent (ms) | {v['p99_ttft_ms']:.1f} | {o['p99_ttft_ms']:.1f} | "
-        f"{r['p99_ttft_ratio']:.2f}x | |",
-        f"| per round: throughput / p50 TTFT ratio | {_per_round(r)} | | | |",
-        f"| service's share of a request's TTFT, concurrent: pickup + relay, p50 / p99 (ms) | "
-        f"{v['pickup_ms']:.1f} + {v['relay_ms']:.1f} = {v['added_ms']:.1f} / {v['added_p99_ms']:.1f} | | | |",
-        f"| TTFT, one request alone (ms) | {r['single_ttft_service_ms']:.1f} | "
-        f"{r['single_ttft_in_process_ms']:.1f} | {r['added_single_ttft_ms']:+.1f} ms (paired medians) | |",
-        f"| service's share, one request alone: pickup + relay, p50 / p99 (ms) | "
-        f"{r['single_pickup_ms']:.1f} + {r['single_relay_ms']:.1f} = **{r['single_added_ms']:.1f}** / "
-        f"{r['single_added_p99_ms']:.1f} | | | <= 15 ms |",
-    ]
-    return "\n".join(rows)
+    return {"dtype": dtype, **summarize(sizes, rounds, single)}
 
 
 def main() -> None:
