@@ -137,7 +137,8 @@ class FileRoutes:
                 f"file {input_file_id} has purpose {stored.purpose}, not batch", "input_file_id"
             )
         data = await asyncio.to_thread(self.store.content, stored.id) or b""
-        req = batch_request(data, endpoint, window, metadata)
+        # up to max_body_bytes of JSONL, every line read as its call's body: off the event loop
+        req = await asyncio.to_thread(batch_request, data, endpoint, window, metadata)
         batch = await self.calls.unary(request, ctx, self.jobs.CreateBatch(req, ctx))
         link = BatchLink(endpoint, input_file_id, window)
         await asyncio.to_thread(self.store.link_batch, batch.id, link, window_s(window) + RESULT_TTL_S)
