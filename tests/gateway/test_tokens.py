@@ -16,7 +16,7 @@ from bailing.commands import gateway as command
 from gateway.api import pb, pb_grpc
 from gateway.config import GatewayConfig
 from gateway.tokens import StreamLimit, TokenSet, bearer_token, owner_id, parse_token_file
-from tests.gateway.test_service import wait_for
+from tests.gateway.service_calls import wait_for
 
 BASE = {"redis_url": "redis://unused", "models": ("ling",)}
 
