@@ -150,15 +150,6 @@ def test_deadline_exceeded_publishes_a_cancel(
 _CANCELLING_CLIENT = """
 import sys, grpc
 from gateway.api import pb, pb_grpc
-from tests.gateway.service_calls import (
-    NOT_SERVING,
-    SERVING,
-    health_status,
-    prompt,
-    rpc_error,
-    stream_events,
-    wait_for,
-)
 address, model, rid = sys.argv[1:4]
 with grpc.insecure_channel(address) as channel:
     call = pb_grpc.InferenceStub(channel).GenerateStream(
