@@ -55,12 +55,18 @@ def window_s(window: str) -> int:
     return int(match[1]) * UNIT_S[match[2]]
 
 
-def batch_request(data: bytes, endpoint: str, window: str, metadata: dict[str, str]) -> pb.CreateBatchRequest:
-    """The CreateBatchRequest of an input file's bytes (400 naming the first bad line)."""
+def check_endpoint(endpoint: str) -> None:
     if endpoint not in ENDPOINTS:
         raise bad_request(f"endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r:.60}", "endpoint")
+
+
+def batch_request(
+    data: bytes, endpoint: str, window_seconds: int, metadata: dict[str, str]
+) -> pb.CreateBatchRequest:
+    """The CreateBatchRequest of an input file's bytes (400 naming the first bad line); `endpoint` is
+    one of ENDPOINTS (`check_endpoint`), `window_seconds` the completion window (`window_s`)."""
     read = ENDPOINTS[endpoint]
-    out = pb.CreateBatchRequest(completion_window_s=window_s(window), metadata=metadata)
+    out = pb.CreateBatchRequest(completion_window_s=window_seconds, metadata=metadata)
     try:
         text = data.decode()
     except UnicodeDecodeError:

@@ -22,10 +22,10 @@ from starlette.routing import Route
 
 from gateway.api import pb
 from gateway.http_api.batch_files import (
-    ENDPOINTS,
     batch_object,
     batch_of_file,
     batch_request,
+    check_endpoint,
     output_file_id,
     result_line,
     window_s,
@@ -127,10 +127,8 @@ class FileRoutes:
         metadata = f.get("metadata", dict, default={})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise bad_request("metadata must map strings to strings", "metadata")
-        if endpoint not in ENDPOINTS:
-            raise bad_request(
-                f"endpoint must be one of {', '.join(ENDPOINTS)}, got {endpoint!r:.60}", "endpoint"
-            )
+        check_endpoint(endpoint)
+        window_seconds = window_s(window)  # both refused before the file is read
         stored = await self._file(ctx, input_file_id)
         if stored.purpose != "batch":
             raise bad_request(
@@ -138,10 +136,10 @@ class FileRoutes:
             )
         data = await asyncio.to_thread(self.store.content, stored.id) or b""
         # up to max_body_bytes of JSONL, every line read as its call's body: off the event loop
-        req = await asyncio.to_thread(batch_request, data, endpoint, window, metadata)
+        req = await asyncio.to_thread(batch_request, data, endpoint, window_seconds, metadata)
         batch = await self.calls.unary(request, ctx, self.jobs.CreateBatch(req, ctx))
         link = BatchLink(endpoint, input_file_id, window)
-        await asyncio.to_thread(self.store.link_batch, batch.id, link, window_s(window) + RESULT_TTL_S)
+        await asyncio.to_thread(self.store.link_batch, batch.id, link, window_seconds + RESULT_TTL_S)
         return JSONResponse(batch_object(batch, link))
 
     async def list_batches(self, request: Request) -> Response:
