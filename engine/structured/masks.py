@@ -145,7 +145,7 @@ def _one_whole_prefetch(constraints: Sequence[GrammarConstraint]) -> PendingMask
 def _fill_par(executor: LLExecutor, rows: list[tuple[Any, int]], bitmask: torch.Tensor) -> None:
     """llguidance's parallel mask fill. Its module is imported here, on first use, not with the engine:
     importing it compiles a kernel with torch.compile, which pulls in torch._dynamo, sympy and networkx
-    (~170 MiB in every worker, also in those that never see a grammar)."""
+    (~170 MiB of RSS in a worker that compiles no decode graph and never sees a grammar)."""
     from llguidance.torch import fill_next_token_bitmask_par
 
     fill_next_token_bitmask_par(executor, rows, bitmask)
